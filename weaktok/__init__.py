@@ -1,0 +1,3 @@
+"""weaktok: weak tokenization of audio with a dynamically chunked U-Net."""
+
+__version__ = "0.1.0"
