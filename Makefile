@@ -1,0 +1,42 @@
+# weaktok: `make test` runs the test suite (and `make demo` the main job, once it lands). Both set everything up first.
+PY       ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.setup-stamp
+APT_PKGS := sonic-pi-samples prometheus ninja-build
+PYTEST_ARGS ?=
+
+.PHONY: setup apt test test-fast bench clean
+
+setup: $(STAMP) apt
+
+# Re-install only when the dependency list changes (idempotent and fast otherwise).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian packages: real CC0 audio (sonic-pi-samples), a real Prometheus server for the tests, ninja for
+# DeepSpeed's JIT ops. Installed only when missing, and only where we are root with apt.
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "warning: Debian packages missing ($$missing) and not root with apt; install them yourself"; \
+	fi
+
+test: setup
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/weaktok bench
+
+clean:
+	rm -rf $(VENV) bench_results .pytest_cache

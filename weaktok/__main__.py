@@ -1,0 +1,5 @@
+import sys
+
+from weaktok.cli import main
+
+sys.exit(main())

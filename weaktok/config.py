@@ -1,0 +1,267 @@
+"""One config system: typed dataclasses, YAML files, dotted CLI overrides, validated before any compute.
+
+    cfg = load_config("tiny", ["model.dim=128", "model.chunking.tau=0.5"])
+
+``load_config`` accepts a path to a YAML file or the name of a shipped config (``weaktok/configs/<name>.yaml``).
+A YAML file may name a parent with ``base: <name or path>``; its keys override the parent's. Every key is
+checked against the dataclass schema: an unknown key, a value of the wrong type or one outside its allowed
+range raises :class:`ConfigError` naming the dotted key and what is allowed. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A user-caused config problem; the message names the dotted key."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The schema. Each section validates its own ranges in ``check``; types are checked generically.
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 22050
+    n_fft: int = 1024  # model front end; the exact L-Score uses its own STFT (lscore/exact.py)
+    hop_length: int = 256
+    clip_seconds: float = 4.0  # training crop length
+
+    def check(self) -> None:
+        _require(self.sample_rate >= 4000, "audio.sample_rate", "must be >= 4000 Hz")
+        _require(self.n_fft >= 64 and self.n_fft & (self.n_fft - 1) == 0, "audio.n_fft", "must be a power of 2 >= 64")
+        _require(0 < self.hop_length <= self.n_fft, "audio.hop_length", "must be in (0, audio.n_fft]")
+        _require(self.clip_seconds > 0, "audio.clip_seconds", "must be > 0")
+
+
+@dataclass
+class ChunkingConfig:
+    kind: Literal["dynamic", "fixed"] = "dynamic"  # fixed = fixed-grid baseline (ablations)
+    routing: Literal["cosine", "paper"] = "cosine"  # see chunking.py for the difference
+    tau: float = 1.0  # Gumbel-Softmax temperature
+    target_ratio: float = 4.0  # N: aim for one boundary every N frames (ratio loss)
+    fixed_stride: int = 4  # stride of the fixed-grid baseline
+    smoothing: bool = True  # H-Net EMA smoothing of chunk outputs when un-chunking
+
+    def check(self) -> None:
+        _require(self.tau > 0, "model.chunking.tau", "must be > 0")
+        _require(self.target_ratio > 1, "model.chunking.target_ratio", "must be > 1")
+        _require(self.fixed_stride >= 1, "model.chunking.fixed_stride", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    channels: list[int] = field(default_factory=lambda: [96, 160, 224])  # encoder widths, 3 strided levels
+    dim: int = 256  # bottleneck width D
+    n_layers: int = 4  # Transformer layers over chunks
+    n_heads: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.0
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+
+    def check(self) -> None:
+        _require(len(self.channels) == 3, "model.channels", "must list exactly 3 widths (one per U-Net level)")
+        _require(all(c >= 1 for c in self.channels), "model.channels", "widths must be >= 1")
+        _require(self.dim >= 8, "model.dim", "must be >= 8")
+        _require(self.n_heads >= 1 and self.dim % self.n_heads == 0, "model.n_heads",
+                 f"must be >= 1 and divide model.dim={self.dim}")
+        _require(self.n_layers >= 0, "model.n_layers", "must be >= 0")
+        _require(self.ff_mult >= 1, "model.ff_mult", "must be >= 1")
+        _require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    seed: int = 0
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def check(self) -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading, overriding, building, validating.
+
+
+def _require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {what}")
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a shipped config by name or a YAML path, apply ``key=value`` overrides, validate, return it."""
+    raw = _read_yaml_chain(source) if source is not None else {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    cfg = build(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"model.dim=128"`` -> ("model.dim", 128); the value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. model.dim=128)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; people mean the number
+        try:
+            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def resolve_config_path(source: str | Path) -> Path:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    shipped = CONFIG_DIR / f"{source}.yaml"
+    if not shipped.exists():
+        names = ", ".join(shipped_configs())
+        raise ConfigError(f"no config file '{source}' and no shipped config of that name (shipped: {names})")
+    return shipped
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _read_yaml_chain(source: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = resolve_config_path(source).resolve()
+    if path in seen:
+        raise ConfigError(f"config 'base' chain loops at {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent_source = base if not str(base).endswith((".yaml", ".yml")) else path.parent / base
+    parent = _read_yaml_chain(parent_source, seen + (path,))
+    return _deep_merge(parent, data)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a section")
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a dict, checking keys and types; ``prefix`` is the dotted path so far."""
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{where}': expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            allowed = ", ".join(fields)
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; allowed here: {allowed}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config schema type {tp} of '{key}' is not supported")  # a bug in the schema, not user input
+
+
+def validate(cfg: Any) -> None:
+    """Run every section's ``check`` (depth first) so range errors surface before any compute."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value)
+    if hasattr(cfg, "check"):
+        cfg.check()
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
