@@ -1,0 +1,79 @@
+"""The shard manifest: what a built dataset contains, read and written in one place.
+
+``shards/<name>/manifest.json`` is written last and atomically by the shard builder, so a manifest that exists
+always describes complete shards. Its fields:
+
+    version, created, command           provenance
+    source, tags, sample_rate           what was ingested and how
+    splits: {train|val|test: {count, seconds, shards: [{file, items, sha256}]}}
+    lscore_target: {names: [4], mean: [4], std: [4]}   exact L-Score statistics of the train split
+    skipped: [{path, reason}], repaired: [{path, what}]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+class ShardsError(RuntimeError):
+    """A user-visible problem with a shard folder (missing manifest or shard, checksum mismatch)."""
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Atomic write: a reader sees the old manifest or the new one, never half of one."""
+    path = Path(folder) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def load_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ShardsError(f"shard folder not found: {folder} (build it with `weaktok shards --out {folder} ...`)")
+    if not path.is_file():
+        raise ShardsError(f"no manifest in {folder}: expected {path}; the build did not finish — re-run "
+                          "`weaktok shards` for this folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardsError(f"{path}: not valid JSON ({e})") from None
+    if "splits" not in manifest:
+        raise ShardsError(f"{path}: not a weaktok shard manifest (no 'splits')")
+    return manifest
+
+
+def shard_paths(folder: str | Path, split: str, manifest: dict | None = None, verify: bool = False) -> list[str]:
+    """Paths of a split's shards; every one must exist (and match its sha256 when ``verify``)."""
+    folder = Path(folder)
+    manifest = manifest or load_manifest(folder)
+    if split not in manifest["splits"]:
+        raise ShardsError(f"{folder / MANIFEST}: no split '{split}' (has: {', '.join(manifest['splits'])})")
+    entries = manifest["splits"][split]["shards"]
+    if not entries:
+        raise ShardsError(f"{folder / MANIFEST}: split '{split}' has no items")
+    paths = []
+    for entry in entries:
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise ShardsError(f"shard missing: {path} (listed in {folder / MANIFEST})")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise ShardsError(f"shard corrupted: {path} does not match the sha256 in {folder / MANIFEST}")
+        paths.append(str(path))
+    return paths
