@@ -27,8 +27,7 @@ kept only as the test and benchmark reference.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,8 +36,7 @@ import torch.nn.functional as F
 Routing = Literal["cosine", "paper"]
 
 
-@dataclass
-class ChunkOutput:
+class ChunkOutput(NamedTuple):  # a NamedTuple, not a dataclass: ZeRO-3 hooks only see tensors in tuples/dicts
     chunks: torch.Tensor  # (B, C, D) mean of each chunk's frames; zeros past a row's chunk count
     chunk_mask: torch.Tensor  # (B, C) bool, True for real chunks
     chunk_ids: torch.Tensor  # (B, T) long, chunk index of each frame, -1 on padding frames

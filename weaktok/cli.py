@@ -24,6 +24,50 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_sections(args.sections, out_dir=args.out, quick=args.quick)
 
 
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from weaktok.corpus import build_corpus, print_summary
+
+    try:
+        summary = build_corpus(args.out, n=args.n, seed=args.seed, samples_dir=args.samples_dir,
+                               progress=not args.quiet)
+    except (FileExistsError, ValueError) as e:
+        print(f"weaktok corpus: {e}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from weaktok.shards import build_shards, print_summary
+
+    tags = [t for t in (args.tags or "").split(",") if t.strip()] or None
+    try:
+        manifest = build_shards(args.source, args.out, tags=tags, sr=args.sr, shard_size=args.shard_size,
+                                min_shards=args.min_shards, segment_seconds=args.segment_seconds,
+                                num_actors=args.num_actors, command=" ".join(sys.argv), progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"weaktok shards: {e}", file=sys.stderr)
+        return 2
+    print_summary(manifest, Path(args.out))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One process on this machine: set the environment DeepSpeed reads (no MPI discovery), run the loop."""
+    import os
+
+    from weaktok.config import load_config
+    from weaktok.launch import single_process_env
+    from weaktok.train import train
+
+    cfg = load_config(args.config, args.overrides)  # validated before anything starts
+    os.environ.update(single_process_env(os.environ))
+    train(cfg, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from weaktok import __version__
     from weaktok.bench import SECTIONS
@@ -37,6 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="shipped config name (tiny, demo, paper) or path to a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.dim=128")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("train", help="train on one process (for many: the deepspeed launcher or ray_jobs/train.py)")
+    p.add_argument("--config", required=True, help="shipped config name (tiny, demo, paper) or a YAML path")
+    p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.shards=shards/x")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("shards", help="build WebDataset shards (+ manifest with L-Score targets) from an audio folder")
+    p.add_argument("--source", required=True, help="FSLD folder (audio/wav + metadata.json) or any audio folder")
+    p.add_argument("--out", required=True, help="output folder, e.g. shards/NAME")
+    p.add_argument("--tags", default="", help="comma-separated tag filter, case-insensitive (e.g. idm,glitch)")
+    p.add_argument("--sr", type=int, default=22050, help="sample rate of the shards (default 22050)")
+    p.add_argument("--shard-size", type=int, default=64, help="max items per shard (default 64)")
+    p.add_argument("--min-shards", type=int, default=4,
+                   help="at least this many shards per split, >= ranks x loader workers (default 4)")
+    p.add_argument("--segment-seconds", type=float, default=10.0, help="longer files become several items")
+    p.add_argument("--num-actors", type=int, default=None, help="L-Score actors (default: one per CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_shards)
+
+    p = sub.add_parser("corpus", help="write the embedded default corpus (IDM/glitch loops from sonic-pi-samples, "
+                       "FSLD layout)")
+    p.add_argument("--out", required=True, help="output folder: audio/wav/*.wav, metadata.json, README.txt")
+    p.add_argument("--n", type=int, default=300, help="number of loops (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--samples-dir", default="/usr/share/sonic-pi/samples",
+                   help="sonic-pi-samples folder; missing or empty: every sound is synthesised")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_corpus)
 
     p = sub.add_parser("bench", help="run benchmarks; prints tables and writes JSON")
     p.add_argument("sections", nargs="*", metavar="SECTION",

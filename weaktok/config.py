@@ -82,11 +82,129 @@ class ModelConfig:
 
 
 @dataclass
+class DataConfig:
+    shards: str = "shards/demo"  # folder with manifest.json (weaktok shards --out ...)
+    batch_size: int = 8  # micro-batch per rank
+    num_workers: int = 2  # DataLoader workers per rank (decoding happens there)
+    shuffle_buffer: int = 256
+    samples_per_epoch: int = 256  # per rank: an epoch is a fixed number of samples on every rank
+    val_batch_size: int = 8
+    val_max_items: int = 0  # 0 = the whole val split
+    verify_shards: bool = False  # sha256 every shard against the manifest before reading
+    log_keys: bool = False  # audit: each rank appends the keys it trains on to <out>/samples/rank<r>.txt
+
+    def check(self) -> None:
+        _require(bool(self.shards), "data.shards", "must name a shard folder")
+        for key in ("batch_size", "samples_per_epoch", "val_batch_size"):
+            _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1")
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+        _require(self.val_max_items >= 0, "data.val_max_items", "must be >= 0 (0 = all)")
+
+
+@dataclass
+class CorruptionConfig:
+    """Input corruption during training (makes seed-based in-painting and generation from noise meaningful)."""
+
+    noise_std: float = 0.1  # gaussian noise on the log1p spectrogram
+    mask_prob: float = 0.3  # probability that a training example gets a masked time span
+    mask_max_fraction: float = 0.25  # longest masked span, as a fraction of the clip
+
+    def check(self) -> None:
+        _require(self.noise_std >= 0, "train.corruption.noise_std", "must be >= 0")
+        _require(0 <= self.mask_prob <= 1, "train.corruption.mask_prob", "must be in [0, 1]")
+        _require(0 <= self.mask_max_fraction < 1, "train.corruption.mask_max_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear LR warm-up (optimizer steps)
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    zero_stage: int = 2
+    deepspeed_config: str | None = None  # JSON template (cluster/deepspeed/zero*.json); YAML keys win
+    log_every: int = 10  # steps between metrics.jsonl lines
+    checkpoint_every: int = 0  # steps; 0 = only at epoch end
+    keep_checkpoints: int = 3
+    resume: str = "auto"  # auto: newest complete checkpoint in <out>/checkpoints; never; or a checkpoint path
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+
+    def check(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
+                 "must be two numbers in [0, 1)")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+        _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _require(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3")
+        _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(bool(self.resume), "train.resume", "must be auto, never or a checkpoint path")
+        if self.deepspeed_config is not None:
+            _require(Path(self.deepspeed_config).is_file(), "train.deepspeed_config",
+                     f"file not found: {self.deepspeed_config}")
+
+
+@dataclass
+class LScoreConfig:
+    mode: Literal["paper", "surrogate"] = "surrogate"  # paper: only the timbral term carries gradient
+    lambda_mu: float = 1.0
+    lambda_sigma: float = 0.5
+    standardise: bool = True  # divide each term's error by the target sigma (terms have different scales)
+    pool_every: int = 50  # steps between async exact L-Score checks of generated outputs (0 = off)
+    pool_items: int = 2  # outputs sent to the pool each time
+    pool_actors: int = 0  # 0 = one per free CPU
+    val_items: int = 16  # reconstructions per validation scored exactly (0 = off)
+    griffin_lim_iters: int = 32
+
+    def check(self) -> None:
+        _require(self.lambda_mu >= 0, "lscore.lambda_mu", "must be >= 0")
+        _require(self.lambda_sigma >= 0, "lscore.lambda_sigma", "must be >= 0")
+        for key in ("pool_every", "pool_items", "pool_actors", "val_items"):
+            _require(getattr(self, key) >= 0, f"lscore.{key}", "must be >= 0")
+        _require(self.griffin_lim_iters >= 1, "lscore.griffin_lim_iters", "must be >= 1")
+
+
+@dataclass
+class CurriculumConfig:
+    """The paper's two phases: reconstruction only, then anneal the L-Score weight in."""
+
+    warmup_epochs: float = 10  # phase 1: w_L = 0, w_recon = 1
+    anneal_epochs: float = 40  # phase 2: w_L 0 -> final_w_L linearly, w_recon 1 -> final_w_recon
+    final_w_L: float = 1.0
+    final_w_recon: float = 0.1
+    ratio_weight: float = 0.03  # weight of the chunking ratio loss (all phases)
+
+    def check(self) -> None:
+        _require(self.warmup_epochs >= 0, "curriculum.warmup_epochs", "must be >= 0")
+        _require(self.anneal_epochs >= 0, "curriculum.anneal_epochs", "must be >= 0")
+        _require(self.final_w_L >= 0, "curriculum.final_w_L", "must be >= 0")
+        _require(self.final_w_recon >= 0, "curriculum.final_w_recon", "must be >= 0")
+        _require(self.ratio_weight >= 0, "curriculum.ratio_weight", "must be >= 0")
+
+
+@dataclass
 class Config:
     name: str = "default"
     seed: int = 0
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lscore: LScoreConfig = field(default_factory=LScoreConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     def check(self) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")

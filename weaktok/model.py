@@ -14,7 +14,7 @@ place on the time axis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -66,8 +66,7 @@ class Up(nn.Module):
         return self.block(self.merge(torch.cat([self.conv(x), skip], dim=1)))
 
 
-@dataclass
-class ModelOutput:
+class ModelOutput(NamedTuple):  # NamedTuple so ZeRO-3's module hooks reach every output tensor
     recon: torch.Tensor  # (B, F, T) reconstructed log1p-magnitude spectrogram
     chunk: ChunkOutput  # bottleneck chunking (frames at T/8 resolution)
     stats: dict[str, torch.Tensor]  # boundary_rate, mean_prob, mean_chunk_len (bottleneck frames), ratio_loss

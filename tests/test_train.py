@@ -1,0 +1,137 @@
+"""Distributed training with real processes: DeepSpeed over gloo on CPU, 2 ranks, 2 simulated nodes, kill -9 and
+resume, ZeRO-3, the NaN guard. Kept tiny; each test starts real launchers."""
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import cpu_env, make_tiny_shards, read_metrics, run, venv_bin
+from weaktok.launch import free_port
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_tiny_shards(tmp_path_factory.mktemp("tiny_shards"))
+
+
+def _complete(run_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in (run_dir / "checkpoints").glob("*/COMPLETE"))
+
+
+def test_two_ranks_zero2_learns_and_ranks_see_different_samples(shards, tmp_path):
+    out = tmp_path / "run"
+    run([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "weaktok.train",
+         "--config", "tiny", "--out", str(out), f"data.shards={shards}", "train.epochs=4", "train.zero_stage=2",
+         "data.log_keys=true", "curriculum.warmup_epochs=10", *FAST], env=cpu_env(), cwd=REPO, timeout=400)
+    m = read_metrics(out)
+    vals = [r["val_recon"] for r in m if r["kind"] == "val"]
+    assert len(vals) == 4 and vals[-1] < vals[0], vals
+    train = [r["recon"] for r in m if r["kind"] == "train"]
+    assert sum(train[-3:]) < sum(train[:3]), train
+    keys = [(out / "samples" / f"rank{r}.txt").read_text().split("\n") for r in (0, 1)]
+    assert len(keys[0]) == len(keys[1])  # equal batch counts per rank (resampled shards)
+    assert keys[0] != keys[1]
+    assert _complete(out) and (out / "config.yaml").is_file()
+    weights = torch.load(out / "final" / "model.pt", weights_only=True)
+    assert "model" in weights and any(k.startswith("chunker.q_proj") for k in weights["model"])
+
+
+def test_two_simulated_nodes_form_one_job(shards, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    out = tmp_path / "run"
+    port = free_port()
+    env = cpu_env(HOSTFILE=hostfile, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, DEEPSPEED=venv_bin("deepspeed"),
+                  PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    args = ["--config", "tiny", "--out", str(out), f"data.shards={shards}", "train.epochs=1", *FAST]
+    procs = [subprocess.Popen(["bash", str(REPO / "cluster" / "launch_multinode.sh"), *args], cwd=REPO,
+                              env={**env, "NODE_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for r in (0, 1)]
+    logs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(l[-3000:] for l in logs)
+    assert "world 2" in logs[0]
+    assert [r["kind"] for r in read_metrics(out)].count("val") == 1
+
+
+def test_kill9_mid_epoch_then_resume_auto(shards, tmp_path):
+    out = tmp_path / "run"
+    args = [venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
+            "train.epochs=3", "train.checkpoint_every=3", "train.keep_checkpoints=5", "data.samples_per_epoch=48",
+            *FAST]
+    proc = subprocess.Popen(args, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    # steps_per_epoch = 12: checkpoints at 3, 6, 9 fall inside epoch 0; kill after step 6's
+    while time.time() < deadline and not [t for t in _complete(out) if int(t[4:]) >= 6]:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(t[4:]) for t in _complete(out))
+    assert killed_at < 12, "the kill must land mid-epoch"
+    r = run(args, env=cpu_env(), cwd=REPO, timeout=400)
+    assert f"resumed from {out / 'checkpoints' / f'step{killed_at:08d}'}" in r.stdout, r.stdout[-2000:]
+    m = read_metrics(out)
+    vals = [v for v in m if v["kind"] == "val"]
+    assert [v["epoch"] for v in vals][-3:] == [1, 2, 3]
+    assert vals[-1]["step"] == 36  # 3 epochs x 12 steps: nothing lost, nothing repeated
+    after = [x for x in m if x["kind"] == "train" and x["step"] > killed_at]
+    assert after and after[0]["step"] <= killed_at + 2  # continues right after the checkpoint
+    for x in after:  # curriculum weights follow progress exactly (warm-up 1 epoch, anneal 1 epoch)
+        expect = 0.0 if x["progress"] < 1 else min(1.0, x["progress"] - 1) * 0.1
+        assert x["w_L"] == pytest.approx(expect, abs=1e-4)  # progress is logged rounded to 1e-4
+
+
+def test_zero3_smoke_and_export(shards, tmp_path):
+    out = tmp_path / "run"
+    run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
+         "train.epochs=1", "train.zero_stage=3", "data.samples_per_epoch=16", *FAST], env=cpu_env(), cwd=REPO)
+    weights = torch.load(out / "final" / "model.pt", weights_only=True)["model"]
+    assert weights["chunker.q_proj.weight"].shape == (64, 64)  # gathered, not a ZeRO-3 partition
+
+
+class PoisonHook:
+    """Makes the batches of the given steps non-finite (a real NaN reaching the loss)."""
+
+    def __init__(self, batches):
+        self.batches, self.seen = set(batches), 0
+
+    def on_batch(self, batch, state):
+        if self.seen in self.batches:
+            batch["audio"][0, :100] = float("nan")
+        self.seen += 1
+
+
+def _nan_run(shards, out):
+    from weaktok.config import load_config
+    from weaktok.launch import single_process_env
+    from weaktok.train import train
+    os.environ.update(single_process_env(os.environ))
+    cfg = load_config("tiny", [f"data.shards={shards}", "train.epochs=1", "data.samples_per_epoch=24", *FAST])
+    train(cfg, out, hooks=[PoisonHook({1, 4})])
+
+
+def test_nan_loss_steps_are_skipped_and_counted(shards, tmp_path):
+    out = tmp_path / "run"
+    os.environ.update({k: v for k, v in cpu_env().items() if k == "DS_ACCELERATOR"})
+    p = mp.get_context("spawn").Process(target=_nan_run, args=(str(shards), str(out)))
+    p.start()
+    p.join(300)
+    assert p.exitcode == 0
+    m = read_metrics(out)
+    train = [r for r in m if r["kind"] == "train"]
+    assert train[-1]["nan_skipped"] == 2
+    assert all(r["loss"] == r["loss"] for r in train)  # no NaN was ever applied or logged as the step loss
+    val = [r for r in m if r["kind"] == "val"][-1]
+    assert val["step"] == 4 and val["val_recon"] == val["val_recon"]  # 6 batches - 2 skipped = 4 steps, finite
