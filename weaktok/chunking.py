@@ -16,7 +16,10 @@ What the paper leaves out, and what we do (after H-Net's ``dc.py`` and Nawrot's 
   confidence (forward 1, backward d/dconf) where conf = p if the frame is a boundary else 1 - p, and chunk
   outputs are smoothed by an EMA over chunks whose rate is the boundary probability of each chunk's start.
 * Collapse. ``ratio_loss`` is H-Net's: with F the mean hard boundary rate (no grad) and G the mean p over
-  valid frames, L = N/(N-1) * ((N-1) F G + (1-F)(1-G)); it is minimised at one boundary per N frames.
+  valid frames, L = N/(N-1) * ((N-1) F G + (1-F)(1-G)); it is minimised at one boundary per N frames. F is the
+  rate of the *deterministic* boundaries (P(boundary) >= 0.5, as H-Net's hard boundaries and our eval are), not
+  of the Gumbel samples: with sampled F the loss only steers mean p, and p can settle below 0.5 everywhere, so
+  training samples chunks that evaluation never forms. With deterministic F the eval rate is driven to 1/N.
 * Training samples boundaries (hard Gumbel-Softmax, straight-through); eval uses p >= 0.5, no noise.
 
 Everything is vectorised over batch and chunks: pooling is one ``index_add_`` over flattened ids, un-chunking
@@ -101,7 +104,8 @@ def pool_chunks_reference(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tenso
 
 
 def ratio_loss(hard: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, target_ratio: float) -> torch.Tensor:
-    """H-Net's ratio loss over valid frames: N/(N-1) * ((N-1) F G + (1-F)(1-G)), F = hard rate (no grad)."""
+    """H-Net's ratio loss over valid frames: N/(N-1) * ((N-1) F G + (1-F)(1-G)), F = rate of ``hard`` (no grad),
+    G = mean ``prob``."""
     m = mask.float()
     denom = m.sum().clamp_min(1)
     f = (hard.detach() * m).sum() / denom
@@ -165,11 +169,12 @@ class DynamicChunkingLayer(nn.Module):
         prob = torch.cat([ones, prob_rest], 1) * mask  # (B, T)
         boundaries = torch.cat([ones, sample], 1) * mask  # (B, T), frame 0 always a boundary
         hard = boundaries.detach() > 0.5
+        deterministic = (prob >= 0.5) & mask  # the eval boundaries (frame 0 included)
         chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask)
         confidence = torch.where(mask, boundaries * prob + (1 - boundaries) * (1 - prob), torch.ones_like(prob))
         return ChunkOutput(
             chunks=chunks, chunk_mask=chunk_mask, chunk_ids=ids, boundary_prob=prob, boundaries=boundaries,
-            ratio_loss=ratio_loss(hard.to(x.dtype), prob, mask, self.target_ratio),
+            ratio_loss=ratio_loss(deterministic.to(x.dtype), prob, mask, self.target_ratio),
             chunk_starts=starts, chunk_prob=_chunk_prob(prob, starts, chunk_mask), confidence=confidence,
             frame_mask=mask,
         )

@@ -262,9 +262,9 @@ class MetricsLog:
 def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
     """Train with ``cfg`` writing to ``out``; returns the last validation record.
 
-    ``hooks``: objects with any of ``on_batch(batch, state)`` (every rank, before the step), and, on rank 0,
-    ``on_log(record)``, ``on_validation(record)``, ``on_checkpoint(path, state)`` (the Ray Train launcher and the
-    metrics exporter report through them)."""
+    ``hooks``: objects with any of ``on_batch(batch, state)`` and ``on_epoch_end(val_record, checkpoint_path)``
+    (every rank; the Ray Train and Tune launchers report there), and, on rank 0 only, ``on_log(record)``,
+    ``on_validation(record)``, ``on_checkpoint(path, state)`` (the metrics exporter listens there)."""
     from weaktok.audio import SpecFrontEnd
     from weaktok.data import train_loader
     from weaktok.lscore.differentiable import DifferentiableLScore
@@ -421,16 +421,28 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
         print(f"[weaktok] epoch {val['epoch']} step {val['step']}: val recon {val['val_recon']:.4f}, "
               f"boundary rate {val['val_boundary_rate']:.3f}, lscore err {val.get('val_lscore_rel_err_mean', 'n/a')}",
               flush=True)
-    _checkpoint(engine, ckpt_dir, state, cfg, dist, hooks, gen)
+    path = _checkpoint(engine, ckpt_dir, state, cfg, dist, hooks, gen)
+    val = _broadcast_object(val, dist)  # every rank gets rank 0's record (with the exact L-Score)
+    for h in hooks:
+        getattr(h, "on_epoch_end", lambda r, p: None)(val, path)
     return val
 
 
-def _checkpoint(engine, ckpt_dir, state, cfg, dist, hooks, gen) -> None:
+def _checkpoint(engine, ckpt_dir, state, cfg, dist, hooks, gen) -> Path:
     client = {**state, "rng": rng_state(), "world": dist.world, "config": to_dict(cfg)}
     tag = save_checkpoint(engine, ckpt_dir, client, cfg.train.keep_checkpoints, dist)
     if dist.is_main:
         for h in hooks:
             getattr(h, "on_checkpoint", lambda p, s: None)(ckpt_dir / tag, dict(state))
+    return ckpt_dir / tag
+
+
+def _broadcast_object(obj, dist: Dist):
+    if dist.world == 1:
+        return obj
+    box = [obj if dist.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ----------------------------------------------------------------------------------------------------------

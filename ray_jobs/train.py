@@ -1,0 +1,41 @@
+"""Ray job entrypoint for training (thin: parse arguments, call weaktok).
+
+    ray job submit --working-dir . -- python ray_jobs/train.py --config demo --out /shared/runs/demo \\
+        --workers 4 --gpus data.shards=/shared/shards/fsld
+
+``--out`` must be reachable from every worker (shared storage on a multi-node cluster).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir Ray ships is the repo root
+
+from weaktok.ray_train import run_ray_train  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="weaktok training on Ray Train (DeepSpeed inside each worker)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="run folder, on storage every worker can reach")
+    p.add_argument("--workers", type=int, default=2, help="training workers (ranks)")
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker (NCCL, bf16)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts before giving up")
+    p.add_argument("--storage-path", default=None, help="where Ray persists checkpoints (default <out>/ray)")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    a = p.parse_args()
+    result = run_ray_train(a.config, a.overrides, a.out, workers=a.workers, use_gpu=a.gpus,
+                           cpus_per_worker=a.cpus_per_worker, max_failures=a.max_failures,
+                           storage_path=a.storage_path, address=a.address)
+    if result.error:
+        print(f"ray_jobs/train.py: training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"ray_jobs/train.py: done; metrics {result.metrics}; checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run the training loop on Ray Train workers (``TorchTrainer``), DeepSpeed inside each worker.
+
+Ray Train starts the workers, sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and initialises the
+gloo/NCCL process group; ``weaktok.train.train`` then runs unchanged (DeepSpeed reuses that process group). Each
+epoch every worker calls ``ray.train.report`` (Ray requires all to): metrics from rank 0's validation record, and
+the epoch's DeepSpeed checkpoint from one worker per node, so Ray's storage holds a complete copy. After a worker
+failure Ray restarts the group (``max_failures``) and the loop resumes from the newest checkpoint: the local one in
+``<out>/checkpoints`` or, where that is missing (a fresh node), the last one Ray persisted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from weaktok.config import Config, load_config, to_dict
+
+
+class RayReport:
+    """Train-loop hook: report each epoch's validation record and checkpoint to Ray Train."""
+
+    def on_epoch_end(self, record: dict, checkpoint: Path) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if ctx.get_local_rank() == 0 else None
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.name)
+
+
+def restore_ray_checkpoint(out: Path) -> None:
+    """On a restarted worker with no local checkpoint, fetch the last one Ray persisted into <out>/checkpoints."""
+    import ray.train
+
+    from weaktok.train import complete_tags
+
+    ckpt = ray.train.get_checkpoint()
+    ckpt_dir = out / "checkpoints"
+    if ckpt is None or complete_tags(ckpt_dir):
+        return
+    target = ckpt_dir / Path(ckpt.path).name
+    target.mkdir(parents=True, exist_ok=True)
+    ckpt.to_directory(str(target))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    from weaktok.train import train
+
+    cfg = load_config(config["config"], config["overrides"])
+    out = Path(config["out"])
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")
+    restore_ray_checkpoint(out)
+    train(cfg, out, hooks=[RayReport()])
+
+
+def run_ray_train(config: str, overrides: list[str], out: str, workers: int = 2, use_gpu: bool = False,
+                  cpus_per_worker: float = 1.0, max_failures: int = 0, storage_path: str | None = None,
+                  address: str | None = None):
+    """Validate the config, connect to Ray, run a TorchTrainer with ``workers`` workers; returns the Result."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg: Config = load_config(config, overrides)  # fail fast, before any worker starts
+    out_path = Path(out).resolve()
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "overrides": list(overrides), "out": str(out_path),
+                           "use_gpu": use_gpu, "resolved": to_dict(cfg)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", init_method="env"),
+        run_config=RunConfig(name=f"weaktok-{out_path.name}",
+                             storage_path=str(Path(storage_path).resolve()) if storage_path else str(out_path / "ray"),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()
