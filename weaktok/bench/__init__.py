@@ -7,7 +7,7 @@ import importlib
 from weaktok.bench.common import BenchResult, report, timeit
 
 # section name -> module under weaktok.bench
-SECTIONS = {"chunking": "weaktok.bench.chunking"}
+SECTIONS = {"chunking": "weaktok.bench.chunking", "lscore": "weaktok.bench.lscore"}
 
 __all__ = ["BenchResult", "SECTIONS", "report", "run_sections", "timeit"]
 
