@@ -196,6 +196,22 @@ class CurriculumConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus exporter (weaktok/metrics.py). Rank 0 serves by default; per_rank: every rank on port + local_rank."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # bind address; 0.0.0.0 to let a Prometheus on another machine scrape
+    port: int = 9400  # 0 = any free port (the URL is printed and written to <out>/metrics_url.txt)
+    per_rank: bool = False  # serve every rank's registry (each on port + local_rank) instead of rank 0 only
+    port_fallback: bool = False  # port in use: try the next ports instead of failing
+    run_name: str = ""  # the `run` label; "" = the name of the --out folder
+
+    def check(self) -> None:
+        _require(bool(self.host), "metrics.host", "must be an address to bind (127.0.0.1, 0.0.0.0, a host name)")
+        _require(0 <= self.port <= 65535, "metrics.port", "must be in [0, 65535] (0 = any free port)")
+
+
+@dataclass
 class Config:
     name: str = "default"
     seed: int = 0
@@ -205,6 +221,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lscore: LScoreConfig = field(default_factory=LScoreConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def check(self) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")

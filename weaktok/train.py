@@ -285,6 +285,11 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+    exporter = None
+    if cfg.metrics.enabled:  # before any heavy compute: a metrics port in use fails here (weaktok/metrics.py)
+        from weaktok.metrics import MetricsExporter
+        exporter = MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"])
+        hooks = [*hooks, exporter]  # a copy: the caller's list stays as it was
     ckpt_dir = out / "checkpoints"
 
     front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
@@ -328,6 +333,8 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
         log.close()
         if pool is not None:
             pool.close()
+        if exporter is not None:
+            exporter.close()
     return last_val
 
 
