@@ -68,6 +68,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from weaktok.sweep import run_sweep
+
+    summary = run_sweep(args.config, args.space, args.out, args.overrides, num_samples=args.num_samples,
+                        resume=args.resume, address=args.address)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"best config: {summary['best_config']}  (train it: weaktok train --config {summary['best_config']} ...)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from weaktok import __version__
     from weaktok.bench import SECTIONS
@@ -87,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/, final/")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.shards=shards/x")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep (ASHA) over any config keys; results table + best config")
+    p.add_argument("--config", required=True, help="base config: shipped name or YAML path")
+    p.add_argument("--space", required=True, help="search space YAML (e.g. cluster/sweeps/default.yaml)")
+    p.add_argument("--out", required=True, help="sweep folder: tune/, results.csv, best_config.yaml, plot")
+    p.add_argument("--num-samples", type=int, default=None, help="trials (default: from the space file)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every trial")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("shards", help="build WebDataset shards (+ manifest with L-Score targets) from an audio folder")
     p.add_argument("--source", required=True, help="FSLD folder (audio/wav + metadata.json) or any audio folder")

@@ -288,6 +288,8 @@ class MetricsExporter:
         batch = [record.get(f"lscore_batch_{i}") for i in range(len(LSCORE_NAMES))]
         if None not in batch:
             self._set_terms(self.lscore_batch, batch)
+        if "pool_queue_depth" in record:  # in every train record, so a stalled pool still shows its backlog
+            self._lab(self.pool["queue_depth"]).set(record["pool_queue_depth"])
 
     def _on_exact(self, record: dict) -> None:
         self._set_terms(self.lscore_exact, record["lscore_exact"])

@@ -17,14 +17,24 @@ from weaktok.config import Config, load_config, to_dict
 
 
 class RayReport:
-    """Train-loop hook: report each epoch's validation record and checkpoint to Ray Train."""
+    """Train-loop hook: report each epoch's validation record and checkpoint to Ray Train.
+
+    ``lscore_weight``: inside a sweep, also report the sweep's objective (see weaktok.sweep.sweep_metrics)."""
+
+    def __init__(self, lscore_weight: float | None = None):
+        self.lscore_weight = lscore_weight
 
     def on_epoch_end(self, record: dict, checkpoint: Path) -> None:
         import ray.train
 
+        from weaktok.sweep import sweep_metrics
+
         ctx = ray.train.get_context()
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if ctx.get_local_rank() == 0 else None
-        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
+        if self.lscore_weight is not None:
+            metrics = sweep_metrics(record, self.lscore_weight)
+        else:
+            metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.name)
 
 
@@ -51,7 +61,7 @@ def train_loop_per_worker(config: dict) -> None:
     out = Path(config["out"])
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")
     restore_ray_checkpoint(out)
-    train(cfg, out, hooks=[RayReport()])
+    train(cfg, out, hooks=[RayReport(config.get("lscore_weight"))])
 
 
 def run_ray_train(config: str, overrides: list[str], out: str, workers: int = 2, use_gpu: bool = False,

@@ -20,6 +20,7 @@ checkpoints/<tag>/ (DeepSpeed, with client state; a tag counts only once it hold
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -285,57 +286,60 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    exporter = None
-    if cfg.metrics.enabled:  # before any heavy compute: a metrics port in use fails here (weaktok/metrics.py)
-        from weaktok.metrics import MetricsExporter
-        exporter = MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"])
-        hooks = [*hooks, exporter]  # a copy: the caller's list stays as it was
-    ckpt_dir = out / "checkpoints"
+    with contextlib.ExitStack() as cleanup:  # whatever starts below is stopped however train() ends
+        if cfg.metrics.enabled:  # before heavy compute: a metrics port in use fails here (weaktok/metrics.py)
+            from weaktok.metrics import MetricsExporter
+            exporter = MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"])
+            cleanup.callback(exporter.close)
+            hooks = [*hooks, exporter]  # a copy: the caller's list stays as it was
+        ckpt_dir = out / "checkpoints"
 
-    front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
-                         cfg.lscore.griffin_lim_iters).to(dist.device)
-    lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
-                                     mode=cfg.lscore.mode).to(dist.device)
-    model = build_model(cfg.model, front.n_freqs)
-    batches_per_epoch = -(-cfg.data.samples_per_epoch // cfg.data.batch_size)
-    steps_per_epoch = max(1, batches_per_epoch // cfg.train.grad_accum)
-    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
-    engine, optimizer, scheduler = build_engine(cfg, model, total_steps)
-    target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
+        front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
+                             cfg.lscore.griffin_lim_iters).to(dist.device)
+        lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
+                                         mode=cfg.lscore.mode).to(dist.device)
+        model = build_model(cfg.model, front.n_freqs)
+        batches_per_epoch = -(-cfg.data.samples_per_epoch // cfg.data.batch_size)
+        steps_per_epoch = max(1, batches_per_epoch // cfg.train.grad_accum)
+        total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+        engine, optimizer, scheduler = build_engine(cfg, model, total_steps)
+        target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "nan_skipped": 0, "corrupt_skipped": 0, "samples": 0}
-    found = resume_tag(cfg, ckpt_dir)
-    if found:
-        load_dir, tag = found
-        _, client = engine.load_checkpoint(str(load_dir), tag=tag)
-        state.update({k: client[k] for k in state if k in client})
-        if "rng" in client and dist.world == client.get("world", dist.world):
-            set_rng_state(client["rng"])
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "nan_skipped": 0, "corrupt_skipped": 0, "samples": 0}
+        _resume(cfg, engine, ckpt_dir, state, dist)
+        log = MetricsLog(out / "metrics.jsonl", dist.is_main)
+        cleanup.callback(log.close)
+        pool = _start_pool(cfg, dist)
+        if pool is not None:
+            cleanup.callback(pool.close)
+        gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1000 + dist.rank + 7919 * state["step"])
         if dist.is_main:
-            print(f"[weaktok] resumed from {load_dir / tag}: step {state['step']}, epoch {state['epoch']}, "
-                  f"batch {state['batch_in_epoch']} of the epoch", flush=True)
-    log = MetricsLog(out / "metrics.jsonl", dist.is_main)
-    pool = _start_pool(cfg, dist)
-    gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1000 + dist.rank + 7919 * state["step"])
-    if dist.is_main:
-        print(f"[weaktok] {count_params(model) / 1e6:.2f} M params, world {dist.world}, ZeRO {cfg.train.zero_stage}, "
-              f"{'bf16' if use_bf16(cfg) else 'fp32'}, {steps_per_epoch} steps/epoch, device {dist.device}", flush=True)
+            print(f"[weaktok] {count_params(model) / 1e6:.2f} M params, world {dist.world}, ZeRO "
+                  f"{cfg.train.zero_stage}, {'bf16' if use_bf16(cfg) else 'fp32'}, {steps_per_epoch} steps/epoch, "
+                  f"device {dist.device}", flush=True)
 
-    last_val: dict = {}
-    try:
+        last_val: dict = {}
         while state["epoch"] < cfg.train.epochs and not _done(state, cfg):
             last_val = _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, gen, hooks,
                                   ckpt_dir, batches_per_epoch, train_loader)
         if dist.is_main:
             _poll_pool(pool, state, log, hooks)
         export_weights(engine, cfg, out, dist)
-    finally:
-        log.close()
-        if pool is not None:
-            pool.close()
-        if exporter is not None:
-            exporter.close()
     return last_val
+
+
+def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> None:
+    found = resume_tag(cfg, ckpt_dir)
+    if not found:
+        return
+    load_dir, tag = found
+    _, client = engine.load_checkpoint(str(load_dir), tag=tag)
+    state.update({k: client[k] for k in state if k in client})
+    if "rng" in client and dist.world == client.get("world", dist.world):
+        set_rng_state(client["rng"])
+    if dist.is_main:
+        print(f"[weaktok] resumed from {load_dir / tag}: step {state['step']}, epoch {state['epoch']}, "
+              f"batch {state['batch_in_epoch']} of the epoch", flush=True)
 
 
 def _done(state: dict, cfg: Config) -> bool:
@@ -407,6 +411,8 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
                           "step_time_s": (now - t_last) / cfg.train.log_every, "data_wait_s": wait,
                           "data_wait_share": wait / max(elapsed, 1e-9), "nan_skipped": state["nan_skipped"],
                           "corrupt_skipped": state["corrupt_skipped"]}
+                if pool is not None:  # every record, so a stalled pool still shows its backlog
+                    record["pool_queue_depth"] = pool.queue_depth
                 if dist.is_main:
                     log.write(record)
                     for h in hooks:
@@ -473,7 +479,15 @@ def _submit_outputs(pool, front, recon: torch.Tensor, cfg: Config, step: int) ->
 def _poll_pool(pool, state: dict, log: MetricsLog, hooks: list) -> None:
     if pool is None:
         return
-    for tag, scores in pool.poll():
+    from weaktok.lscore.pool import LScorePoolError
+
+    try:
+        finished = pool.poll()
+    except LScorePoolError as e:  # an actor died past its retries: the pool replaced it; training goes on
+        state["lscore_pool_errors"] = state.get("lscore_pool_errors", 0) + 1
+        print(f"[weaktok] L-Score pool error (step {state['step']}, continuing): {e}", flush=True)
+        return
+    for tag, scores in finished:
         record = {"kind": "lscore_exact", "step": state["step"], "from_step": tag,
                   "lscore_exact": np.asarray(scores).mean(0).tolist(), "pool": pool.stats()}
         log.write(record)
@@ -519,10 +533,13 @@ def validate(cfg, dist, engine, front, lscore_fn, target, state, pool) -> dict:
         scores = pool.map(gathered, cfg.audio.sample_rate)  # (N, 4) exact, librosa
         mean = scores.mean(0)
         tmean = target["mean"].cpu().numpy()
+        tstd = target["std"].cpu().numpy()
         rel = np.abs(mean - tmean) / np.maximum(np.abs(tmean), 1e-6)
+        std_dist = np.abs(mean - tmean) / np.maximum(tstd, 1e-6)  # standardised L1 distance of the means
         record.update({"val_lscore_exact": mean.tolist(), "val_lscore_target": tmean.tolist(),
-                       "val_lscore_rel_err": rel.tolist(), "val_lscore_rel_err_mean": float(rel.mean()),
-                       "lscore_names": list(LSCORE_NAMES)})
+                       "val_lscore_target_std": tstd.tolist(), "val_lscore_rel_err": rel.tolist(),
+                       "val_lscore_rel_err_mean": float(rel.mean()), "val_lscore_std_dist": std_dist.tolist(),
+                       "val_lscore_std_dist_total": float(std_dist.sum()), "lscore_names": list(LSCORE_NAMES)})
     return record
 
 

@@ -7,7 +7,8 @@ import importlib
 from weaktok.bench.common import BenchResult, report, timeit
 
 # section name -> module under weaktok.bench
-SECTIONS = {"chunking": "weaktok.bench.chunking", "lscore": "weaktok.bench.lscore"}
+SECTIONS = {"chunking": "weaktok.bench.chunking", "lscore": "weaktok.bench.lscore", "data": "weaktok.bench.data",
+            "train": "weaktok.bench.train"}
 
 __all__ = ["BenchResult", "SECTIONS", "report", "run_sections", "timeit"]
 

@@ -102,22 +102,23 @@ class LScoreWorker:
 def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> bool:
     """Make sure this process is connected to Ray; returns True only if this call started a local cluster.
 
-    Order: reuse an already initialised Ray; else attach to a running cluster (``address``, default ``"auto"``:
-    RAY_ADDRESS or a cluster on this machine); else, when none is found, start a local one with ``num_cpus``
-    (default: every core) and no dashboard. ``address="local"`` skips the attach step (always start our own).
+    Order: reuse an already initialised Ray; else attach to the cluster named by ``address`` or, when that is
+    None, by the RAY_ADDRESS environment variable (``ray job submit`` sets it for jobs; ``RAY_ADDRESS=auto``
+    means "the cluster `ray start` left on this machine"); else start a local cluster with ``num_cpus``
+    (default: every core) and no dashboard. ``address="local"`` always starts our own.
+
+    Why not ``ray.init(address="auto")`` unconditionally: "auto" also finds any cluster another process on
+    this machine started with a plain ``ray.init()`` (a test, another training run), whose CPUs may all be
+    taken and which disappears with that process, taking every driver attached to it down too.
     Token authentication stays at Ray's default (on for local clusters since 2.59; a client reads the token from
     RAY_AUTH_TOKEN or ~/.ray/auth_token); nothing here turns it off. ``init_kwargs`` go to ``ray.init`` as given.
-    Caveat of "auto": it also finds a cluster someone else started on this machine; use "local" where that matters.
     """
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address != "local":
-        try:
-            ray.init(address=address or "auto", **init_kwargs)
-            return False
-        except ConnectionError:
-            if address not in (None, "auto"):
-                raise  # an explicit address that does not answer is an error, not a reason to start a cluster
+        ray.init(address=address, **init_kwargs)  # a named cluster that does not answer is an error
+        return False
     ray.init(**{"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False, **init_kwargs})
     return True
 
@@ -138,7 +139,8 @@ class LScorePool:
     num_actors: default = CPUs currently available to Ray (at least 1); one actor per core is the sweet spot.
     max_in_flight: bound on unfinished ``submit`` batches (default 2 per actor).
     max_retries: restarts allowed per actor, and re-sends per batch, before LScorePoolError.
-    address: None/"auto" = attach to a running cluster or start one; "local" = always start one; "host:port" = attach.
+    address: None = RAY_ADDRESS if set, else start a local cluster; "local" = always start one; "auto" or
+             "host:port" = attach (see connect_ray).
     num_cpus: size of a cluster we start (default os.cpu_count()); ignored when attaching.
     num_cpus_per_actor: Ray CPU request per actor (1 by default; lower only to pack actors, e.g. in tests).
     niceness: the actors' Unix niceness. None keeps Ray's default (RAY_worker_niceness = 15: the actors yield the

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Submit weaktok training or sweeps to a Ray cluster as Ray jobs, and follow them.
+#
+#   ray_jobs/submit.sh train --config demo --out /shared/runs/r1 --workers 4 --gpus data.shards=/shared/shards/x
+#   ray_jobs/submit.sh sweep --config demo --space cluster/sweeps/default.yaml --out /shared/sweeps/s1 ...
+#   ray_jobs/submit.sh status JOB_ID | logs JOB_ID | stop JOB_ID | list
+#
+# RAY_ADDRESS: the head's job server, default http://127.0.0.1:8265.
+# Token authentication stays on (Ray's default since 2.59). On the head machine the CLI finds the token in
+# ~/.ray/auth_token; from elsewhere, run `ray get-auth-token` on the head and export RAY_AUTH_TOKEN=<token> here.
+# The job runs `python` from the cluster nodes' PATH: install weaktok's dependencies there (cluster/ray-cluster.yaml).
+set -euo pipefail
+export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}  # the job client does not switch token auth on by itself
+RAY=${RAY:-ray}
+cmd=${1:?usage: submit.sh train|sweep ARGS... | status|logs|stop JOB_ID | list}
+shift
+cd "$(dirname "$0")/.."
+case "$cmd" in
+  train|sweep)
+    # DS_ACCELERATOR stays unset on GPU clusters (DeepSpeed detects CUDA); CPU clusters export it before submitting.
+    env_json=$(printf '{"env_vars": {"DS_ACCELERATOR": "%s", "PYTHONUNBUFFERED": "1"}}' "${DS_ACCELERATOR:-cuda}")
+    # a head that just started has no job agent yet ("No available agent"): retry for up to a minute
+    for attempt in $(seq 1 30); do
+      if out=$("$RAY" job submit --working-dir . --runtime-env-json "$env_json" --no-wait \
+               -- python "ray_jobs/$cmd.py" "$@" 2>&1); then
+        echo "$out"; exit 0
+      fi
+      case "$out" in *"No available agent"*) sleep 2 ;; *) echo "$out" >&2; exit 1 ;; esac
+    done
+    echo "$out" >&2; exit 1 ;;
+  status) exec "$RAY" job status "$@" ;;
+  logs)   exec "$RAY" job logs "$@" ;;
+  stop)   exec "$RAY" job stop "$@" ;;
+  list)   exec "$RAY" job list ;;
+  *) echo "submit.sh: unknown command '$cmd' (train, sweep, status, logs, stop, list)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,132 @@
+"""``weaktok bench train``: what does the training system cost on top of the model?
+
+1. Full training step (DeepSpeed engine + shard loader + metrics, measured inside a real ``train()`` run of the
+   ``demo`` config on one rank) vs a bare PyTorch loop (model + the same loss + AdamW) on one fixed batch of the
+   same size. Goal: overhead <= 10 %.
+2. Model FLOP/s (fwd+bwd FLOPs counted by ``torch.utils.flop_counter``) / measured ``torch.matmul`` FLOP/s on
+   this machine. Goal >= 25 %.
+3. Data-wait share of step time in the real run. Goal <= 5 %.
+
+Shards: ``--shards``-less runs build a small embedded corpus + shards once under ``bench_results/``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from weaktok.bench.common import BenchResult, timeit
+
+BENCH_DIR = Path("bench_results")
+
+
+def bench_shards(n: int = 48) -> Path:
+    """A small shard set from the embedded corpus, built once and reused."""
+    from weaktok.corpus import build_corpus
+    from weaktok.shards import build_shards
+
+    shards = BENCH_DIR / "shards-train-bench"
+    if (shards / "manifest.json").is_file():
+        return shards
+    corpus = BENCH_DIR / "corpus-train-bench"
+    build_corpus(corpus, n=n, seed=0, progress=False)
+    build_shards(corpus, shards, min_shards=2, num_actors=1, progress=False)
+    return shards
+
+
+def matmul_flops(n: int = 1024, repeat: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timeit(lambda: a @ b, repeat=repeat, warmup=3)
+
+
+def model_flops(model, front, lscore_fn, batch_audio, target, cfg) -> float:
+    """FLOPs of one forward + backward of the model and loss (counted, not estimated)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from weaktok.curriculum import weights_at
+    from weaktok.train import compute_loss
+
+    spec = front(batch_audio)
+    with FlopCounterMode(display=False) as counter:
+        losses, _ = compute_loss(model, front, lscore_fn, spec, spec, weights_at(1e9, cfg.curriculum), target, cfg)
+        losses.total.backward()
+    return float(counter.get_total_flops())
+
+
+def bare_step_time(cfg, batch_audio, target, repeat: int) -> tuple[float, float]:
+    """Seconds per step of a plain PyTorch loop on one fixed batch, and the step's FLOPs."""
+    from weaktok.audio import SpecFrontEnd
+    from weaktok.curriculum import weights_at
+    from weaktok.lscore.differentiable import DifferentiableLScore
+    from weaktok.model import build_model
+    from weaktok.train import compute_loss
+
+    front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
+    lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
+    model = build_model(cfg.model, front.n_freqs).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    w = weights_at(1e9, cfg.curriculum)  # all loss terms on, as at the end of the curriculum
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            spec = front(batch_audio)
+        losses, _ = compute_loss(model, front, lscore_fn, spec, spec, w, target, cfg)
+        losses.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+
+    t = timeit(step, repeat=repeat, warmup=2)
+    return t, model_flops(model, front, lscore_fn, batch_audio, target, cfg)
+
+
+def full_run(cfg, out: Path) -> dict:
+    """A real single-rank train() run; step time and data wait from its metrics.jsonl (first window dropped)."""
+    from weaktok.launch import single_process_env
+    from weaktok.train import train
+
+    os.environ.update(single_process_env(os.environ))
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    train(cfg, out)
+    import json
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["kind"] == "train"][1:]
+    return {"step_time": statistics.median(r["step_time_s"] for r in rows),
+            "data_wait_share": statistics.mean(r["data_wait_share"] for r in rows), "windows": len(rows)}
+
+
+def run(quick: bool = False) -> list[BenchResult]:
+    from weaktok.config import load_config
+    from weaktok.data import eval_loader
+    from weaktok.manifest import load_manifest
+
+    shards = bench_shards()
+    steps = 12 if quick else 40
+    cfg = load_config("demo", [f"data.shards={shards}", "train.epochs=1", "lscore.pool_every=0",
+                               "lscore.val_items=0", "data.val_max_items=8", "train.log_every=4",
+                               f"data.samples_per_epoch={steps * 8}", "train.checkpoint_every=0",
+                               "metrics.port=0"])
+    target = {k: torch.tensor(load_manifest(shards)["lscore_target"][k]) for k in ("mean", "std")}
+    batch = next(iter(eval_loader(str(shards), "train", cfg.data.batch_size, cfg.audio.clip_seconds)))
+    bare, flops = bare_step_time(cfg, batch["audio"], target, repeat=5 if quick else 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = full_run(cfg, Path(tmp) / "run")
+    peak = matmul_flops()
+    achieved = flops / full["step_time"]
+    return [
+        BenchResult(name=f"train step, demo model B={cfg.data.batch_size}: full (engine+loader+metrics) vs bare",
+                    value=full["step_time"] * 1e3, baseline=bare * 1e3, units="ms/step", goal="ratio <= 1.10",
+                    passed=full["step_time"] / bare <= 1.10,
+                    note=f"median over {full['windows']} logging windows of a real train() run, ZeRO "
+                         f"{cfg.train.zero_stage}, {cfg.data.num_workers} loader worker(s)"),
+        BenchResult(name="model FLOP/s / torch.matmul FLOP/s", value=achieved / 1e9, baseline=peak / 1e9,
+                    units="GFLOP/s", goal="ratio >= 0.25", passed=achieved / peak >= 0.25,
+                    note=f"{flops / 1e9:.2f} GFLOP per fwd+bwd step (FlopCounterMode); matmul 1024^2 fp32"),
+        BenchResult(name="data-wait share of step time", value=full["data_wait_share"] * 100, baseline=None,
+                    units="%", goal="<= 5 %", passed=full["data_wait_share"] <= 0.05),
+    ]
