@@ -1,4 +1,4 @@
-# weaktok: `make test` runs the test suite (and `make demo` the main job, once it lands). Both set everything up first.
+# weaktok: `make test` runs the test suite, `make demo` the end-to-end job. Both set everything up first.
 PY       ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.setup-stamp
 APT_PKGS := sonic-pi-samples prometheus ninja-build
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test test-fast bench clean
+.PHONY: setup apt test test-fast bench demo clean
 
 setup: $(STAMP) apt
 
@@ -37,6 +37,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/weaktok bench
+
+# corpus -> shards -> 2-rank DeepSpeed training (CPU without a GPU) -> Table 1 -> generation -> runs/demo/report.md
+demo: setup
+	$(BIN)/weaktok demo
 
 clean:
 	rm -rf $(VENV) bench_results .pytest_cache

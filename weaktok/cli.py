@@ -80,6 +80,75 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors():
+    """Errors a user can cause in generate/evaluate/ablate/demo (missing checkpoint, bad audio, missing shards)."""
+    from weaktok.ablate import TrainingFailed
+    from weaktok.manifest import ShardsError
+
+    return (FileNotFoundError, ValueError, ShardsError, TrainingFailed)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from weaktok.generate import generate
+
+    if bool(args.seed_audio) == args.unconditional:
+        print("weaktok generate: give --seed-audio FILE [FILE ...] or --unconditional (one of the two)",
+              file=sys.stderr)
+        return 2
+    try:
+        s = generate(args.checkpoint, args.out, seed_audio=args.seed_audio, n=args.n, seconds=args.seconds,
+                     steps=args.steps, mask_fraction=args.mask_fraction, seed=args.seed, shards=args.shards)
+    except _user_errors() as e:
+        print(f"weaktok generate: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(s['outputs'])} {s['mode']} outputs (WAV + PNG) to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from weaktok.evaluate import evaluate
+
+    try:
+        evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_uncond=args.n_uncond,
+                 seconds=args.seconds, shards=args.shards, workers=args.workers, seed=args.seed)
+    except _user_errors() as e:
+        print(f"weaktok evaluate: {e}", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    print(Path(args.out, "table1.md").read_text())
+    print(f"wrote table1.json, table1.md and plots to {args.out}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from weaktok.ablate import ablate
+
+    names = [n for n in (args.variants or "").split(",") if n.strip()] or None
+    try:
+        ablate(args.config, args.out, args.overrides, names=names, ranks=args.ranks, split=args.split,
+               max_items=args.max_items, seconds=args.seconds)
+    except _user_errors() as e:
+        print(f"weaktok ablate: {e}", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    print(Path(args.out, "ablation.md").read_text())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from weaktok.demo import demo
+
+    try:
+        demo(out=args.out, corpus=args.corpus, shards=args.shards, quick=args.quick, retrain=args.retrain,
+             overrides=args.overrides)
+    except _user_errors() as e:
+        print(f"weaktok demo: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from weaktok import __version__
     from weaktok.bench import SECTIONS
@@ -139,6 +208,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench_results", help="folder for <section>.json (default: bench_results)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (smoke test)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("generate", help="seed-based in-painting or unconditional generation: WAVs + spectrogram PNGs "
+                       "with chunk boundaries")
+    p.add_argument("--checkpoint", required=True, help="run folder (uses final/model.pt) or a model.pt file")
+    p.add_argument("--seed-audio", nargs="+", metavar="FILE", help="seed-based: one output per seed audio file")
+    p.add_argument("--unconditional", action="store_true", help="unconditional: refine noise shaped like the corpus")
+    p.add_argument("--n", type=int, default=8, help="unconditional outputs (default 8)")
+    p.add_argument("--out", required=True, help="output folder: <name>.wav, <name>.png, generate.json")
+    p.add_argument("--seconds", type=float, default=None, help="output length (default: the model's clip length)")
+    p.add_argument("--steps", type=int, default=None, help="refinement passes (default 6)")
+    p.add_argument("--mask-fraction", type=float, default=0.5, help="seed-based: in-painted share at the end")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--shards", default=None, help="shards for the corpus spectrum (default: the model's data.shards)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="the paper's Table 1 (L-Score of generated outputs vs target), recon loss, "
+                       "chunk stats, plots")
+    p.add_argument("--checkpoint", required=True, help="run folder (uses final/model.pt) or a model.pt file")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--out", required=True, help="output folder: table1.json, table1.md, PNGs")
+    p.add_argument("--max-items", type=int, default=0, help="at most this many items (default 0 = all)")
+    p.add_argument("--n-uncond", type=int, default=0, help="unconditional outputs (default: as many as items)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="clip and output length (default 8 s or the training crop if longer; see evaluate.py)")
+    p.add_argument("--shards", default=None, help="shard folder (default: the model's data.shards)")
+    p.add_argument("--workers", type=int, default=0, help="Ray actors for the exact L-Score (default 0 = serial)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="train + evaluate variants: dynamic vs fixed chunking, surrogate vs paper "
+                       "L-Score")
+    p.add_argument("--config", required=True, help="base config: shipped name or YAML path")
+    p.add_argument("--out", required=True, help="folder: one run per variant, ablation.json, ablation.md")
+    p.add_argument("--variants", default="", help="comma-separated subset of dynamic,fixed,paper (default: all)")
+    p.add_argument("--ranks", type=int, default=1, help="DeepSpeed ranks per training run (default 1)")
+    p.add_argument("--split", default="test", help="evaluation split (default test)")
+    p.add_argument("--max-items", type=int, default=0, help="evaluation items per variant (default 0 = all)")
+    p.add_argument("--seconds", type=float, default=None, help="evaluation clip length (default: as evaluate)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every variant")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("demo", help="the end-to-end job: corpus, shards, 2-rank training, evaluation, generation, "
+                       "report (make demo)")
+    p.add_argument("--out", default=None, help="demo folder (default runs/demo; --quick: runs/demo-quick)")
+    p.add_argument("--corpus", default=None, help="corpus folder (default corpus/demo), reused when present")
+    p.add_argument("--shards", default=None, help="shard folder (default shards/demo), reused when present")
+    p.add_argument("--quick", action="store_true", help="smoke-test scale: tiny model, 48 loops, 1 epoch")
+    p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,151 @@
+"""Generation from a tiny trained model: both modes write WAVs + PNGs; unconditional outputs are not silence, not
+white noise, not copies of training items; user errors name the file."""
+import json
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import cpu_env, run, venv_bin
+from weaktok.audio import load_audio
+from weaktok.data import eval_loader
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1"]
+
+
+class SerialPool:
+    """Stands in for the Ray L-Score pool in build_shards (a few items: no cluster start-up)."""
+
+    def map(self, waves, sr):
+        from weaktok.lscore.exact import exact_lscore
+        return np.stack([exact_lscore(w, sr) for w in waves])
+
+
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(shards, run): 40 loops of the embedded corpus, the tiny config trained for 3 epochs. Built once per test
+    session and shared by the modules that need a trained model. (The embedded corpus, not make_tiny_shards: half
+    of those items are clicks over a white-noise floor, which would make "not white noise" meaningless.)"""
+    from weaktok.corpus import build_corpus
+    from weaktok.shards import build_shards
+
+    base = tmp_path_factory.getbasetemp() / "weaktok_tiny_model"
+    shards, out = base / "shards", base / "run"
+    if not (out / "final" / "model.pt").is_file():
+        build_corpus(base / "corpus", n=40, seed=0, progress=False)
+        build_shards(base / "corpus", shards, min_shards=2, pool=SerialPool(), progress=False)
+        run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
+             "train.epochs=3", "curriculum.warmup_epochs=1", "curriculum.anneal_epochs=1", *FAST],
+            env=cpu_env(), cwd=REPO, timeout=300)
+    return shards, out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return tiny_model(tmp_path_factory)
+
+
+def _spec(y: np.ndarray, sr: int) -> np.ndarray:
+    return np.log1p(np.abs(librosa.stft(y, n_fft=512, hop_length=128)))  # (F, T)
+
+
+def _flatness(y: np.ndarray) -> float:
+    return float(np.mean(librosa.feature.spectral_flatness(y=y, n_fft=512, hop_length=128)))
+
+
+def _train_specs(shards: Path, sr: int) -> list[np.ndarray]:
+    return [_spec(a.numpy(), sr) for b in eval_loader(str(shards), "train", 8, 2.0) for a in b["audio"]]
+
+
+def _nearest(spec: np.ndarray, bank: list[np.ndarray]) -> float:
+    T = min(spec.shape[1], *(b.shape[1] for b in bank))
+    return min(float(np.abs(spec[:, :T] - b[:, :T]).mean()) for b in bank)
+
+
+def test_unconditional_outputs_are_music_like_and_new(trained, tmp_path):
+    from weaktok.generate import generate
+
+    shards, model_run = trained
+    out = tmp_path / "uncond"
+    summary = generate(model_run, out, n=3, seed=1)
+    assert summary["mode"] == "unconditional" and len(summary["outputs"]) == 3
+    assert json.loads((out / "generate.json").read_text())["outputs"] == summary["outputs"]
+    sr = 22050
+    bank = _train_specs(shards, sr)
+    # a copy of a training item, through the same Griffin-Lim round trip: the distance a copy would have
+    from weaktok.generate import load_model
+    loaded = load_model(model_run)
+    item = next(iter(eval_loader(str(shards), "train", 1, 2.0)))["audio"]
+    copy_wave = loaded.front.inverse(loaded.front(item))[0].numpy()
+    copy_dist = _nearest(_spec(copy_wave, sr), bank)
+    white = np.random.default_rng(0).standard_normal(sr * 2).astype(np.float32) * 0.3
+    for rec in summary["outputs"]:
+        assert (out / rec["png"]).stat().st_size > 5000
+        y = load_audio(out / rec["wav"], sr, normalize=False)
+        assert len(y) == pytest.approx(2.0 * sr, rel=0.02)
+        assert np.sqrt(np.mean(y ** 2)) > 1e-3, "silence"
+        assert _flatness(y) < 0.5 * _flatness(white), "white noise"
+        assert _nearest(_spec(y, sr), bank) > 2 * copy_dist, "a copy of a training item"
+
+
+def test_seed_based_keeps_the_seed_and_fills_the_hole(trained, tmp_path):
+    from weaktok.audio import write_wav
+    from weaktok.generate import generate
+
+    shards, model_run = trained
+    item = next(iter(eval_loader(str(shards), "test", 1, 2.0)))["audio"][0].numpy()
+    seed = tmp_path / "seed.wav"
+    write_wav(seed, item[: 22050], 22050)  # 1 s: tiled to the model's 2 s
+    out = tmp_path / "seeded"
+    summary = generate(model_run, out, seed_audio=[str(seed)], steps=2)
+    assert (out / "generate.json").is_file()
+    assert summary["mode"] == "seed" and summary["steps"] == 2
+    rec = summary["outputs"][0]
+    y = load_audio(out / rec["wav"], 22050, normalize=False)
+    assert np.sqrt(np.mean(y ** 2)) > 1e-3
+    assert (out / rec["png"]).is_file() and rec["chunks"] >= 1
+
+
+def _stats(F: int, k: int = 2) -> dict:
+    u = torch.linalg.qr(torch.randn(F, k))[0].T  # (k, F) orthonormal shapes
+    return {"mean": torch.full((F,), 1.0), "components": u, "comp_std": torch.ones(k),
+            "comp_rho": torch.full((k,), 0.9), "resid_std": torch.full((F,), 0.1)}
+
+
+def test_refinement_keeps_known_frames_and_fills_the_hole_from_the_prior():
+    from types import SimpleNamespace
+
+    from weaktok.generate import seed_based, unconditional
+
+    class Echo(torch.nn.Module):  # a "model" returning its input: shows exactly what each pass is fed
+        def forward(self, x):
+            return SimpleNamespace(recon=x, chunk=None)
+
+    spec = torch.rand(2, 6, 40) + 3.0
+    g = torch.Generator().manual_seed(0)
+    y, _ = seed_based(Echo(), spec, _stats(6), mask_fraction=0.25, steps=3, gen=g)
+    assert torch.equal(y[..., :30], spec[..., :30])  # known frames: the seed, untouched
+    hole = y[..., 30:]
+    assert (hole - 1.0).abs().mean() < 1.0 and hole.std() > 0.05  # prior noise around the corpus mean, not zeros
+    u, _ = unconditional(Echo(), _stats(6), n=3, frames=17, steps=2, gen=g)
+    assert u.shape == (3, 6, 17) and (u >= 0).all()
+
+
+def test_missing_checkpoint_and_bad_audio_are_clear_errors(trained, tmp_path):
+    _, model_run = trained
+    r = _cli(["generate", "--checkpoint", str(tmp_path / "nope"), "--unconditional", "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and str(tmp_path / "nope") in r.stderr and "model.pt" in r.stderr
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    r = _cli(["generate", "--checkpoint", str(model_run), "--seed-audio", str(bad), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and str(bad) in r.stderr and "unreadable" in r.stderr
+    r = _cli(["generate", "--checkpoint", str(model_run), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "--unconditional" in r.stderr
+
+
+def _cli(args):
+    import subprocess
+    return subprocess.run([venv_bin("weaktok"), *args], capture_output=True, text=True, env=cpu_env(), cwd=REPO,
+                          timeout=120)

@@ -1,0 +1,206 @@
+"""The end-to-end demo (``make demo`` -> ``weaktok demo``): corpus -> shards -> 2-rank DeepSpeed training ->
+evaluation (Table 1) -> generation -> runs/demo/report.md, with the time each stage took.
+
+    weaktok demo                 # the full job: config demo, 2 CPU ranks, ZeRO-2 (~10-15 min on 2 cores)
+    weaktok demo --quick         # smoke-test scale: 48 loops, the tiny config, 1 epoch (~2 min)
+
+Idempotent-ish: an existing corpus (metadata.json) and shard folder (manifest.json) are reused, and so is a
+finished training run whose config.yaml equals the one this demo would train (``--retrain`` forces a new run;
+a run with a different config is moved aside and retrained). Evaluation, generation and the report always run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from weaktok.config import load_config, to_dict
+
+
+@dataclass
+class Plan:
+    out: Path
+    corpus: Path
+    shards: Path
+    config: str
+    corpus_n: int
+    ranks: int
+    overrides: list[str]
+    max_items: int = 0  # evaluation items (0 = the whole test split)
+    n_uncond: int = 8
+    n_seeds: int = 3
+    timings: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    earlier: dict = field(default_factory=dict)  # timings of the run that built what this one reuses
+
+    def reuse(self, stage_name: str) -> None:
+        took = self.earlier.get(stage_name)
+        self.notes[stage_name] = f"reused (built in {took:.0f} s)" if took else "reused"
+
+
+def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bool,
+              overrides: list[str] | None) -> Plan:
+    if quick:  # smoke-test scale: everything under one folder, the tiny model, one epoch, no Ray in training
+        root = Path(out or "runs/demo-quick")
+        return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), "tiny", 48, 2,
+                    ["train.epochs=1", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=0",
+                     *(overrides or [])], max_items=8, n_uncond=2, n_seeds=1)
+    return Plan(Path(out or "runs/demo"), Path(corpus or "corpus/demo"), Path(shards or "shards/demo"), "demo", 300,
+                2, list(overrides or []))
+
+
+def stage(plan: Plan, k: int, n: int, name: str):
+    """Context manager printing a banner and recording the stage's wall time in plan.timings."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def timed():
+        print(f"\n=== [{k}/{n}] {name} ===", flush=True)
+        t0 = time.time()
+        yield
+        plan.timings[name] = round(time.time() - t0, 1)
+        print(f"=== {name}: {plan.timings[name]:.1f} s ===", flush=True)
+    return timed()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def stage_corpus(plan: Plan) -> None:
+    from weaktok.corpus import build_corpus, print_summary
+
+    if (plan.corpus / "metadata.json").is_file():
+        print(f"reusing the corpus in {plan.corpus} (delete it to rebuild)")
+        plan.reuse("corpus")
+        return
+    print_summary(build_corpus(plan.corpus, n=plan.corpus_n, seed=0))
+
+
+def stage_shards(plan: Plan) -> None:
+    from weaktok.shards import build_shards, print_summary
+
+    if (plan.shards / "manifest.json").is_file():
+        print(f"reusing the shards in {plan.shards} (delete the folder to rebuild)")
+        plan.reuse("shards")
+        from weaktok.manifest import load_manifest
+
+        print_summary(load_manifest(plan.shards), plan.shards)
+        return
+    import os
+
+    from weaktok.lscore.pool import LScorePool
+
+    # our own Ray cluster (address "local"), unless RAY_ADDRESS names one: "auto" would attach to any on the machine
+    with LScorePool(address=os.environ.get("RAY_ADDRESS") or "local", niceness=0) as pool:
+        manifest = build_shards(plan.corpus, plan.shards, min_shards=4, command="weaktok demo", pool=pool)
+    print_summary(manifest, plan.shards)
+
+
+def train_overrides(plan: Plan) -> list[str]:
+    return [f"data.shards={plan.shards}", "metrics.port_fallback=true", *plan.overrides]
+
+
+def stage_train(plan: Plan, retrain: bool) -> Path:
+    from weaktok.ablate import train_subprocess
+
+    run = plan.out / "train"
+    wanted = to_dict(load_config(plan.config, train_overrides(plan)))
+    if run.exists():
+        saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+        if not retrain and saved == wanted and (run / "final" / "model.pt").is_file():
+            print(f"reusing the finished run in {run} (--retrain to train again)")
+            plan.reuse("train")
+            return run
+        old = run.with_name(f"train.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        print(f"moving the previous run aside to {old}")
+        run.rename(old)
+
+    def watch(line: str) -> None:
+        if "[weaktok] metrics at" in line:
+            url = line.split("metrics at", 1)[1].split()[0]
+            plan.notes["metrics_url"] = url
+            print(f"\n  >>> Prometheus metrics live at {url} (scrape it, or curl it while training runs)\n",
+                  flush=True)
+
+    print(f"{plan.ranks} DeepSpeed ranks, config {plan.config} {' '.join(train_overrides(plan))}; log: "
+          f"{run / 'train.log'}", flush=True)
+    train_subprocess(plan.config, run, train_overrides(plan), ranks=plan.ranks, on_line=watch)
+    return run
+
+
+def stage_evaluate(plan: Plan, run: Path) -> dict:
+    from weaktok.evaluate import evaluate
+
+    t = evaluate(run, plan.out / "eval", split="test", max_items=plan.max_items, n_uncond=plan.max_items)
+    print((plan.out / "eval" / "table1.md").read_text())
+    return t
+
+
+def stage_generate(plan: Plan, run: Path) -> dict:
+    """Unconditional outputs, and seed-based ones from the first test items (written out as seed WAVs)."""
+    from weaktok.audio import write_wav
+    from weaktok.data import eval_loader
+    from weaktok.generate import generate
+
+    gen_dir = plan.out / "generate"
+    cfg = load_config(plan.config, train_overrides(plan))
+    uncond = generate(run, gen_dir / "unconditional", n=plan.n_uncond)
+    seeds = []
+    for batch in eval_loader(str(plan.shards), "test", plan.n_seeds, cfg.audio.clip_seconds):
+        for key, audio in zip(batch["keys"], batch["audio"]):
+            seeds.append(gen_dir / "seeds" / f"{key}.wav")
+            write_wav(seeds[-1], audio.numpy(), cfg.audio.sample_rate)
+        break
+    seeded = generate(run, gen_dir / "seed", seed_audio=[str(p) for p in seeds])
+    print(f"wrote {len(uncond['outputs'])} unconditional and {len(seeded['outputs'])} seed-based outputs "
+          f"(WAV + PNG) under {gen_dir}")
+    return {"unconditional": uncond, "seed": seeded, "seeds": [str(p) for p in seeds]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job
+
+
+def demo(out: str | None = None, corpus: str | None = None, shards: str | None = None, quick: bool = False,
+         retrain: bool = False, overrides: list[str] | None = None) -> Path:
+    """Run every stage; returns the path of report.md."""
+    from weaktok.report import write_demo_report
+
+    plan = make_plan(out, corpus, shards, quick, overrides)
+    load_config(plan.config, train_overrides(plan))  # a bad override fails here, before any work
+    plan.out.mkdir(parents=True, exist_ok=True)
+    plan.earlier = _earlier_timings(plan.out / "timings.json")
+    t0 = time.time()
+    n = 6
+    with stage(plan, 1, n, "corpus"):
+        stage_corpus(plan)
+    with stage(plan, 2, n, "shards"):
+        stage_shards(plan)
+    with stage(plan, 3, n, "train"):
+        run = stage_train(plan, retrain)
+    with stage(plan, 4, n, "evaluate"):
+        table = stage_evaluate(plan, run)
+    with stage(plan, 5, n, "generate"):
+        gens = stage_generate(plan, run)
+    with stage(plan, 6, n, "report"):
+        plan.timings["total"] = round(time.time() - t0, 1)
+        report = write_demo_report(plan, run, table, gens)
+    plan.timings["total"] = round(time.time() - t0, 1)
+    built = {k: (plan.earlier.get(k, v) if "reused" in plan.notes.get(k, "") else v) for k, v in plan.timings.items()}
+    (plan.out / "timings.json").write_text(json.dumps({"timings": plan.timings, "notes": plan.notes,
+                                                       "built": built}, indent=2))
+    print(f"\nweaktok demo finished in {plan.timings['total'] / 60:.1f} min. Report: {report}")
+    return report
+
+
+def _earlier_timings(path: Path) -> dict:
+    """What each stage took when it last ran for real (``built`` in an earlier timings.json)."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data.get("built", data.get("timings", {}))
