@@ -147,7 +147,7 @@ def _row(name: str, r: dict) -> list:
     t = r["table1"]
     mean_abs = lambda k: float(np.mean(np.abs(t[f"{k}_rel_err"])))  # noqa: E731
     return [name, r["what"], t["recon_l1"], t["chunks"]["boundary_rate"], f"{t['chunks']['chunks_per_s']:.2f}",
-            pct(mean_abs("uncond")), pct(mean_abs("seed")),
+            f"{100 * mean_abs('uncond'):.1f} %", f"{100 * mean_abs('seed'):.1f} %",
             *[f"{pct(u)} / {pct(s)}" for u, s in zip(t["uncond_rel_err"], t["seed_rel_err"])]]
 
 
