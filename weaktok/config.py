@@ -134,6 +134,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str = "auto"  # auto: newest complete checkpoint in <out>/checkpoints; never; or a checkpoint path
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    dist_timeout_s: float = 600.0  # bound on any collective: a rank whose peer died or hangs fails after this long
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
 
     def check(self) -> None:
@@ -151,6 +152,7 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(self.dist_timeout_s > 0, "train.dist_timeout_s", "must be > 0 (seconds)")
         _require(bool(self.resume), "train.resume", "must be auto, never or a checkpoint path")
         if self.deepspeed_config is not None:
             _require(Path(self.deepspeed_config).is_file(), "train.deepspeed_config",
