@@ -54,9 +54,21 @@ def load_manifest(folder: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ShardsError(f"{path}: not valid JSON ({e})") from None
-    if "splits" not in manifest:
-        raise ShardsError(f"{path}: not a weaktok shard manifest (no 'splits')")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise ShardsError(f"{path}: not a weaktok shard manifest (no 'splits' mapping)")
+    sr = manifest.get("sample_rate")
+    if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
+        raise ShardsError(f"{path}: 'sample_rate' must be a positive integer, got {sr!r}")
     return manifest
+
+
+def _entry_file(folder: Path, split: str, entry) -> Path:
+    """A manifest shard entry's file, which must be a plain file name inside ``folder`` (no paths, no URLs)."""
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ShardsError(f"{folder / MANIFEST}: split '{split}' lists {name!r} as a shard; entries must be plain "
+                          "file names inside the shard folder")
+    return folder / name
 
 
 def shard_paths(folder: str | Path, split: str, manifest: dict | None = None, verify: bool = False) -> list[str]:
@@ -65,15 +77,18 @@ def shard_paths(folder: str | Path, split: str, manifest: dict | None = None, ve
     manifest = manifest or load_manifest(folder)
     if split not in manifest["splits"]:
         raise ShardsError(f"{folder / MANIFEST}: no split '{split}' (has: {', '.join(manifest['splits'])})")
-    entries = manifest["splits"][split]["shards"]
+    info = manifest["splits"][split]
+    entries = info.get("shards") if isinstance(info, dict) else None
+    if not isinstance(entries, list):
+        raise ShardsError(f"{folder / MANIFEST}: split '{split}' has no 'shards' list")
     if not entries:
         raise ShardsError(f"{folder / MANIFEST}: split '{split}' has no items")
     paths = []
     for entry in entries:
-        path = folder / entry["file"]
+        path = _entry_file(folder, split, entry)
         if not path.is_file():
             raise ShardsError(f"shard missing: {path} (listed in {folder / MANIFEST})")
-        if verify and sha256_file(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry.get("sha256"):
             raise ShardsError(f"shard corrupted: {path} does not match the sha256 in {folder / MANIFEST}")
         paths.append(str(path))
     return paths
