@@ -39,7 +39,8 @@ import torchaudio.functional as AF
 class AudioError(ValueError):
     """A file that cannot be used as training audio.
 
-    ``reason`` is one of "unreadable", "empty", "non-finite", "silent".
+    ``reason`` is one of "unreadable", "empty", "non-finite", "silent", "unsupported" (a sample rate outside
+    ``SUPPORTED_SR`` or a size that does not fit in memory).
     str() reads ``"<path>: <reason>: <detail>"``.
     """
 
@@ -57,20 +58,65 @@ class AudioError(ValueError):
 # -----------------------------------------------------------------------------
 # I/O and waveform helpers
 
-def read_audio(path) -> tuple[np.ndarray, int]:
-    """Read any libsndfile-readable file. Returns (y (C, N) float32, sr)."""
+SUPPORTED_SR = (1000, 768_000)  # file sample rates accepted (Hz); outside this a header is garbage, not audio
+MAX_SAMPLES = 1 << 30  # most samples (channels x frames, before or after resampling) one file may decode to
+_DIRECT_READ = 1 << 24  # headers claiming more samples than this are read in blocks (the claim is not trusted)
+
+
+def read_audio(path, name: str | None = None) -> tuple[np.ndarray, int]:
+    """Read any libsndfile-readable file. Returns (y (C, N) float32, sr).
+
+    ``path``: a path, or a binary file object (e.g. ``io.BytesIO`` of a shard member) with ``name`` naming it.
+    Every failure is an AudioError naming the file: libsndfile errors, headers that declare an absurd size or
+    sample rate, and allocation failures alike (tests/test_audio_fuzz.py)."""
+    source = path if hasattr(path, "read") else str(path)
+    path = name if name is not None else path
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
-    except (sf.SoundFileError, RuntimeError) as e:  # LibsndfileError is a RuntimeError
-        raise AudioError(path, "unreadable", str(e)) from e
+        with sf.SoundFile(source) as f:
+            sr, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
+            if not SUPPORTED_SR[0] <= sr <= SUPPORTED_SR[1]:
+                raise AudioError(path, "unsupported", f"sample rate {sr} Hz outside {SUPPORTED_SR[0]}.."
+                                                      f"{SUPPORTED_SR[1]} Hz")
+            if channels < 1:
+                raise AudioError(path, "unreadable", f"{channels} channels")
+            if frames * channels > _DIRECT_READ:  # soundfile allocates the header's claim before reading
+                data = _read_blocks(f, channels, max(1, MAX_SAMPLES // channels))
+            else:
+                data = f.read(dtype="float32", always_2d=True)  # (N, C)
+    except AudioError:
+        raise
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError, OverflowError, EOFError) as e:
+        detail = str(e).replace(repr(source), repr(str(path))) if source is not path else str(e)
+        raise AudioError(path, "unreadable", f"{type(e).__name__}: {detail}") from e  # LibsndfileError: RuntimeError
+    except MemoryError as e:
+        raise AudioError(path, "unsupported", f"does not fit in memory ({e or 'MemoryError'})") from e
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "zero frames")
     return np.ascontiguousarray(data.T), int(sr)
 
 
+def _read_blocks(f: sf.SoundFile, channels: int, limit: int, block: int = 1 << 18) -> np.ndarray:
+    """Read at most ``limit`` frames in blocks (the header's frame count is not trusted)."""
+    parts, n = [], 0
+    while n < limit:
+        part = f.read(min(block, limit - n), dtype="float32", always_2d=True)
+        if len(part) == 0:
+            break
+        parts.append(part)
+        n += len(part)
+    if n >= limit and len(f.read(1, dtype="float32")):
+        raise MemoryError(f"more than {MAX_SAMPLES} samples")
+    return np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+
+
 def to_mono(y: np.ndarray) -> np.ndarray:
-    """(C, N) -> (N,) by averaging channels."""
-    return y.mean(axis=0, dtype=np.float32)
+    """(C, N) -> (N,) by averaging channels (accumulated in float64: float32 sums of loud channels overflow)."""
+    if y.shape[0] == 1:
+        return y[0]
+    return y.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+_SINC_LIMIT = 1 << 22  # torchaudio's resampler above this many kernel-table elements; soxr beyond
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -78,6 +124,14 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     orig_sr, target_sr = int(orig_sr), int(target_sr)
     if orig_sr == target_sr:
         return y
+    g = math.gcd(orig_sr, target_sr)
+    if (orig_sr // g) * (target_sr // g) > _SINC_LIMIT:
+        # torchaudio's polyphase kernel needs (orig/g) x (target/g) elements: 44101 -> 22050 Hz is ~1e9 (minutes
+        # and gigabytes). soxr (a librosa dependency) handles any ratio; its length is round(), ours ceil().
+        import soxr
+        out = soxr.resample(np.ascontiguousarray(y, dtype=np.float32), orig_sr, target_sr, quality="HQ")
+        n = math.ceil(len(y) * target_sr / orig_sr)
+        return np.pad(out, (0, max(0, n - len(out))))[:n].astype(np.float32, copy=False)
     out = AF.resample(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), orig_sr, target_sr)
     return out.numpy()
 
@@ -94,9 +148,11 @@ def load_audio(path, sr: int = 22050, *, normalize: bool = True, silence_dbfs: f
                repair_nonfinite: bool = False) -> np.ndarray:
     """Read -> check finite -> mono -> check silence -> resample -> peak-normalise.
 
-    Returns float32 (N,) at ``sr``. Raises AudioError for unreadable, empty,
+    Returns float32 (N,) at ``sr``, always finite. Raises AudioError for unreadable, empty,
     non-finite (unless ``repair_nonfinite``, which zeroes NaN/Inf) or silent input
-    (raw peak below ``silence_dbfs`` dBFS, measured before any normalisation).
+    (raw peak below ``silence_dbfs`` dBFS, measured before any normalisation, and again
+    after resampling), and "unsupported" for a sample rate outside ``SUPPORTED_SR`` or
+    more than ``MAX_SAMPLES`` samples.
     """
     y, file_sr = read_audio(path)  # (C, N)
     bad = ~np.isfinite(y)
@@ -109,7 +165,22 @@ def load_audio(path, sr: int = 22050, *, normalize: bool = True, silence_dbfs: f
     if peak < 10.0 ** (silence_dbfs / 20.0):
         dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
         raise AudioError(path, "silent", f"peak {dbfs:.1f} dBFS < {silence_dbfs:.1f} dBFS")
-    y = resample(y, file_sr, sr)
+    if len(y) * (sr / file_sr) > MAX_SAMPLES:
+        raise AudioError(path, "unsupported", f"{len(y)} samples at {file_sr} Hz resample to more than "
+                                              f"{MAX_SAMPLES} at {sr} Hz")
+    if normalize and peak > 1.0:  # float files may hold huge values: scale first so resampling cannot overflow
+        y = (y / np.float32(peak)).astype(np.float32)
+    try:
+        y = resample(y, file_sr, sr)
+    except (RuntimeError, MemoryError) as e:  # torch's allocator failing is a RuntimeError
+        raise AudioError(path, "unsupported", f"resampling {file_sr} -> {sr} Hz failed: {e}") from e
+    if not np.isfinite(y).all():  # un-normalised float input near the float32 limit can overflow in resampling
+        raise AudioError(path, "non-finite", f"NaN/Inf after resampling {file_sr} -> {sr} Hz (sample values up "
+                                             f"to {peak:.3g})")
+    after = float(np.max(np.abs(y))) * (peak if normalize and peak > 1.0 else 1.0)
+    if after < 10.0 ** (silence_dbfs / 20.0):  # e.g. only content above the new Nyquist, or 1 sample at 44101 Hz
+        raise AudioError(path, "silent", f"peak {20.0 * math.log10(after) if after > 0 else -math.inf:.1f} dBFS "
+                                         f"after resampling {file_sr} -> {sr} Hz < {silence_dbfs:.1f} dBFS")
     if normalize:
         y = peak_normalize(y)
     return y.astype(np.float32, copy=False)

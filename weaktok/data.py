@@ -36,13 +36,12 @@ import logging
 import os
 import random
 from functools import partial
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import webdataset as wds
 
+from weaktok.audio import read_audio
 from weaktok.manifest import ShardsError, load_manifest, shard_paths
 
 log = logging.getLogger(__name__)
@@ -137,10 +136,11 @@ def decode_samples(src, tally: Tally, sample_rate: int | None = None):
         try:
             if "flac" not in sample:
                 raise ValueError("no .flac member")
-            audio, sr = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=False)
+            audio, sr = read_audio(io.BytesIO(sample["flac"]), name=f"{sample.get('__key__')}.flac")  # (C, N)
             meta = _check_meta(json.loads(sample["json"])) if "json" in sample else {}
-            if audio.ndim != 1 or len(audio) == 0:
-                raise ValueError(f"audio must be mono and non-empty, got shape {audio.shape}")
+            if audio.shape[0] != 1:
+                raise ValueError(f"audio must be mono, got {audio.shape[0]} channels")
+            audio = audio[0]
             if not np.isfinite(audio).all():
                 raise ValueError("audio has NaN/Inf samples")
             if sample_rate is not None and sr != sample_rate:
