@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ class DataConfig:
 
     def check(self) -> None:
         _require(bool(self.shards), "data.shards", "must name a shard folder")
+        _require(not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", self.shards), "data.shards",
+                 f"must be a local folder, not a URL or pipe: command ({self.shards!r}; a local folder: ./name)")
         for key in ("batch_size", "samples_per_epoch", "val_batch_size"):
             _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1")
         _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -42,7 +43,20 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     return path
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # pipe:, http:, s3:, file: ... (a scheme, as webdataset reads it)
+
+
+def check_local_folder(folder: str | Path) -> None:
+    """A shard folder is a local directory. ``pipe:cmd`` (webdataset would run it in a shell) and URLs are refused
+    with a clear error; a local folder whose name starts like one can be given as ``./name``."""
+    text = str(folder)
+    if _URL.match(text) and not Path(text).is_absolute():
+        raise ShardsError(f"shard folder {text!r} looks like a URL or a pipe: command; weaktok reads local shard "
+                          f"folders only (a local folder of that name: ./{text})")
+
+
 def load_manifest(folder: str | Path) -> dict:
+    check_local_folder(folder)
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
