@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -40,10 +41,15 @@ class AudioConfig:
     clip_seconds: float = 4.0  # training crop length
 
     def check(self) -> None:
-        _require(self.sample_rate >= 4000, "audio.sample_rate", "must be >= 4000 Hz")
-        _require(self.n_fft >= 64 and self.n_fft & (self.n_fft - 1) == 0, "audio.n_fft", "must be a power of 2 >= 64")
+        _require(4000 <= self.sample_rate <= 192_000, "audio.sample_rate", "must be in [4000, 192000] Hz")
+        _require(64 <= self.n_fft <= 16384 and self.n_fft & (self.n_fft - 1) == 0, "audio.n_fft",
+                 "must be a power of 2 in [64, 16384]")
         _require(0 < self.hop_length <= self.n_fft, "audio.hop_length", "must be in (0, audio.n_fft]")
-        _require(self.clip_seconds > 0, "audio.clip_seconds", "must be > 0")
+        _require(0 < self.clip_seconds <= 600, "audio.clip_seconds", "must be in (0, 600] seconds")
+        # the STFT (center=True, reflect padding) needs more than n_fft/2 samples; ask for a whole window
+        _require(self.clip_seconds * self.sample_rate >= self.n_fft, "audio.clip_seconds",
+                 f"must hold at least audio.n_fft={self.n_fft} samples at audio.sample_rate={self.sample_rate} "
+                 f"(>= {self.n_fft / self.sample_rate:.4f} s)")
 
 
 @dataclass
@@ -73,12 +79,12 @@ class ModelConfig:
 
     def check(self) -> None:
         _require(len(self.channels) == 3, "model.channels", "must list exactly 3 widths (one per U-Net level)")
-        _require(all(c >= 1 for c in self.channels), "model.channels", "widths must be >= 1")
-        _require(self.dim >= 8, "model.dim", "must be >= 8")
+        _require(all(1 <= c <= 8192 for c in self.channels), "model.channels", "widths must be in [1, 8192]")
+        _require(8 <= self.dim <= 8192, "model.dim", "must be in [8, 8192]")
         _require(self.n_heads >= 1 and self.dim % self.n_heads == 0, "model.n_heads",
                  f"must be >= 1 and divide model.dim={self.dim}")
-        _require(self.n_layers >= 0, "model.n_layers", "must be >= 0")
-        _require(self.ff_mult >= 1, "model.ff_mult", "must be >= 1")
+        _require(0 <= self.n_layers <= 256, "model.n_layers", "must be in [0, 256]")
+        _require(1 <= self.ff_mult <= 64, "model.ff_mult", "must be in [1, 64]")
         _require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
 
 
@@ -98,10 +104,11 @@ class DataConfig:
         _require(bool(self.shards), "data.shards", "must name a shard folder")
         _require(not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", self.shards), "data.shards",
                  f"must be a local folder, not a URL or pipe: command ({self.shards!r}; a local folder: ./name)")
-        for key in ("batch_size", "samples_per_epoch", "val_batch_size"):
-            _require(getattr(self, key) >= 1, f"data.{key}", "must be >= 1")
-        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+        for key in ("batch_size", "val_batch_size"):
+            _require(1 <= getattr(self, key) <= 65536, f"data.{key}", "must be in [1, 65536]")
+        _require(self.samples_per_epoch >= 1, "data.samples_per_epoch", "must be >= 1")
+        _require(0 <= self.num_workers <= 256, "data.num_workers", "must be in [0, 256]")
+        _require(1 <= self.shuffle_buffer <= 1_000_000, "data.shuffle_buffer", "must be in [1, 1000000]")
         _require(self.val_max_items >= 0, "data.val_max_items", "must be >= 0 (0 = all)")
 
 
@@ -142,7 +149,7 @@ class TrainConfig:
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
-        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(0 < self.lr <= 10, "train.lr", "must be in (0, 10]")
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
         _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -229,7 +236,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def check(self) -> None:
-        _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(0 <= self.seed < 2**31, "seed", "must be in [0, 2^31) (numpy seeds are 32-bit; ranks add to it)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,7 +385,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
