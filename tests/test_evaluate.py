@@ -18,14 +18,15 @@ def evaluated(tmp_path_factory):
 
     shards, run = tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("eval")
-    return evaluate(run, out, split="test", max_items=4, n_uncond=3, steps=2, seconds=3.0), out
+    return evaluate(run, out, split="test", max_items=4, n_uncond=3, steps=2, seconds=3.0,
+                    guidance_steps=3), out
 
 
 def test_table1_json_has_the_papers_shape(evaluated):
     table, out = evaluated
     t = json.loads((out / "table1.json").read_text())
     assert t["names"] == ["timbral", "density", "irregularity", "structural"]
-    for key in ("target", "uncond", "seed", "data", "recon", "uncond_rel_err", "seed_rel_err"):
+    for key in ("target", "uncond", "seed", "data", "recon", "uncond_rel_err", "seed_rel_err", "uncond_g", "seed_g"):
         assert len(t[key]) == 4 and all(np.isfinite(t[key])), key
     assert t["uncond_n"] == 3 and t["seed_n"] == 4 and t["data_n"] == 4
     target, uncond = np.array(t["target"]), np.array(t["uncond"])
@@ -33,7 +34,9 @@ def test_table1_json_has_the_papers_shape(evaluated):
     assert t["paper_rel_err"]["density"] == {"uncond": 2.70, "seed": 7.33}
     assert t["clip_seconds"] == 3.0 and t["recon_l1"] > 0
     assert 0 < t["chunks"]["boundary_rate"] <= 1 and t["chunks"]["chunks_per_s"] > 0
-    assert t["goal_met"] == all(all(v) for v in t["within_goal"].values())
+    assert t["goal_met"] == all(all(t["within_goal"][k]) for k in ("uncond", "seed"))  # the model alone
+    assert t["goal_met_guided"] == all(all(t["within_goal"][k]) for k in ("uncond_g", "seed_g"))
+    assert t["uncond_g_n"] == 3 and t["seed_g_n"] == 4 and t["generation"]["guidance_steps"] == 3
     assert t == table
 
 
@@ -41,6 +44,7 @@ def test_markdown_and_plots_are_written(evaluated):
     _, out = evaluated
     md = (out / "table1.md").read_text()
     assert "| density |" in md and "+270.0 %" in md and "+733.0 %" in md and "Reconstruction L1" in md
+    assert "Uncond+G" in md and "Seed+G" in md
     for name in ("lscore_hist.png", "examples_0.png", "training_curves.png"):
         assert (out / name).stat().st_size > 5000, name
 

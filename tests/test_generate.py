@@ -133,6 +133,33 @@ def test_refinement_keeps_known_frames_and_fills_the_hole_from_the_prior():
     assert u.shape == (3, 6, 17) and (u >= 0).all()
 
 
+def test_guidance_fits_timbral_and_structural_to_real_audio_only_in_the_hole(trained):
+    from weaktok.generate import (GUIDE_TERMS, Guidance, cached_spectrum, guide, load_model, make_guidance, seed_hole,
+                                  unconditional)
+    from weaktok.lscore.loss import distribution_loss
+
+    shards, model_run = trained
+    loaded = load_model(model_run)
+    g = make_guidance(loaded, shards, 2.0, steps=40)
+    assert isinstance(g, Guidance) and make_guidance(loaded, shards, 2.0, steps=0) is None
+    assert (model_run / "final" / "surrogate_2s.pt").is_file()  # the target is cached beside the weights
+    frames = loaded.front.num_frames(2 * 22050)
+    y, _ = unconditional(loaded.model, cached_spectrum(loaded, shards), 4, frames, steps=2,
+                         gen=torch.Generator().manual_seed(0))
+    terms = list(GUIDE_TERMS)
+
+    def loss(spec):
+        with torch.no_grad():
+            L = g.lscore(loaded.front.power(spec))[:, terms]
+        return float(distribution_loss(L, g.mean[terms], g.std[terms], 1.0, 0.5))
+
+    hole = seed_hole(frames, 0.5)
+    y_g = guide(y, hole, g)
+    assert torch.equal(y_g[..., ~hole], y[..., ~hole]) and (y_g >= 0).all()  # known frames untouched
+    full = guide(y, torch.ones(frames, dtype=torch.bool), g)
+    assert loss(full) < 0.5 * loss(y), (loss(y), loss(full))  # fitted toward real audio's distribution
+
+
 def test_missing_checkpoint_and_bad_audio_are_clear_errors(trained, tmp_path):
     _, model_run = trained
     r = _cli(["generate", "--checkpoint", str(tmp_path / "nope"), "--unconditional", "--out", str(tmp_path / "o")])

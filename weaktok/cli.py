@@ -97,7 +97,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
     try:
         s = generate(args.checkpoint, args.out, seed_audio=args.seed_audio, n=args.n, seconds=args.seconds,
-                     steps=args.steps, mask_fraction=args.mask_fraction, seed=args.seed, shards=args.shards)
+                     steps=args.steps, mask_fraction=args.mask_fraction, seed=args.seed, shards=args.shards,
+                     guidance_steps=args.guidance_steps)
     except _user_errors() as e:
         print(f"weaktok generate: {e}", file=sys.stderr)
         return 2
@@ -110,7 +111,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_uncond=args.n_uncond,
-                 seconds=args.seconds, shards=args.shards, workers=args.workers, seed=args.seed)
+                 seconds=args.seconds, shards=args.shards, workers=args.workers, seed=args.seed,
+                 guidance_steps=args.guidance_steps)
     except _user_errors() as e:
         print(f"weaktok evaluate: {e}", file=sys.stderr)
         return 2
@@ -221,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-fraction", type=float, default=0.5, help="seed-based: in-painted share at the end")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--shards", default=None, help="shards for the corpus spectrum (default: the model's data.shards)")
+    p.add_argument("--guidance-steps", type=int, default=0,
+                   help="L-Score guidance: Adam steps fitting the outputs' timbral/structural terms to real audio "
+                        "(default 0 = off; 60 is a good value; see generate.py)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="the paper's Table 1 (L-Score of generated outputs vs target), recon loss, "
@@ -235,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", default=None, help="shard folder (default: the model's data.shards)")
     p.add_argument("--workers", type=int, default=0, help="Ray actors for the exact L-Score (default 0 = serial)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--guidance-steps", type=int, default=0,
+                   help="also score outputs with L-Score guidance of this many steps (Uncond+G, Seed+G columns; "
+                        "default 0 = off)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="train + evaluate variants: dynamic vs fixed chunking, surrogate vs paper "

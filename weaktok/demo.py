@@ -33,6 +33,7 @@ class Plan:
     max_items: int = 0  # evaluation items (0 = the whole test split)
     n_uncond: int = 8
     n_seeds: int = 3
+    guidance_steps: int = 60  # evaluate also scores the outputs after L-Score guidance (generate.guide)
     timings: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     earlier: dict = field(default_factory=dict)  # timings of the run that built what this one reuses
@@ -48,7 +49,7 @@ def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bo
         root = Path(out or "runs/demo-quick")
         return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), "tiny", 48, 2,
                     ["train.epochs=1", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=0",
-                     *(overrides or [])], max_items=8, n_uncond=2, n_seeds=1)
+                     *(overrides or [])], max_items=8, n_uncond=2, n_seeds=1, guidance_steps=5)
     return Plan(Path(out or "runs/demo"), Path(corpus or "corpus/demo"), Path(shards or "shards/demo"), "demo", 300,
                 2, list(overrides or []))
 
@@ -136,7 +137,8 @@ def stage_train(plan: Plan, retrain: bool) -> Path:
 def stage_evaluate(plan: Plan, run: Path) -> dict:
     from weaktok.evaluate import evaluate
 
-    t = evaluate(run, plan.out / "eval", split="test", max_items=plan.max_items, n_uncond=plan.max_items)
+    t = evaluate(run, plan.out / "eval", split="test", max_items=plan.max_items, n_uncond=plan.max_items,
+                 guidance_steps=plan.guidance_steps)
     print((plan.out / "eval" / "table1.md").read_text())
     return t
 

@@ -8,7 +8,9 @@ For every item of the split (deterministic crop of ``EVAL_SECONDS`` = 8 s from i
     (deterministic) boundaries, and the exact L-Score of its Griffin-Lim waveform (``recon``: what the model +
     vocoder round trip alone does to the L-Score);
   * seed-based output: the item is the seed (``generate.seed_based``: its last half in-painted);
-and as many unconditional outputs (``generate.unconditional``). Exact L-Scores (librosa, ``lscore/exact.py``) of
+and as many unconditional outputs (``generate.unconditional``). With ``guidance_steps`` > 0 the same outputs are
+scored a second time after L-Score guidance (``generate.guide``: Uncond+G, Seed+G), so the table shows what the
+model does alone and what generation-time control adds. Exact L-Scores (librosa, ``lscore/exact.py``) of
 the Griffin-Lim waveforms, serially or on the Ray pool (``workers``). Target = the training split's mean L-Score
 from the shard manifest, as in the paper; ``data`` = the split's own exact L-Scores (from the manifest build), so
 its relative error is the sampling noise floor of the comparison.
@@ -86,7 +88,8 @@ def rel_err(values: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def run_items(loaded: G.Loaded, shards: str, split: str, max_items: int, seconds: float, stats: dict,
-              gen: torch.Generator, mask_fraction: float, steps: int, score: Scorer, keep: int = 3) -> dict:
+              gen: torch.Generator, mask_fraction: float, steps: int, score: Scorer, keep: int = 3,
+              guidance: G.Guidance | None = None) -> dict:
     """Over the split: reconstruction L1, chunk statistics, seed-based outputs, and the exact L-Score of the data,
     the data through Griffin-Lim, the reconstructions and the seed-based outputs; plus a few examples."""
     from weaktok.data import eval_loader
@@ -95,7 +98,8 @@ def run_items(loaded: G.Loaded, shards: str, split: str, max_items: int, seconds
     cfg, front = loaded.cfg, loaded.front
     total = load_manifest(shards)["splits"][split]["count"]
     total = min(total, max_items) if max_items else total
-    res = {k: [] for k in ("manifest", "data", "gl", "recon", "seed", "l1", "rate", "chunks_per_s", "examples")}
+    res = {k: [] for k in ("manifest", "data", "gl", "recon", "seed", "seed_g", "l1", "rate", "chunks_per_s",
+                           "examples")}
     res.update(seconds=0.0, chunks=0.0)
     bar = tqdm(total=total, desc=f"evaluate {split}", unit="item")
     for batch in eval_loader(shards, split, 8, seconds):
@@ -118,6 +122,9 @@ def run_items(loaded: G.Loaded, shards: str, split: str, max_items: int, seconds
         res["gl"] += list(score(front.inverse(spec).numpy()))
         res["recon"] += list(score(front.inverse(out.recon.clamp_min(0)).numpy()))
         res["seed"] += list(score(front.inverse(y).numpy()))
+        if guidance is not None:
+            y_g = G.guide(y, G.seed_hole(y.shape[-1], mask_fraction), guidance)
+            res["seed_g"] += list(score(front.inverse(y_g).numpy()))
         for i in range(min(take, keep - len(res["examples"]))):
             res["examples"].append({"key": batch["keys"][i], "data": spec[i], "seed": y[i],
                                     "data_starts": G.chunk_start_frames(out, i),
@@ -131,15 +138,19 @@ def run_items(loaded: G.Loaded, shards: str, split: str, max_items: int, seconds
 
 @torch.no_grad()
 def run_uncond(loaded: G.Loaded, stats: dict, n: int, seconds: float, steps: int, gen: torch.Generator,
-               score: Scorer, batch: int = 8):
-    """n unconditional outputs of ``seconds`` -> ((n, 4) exact L-Scores, a few (spec, starts) examples)."""
+               score: Scorer, batch: int = 8, guidance: G.Guidance | None = None):
+    """n unconditional outputs of ``seconds`` -> ((n, 4) exact L-Scores, (n, 4) after guidance or None, a few
+    (spec, starts) examples)."""
     frames = loaded.front.num_frames(int(round(seconds * loaded.cfg.audio.sample_rate)))
-    scores, examples = [], []
+    scores, guided, examples = [], [], []
     for start in tqdm(range(0, n, batch), desc="unconditional", unit="batch"):
         y, mo = G.unconditional(loaded.model, stats, min(batch, n - start), frames, steps, gen)
         scores += list(score(loaded.front.inverse(y).numpy()))
+        if guidance is not None:
+            y_g = G.guide(y, torch.ones(frames, dtype=torch.bool), guidance)
+            guided += list(score(loaded.front.inverse(y_g).numpy()))
         examples += [(y[i], G.chunk_start_frames(mo, i)) for i in range(min(3 - len(examples), len(y)))]
-    return np.asarray(scores), examples
+    return np.asarray(scores), (np.asarray(guided) if guided else None), examples
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -156,8 +167,11 @@ def table1(names, target, target_std, sets: dict[str, np.ndarray]) -> dict:
         table[f"{key}_std"] = v.std(0).tolist()
         table[f"{key}_rel_err"] = rel_err(mean, t).tolist()
         table[f"{key}_n"] = int(len(v))
-    table["within_goal"] = {k: [bool(abs(e) <= GOAL) for e in table[f"{k}_rel_err"]] for k in ("uncond", "seed")}
-    table["goal_met"] = all(all(v) for v in table["within_goal"].values())
+    kinds = [k for k in ("uncond", "seed", "uncond_g", "seed_g") if k in sets]
+    table["within_goal"] = {k: [bool(abs(e) <= GOAL) for e in table[f"{k}_rel_err"]] for k in kinds}
+    table["goal_met"] = all(all(table["within_goal"][k]) for k in ("uncond", "seed"))  # the model alone
+    if "uncond_g" in sets:
+        table["goal_met_guided"] = all(all(table["within_goal"][k]) for k in ("uncond_g", "seed_g"))
     table["goal"] = GOAL
     table["paper_rel_err"] = {n: PAPER_TABLE1_REL_ERR.get(n, {}) for n in names}
     return table
@@ -172,10 +186,18 @@ def table1_markdown(t: dict, extra: dict) -> str:
                      pct(paper.get("seed"))])
     head = ["term", "Target (train mean)", f"Data ({extra['split']} crops)", "rel", "Uncond", "rel", "Seed", "rel",
             "paper Uncond rel", "paper Seed rel"]
+    guided = "uncond_g" in t
+    if guided:
+        for j, row in enumerate(rows):
+            row[8:8] = [t["uncond_g"][j], pct(t["uncond_g_rel_err"][j]), t["seed_g"][j], pct(t["seed_g_rel_err"][j])]
+        head[8:8] = ["Uncond+G", "rel", "Seed+G", "rel"]
     diag = [[name, t["manifest"][j], pct(t["manifest_rel_err"][j]), t["gl"][j], pct(t["gl_rel_err"][j]),
              t["recon"][j], pct(t["recon_rel_err"][j]), t["target_std"][j], t["data_std"][j], t["uncond_std"][j],
              t["seed_std"][j]] for j, name in enumerate(t["names"])]
     ok = "met" if t["goal_met"] else "NOT met"
+    if guided:
+        ok += (f" by the model alone; with L-Score guidance ({extra['guidance_steps']} steps, +G columns): "
+               f"**{'met' if t['goal_met_guided'] else 'NOT met'}**")
     c = extra["chunks"]
     return (f"# Table 1: L-Score of generated outputs vs the dataset target\n\n"
             f"Split `{extra['split']}`: {t['data_n']} items; {t['uncond_n']} unconditional outputs, {t['seed_n']} "
@@ -188,7 +210,10 @@ def table1_markdown(t: dict, extra: dict) -> str:
             f"({extra['seconds']:g} s from each item's start, loop-tiled if shorter; every output has that length): "
             "what real audio of that length scores, so its error is the floor of this comparison (sampling noise, "
             "and what is left of the target's length bias: the manifest scores whole items, and rhythmic "
-            "irregularity grows with the window; see EVAL_SECONDS in evaluate.py).\n\n## Diagnostics\n\n"
+            "irregularity grows with the window; see EVAL_SECONDS in evaluate.py).\n" +
+            ("`+G` = the same outputs after L-Score guidance (generate.py: a per-frequency gain on the generated "
+             "part fitted so the timbral and structural terms' batch mean and spread match real audio; generation-"
+             "time control, not the model).\n" if guided else "") + "\n## Diagnostics\n\n"
             "`Items` = the split's manifest L-Score on whole items. `Data→GL` = the crops' spectrograms through "
             "Griffin-Lim, no model: what the vocoder alone does. `Recon` = the model's reconstructions through "
             "Griffin-Lim. Stds are across items.\n\n" +
@@ -206,7 +231,7 @@ def table1_markdown(t: dict, extra: dict) -> str:
 
 def evaluate(checkpoint: str | Path, out: str | Path, split: str = "test", max_items: int = 0, n_uncond: int = 0,
              mask_fraction: float = G.MASK_FRACTION, steps: int = G.STEPS, seconds: float | None = None,
-             shards: str | None = None, workers: int = 0, seed: int = 0) -> dict:
+             shards: str | None = None, workers: int = 0, seed: int = 0, guidance_steps: int = 0) -> dict:
     """Table 1 and diagnostics for ``checkpoint`` on ``split``; writes JSON, markdown and PNGs to ``out``."""
     from weaktok.manifest import load_manifest
 
@@ -222,23 +247,29 @@ def evaluate(checkpoint: str | Path, out: str | Path, split: str = "test", max_i
 
     stats = G.cached_spectrum(loaded, shards)
     seconds = seconds or max(EVAL_SECONDS, cfg.audio.clip_seconds)
+    guidance = G.make_guidance(loaded, shards, seconds, guidance_steps)
     score = Scorer(sr, workers)
     try:
-        items = run_items(loaded, shards, split, max_items, seconds, stats, gen, mask_fraction, steps, score)
-        uncond, uncond_examples = run_uncond(loaded, stats, n_uncond or len(items["l1"]), seconds, steps, gen, score)
+        items = run_items(loaded, shards, split, max_items, seconds, stats, gen, mask_fraction, steps, score,
+                          guidance=guidance)
+        uncond, uncond_g, uncond_examples = run_uncond(loaded, stats, n_uncond or len(items["l1"]), seconds, steps,
+                                                       gen, score, guidance=guidance)
     finally:
         score.close()
     sets = {k: np.asarray(items[k]) for k in ("data", "manifest", "gl", "recon", "seed")}
     sets["uncond"] = uncond
+    if guidance is not None:
+        sets["uncond_g"], sets["seed_g"] = uncond_g, np.asarray(items["seed_g"])
     t = table1(target["names"], target["mean"], target["std"], sets)
     chunks = {"boundary_rate": float(np.mean(items["rate"])), "chunks_per_s": float(np.mean(items["chunks_per_s"])),
               "chunk_s": items["seconds"] / max(items["chunks"], 1.0)}
     extra = {"split": split, "checkpoint": str(loaded.path), "mask_fraction": mask_fraction,
              "recon_l1": float(np.mean(items["l1"])), "chunks": chunks,
-             "target_ratio": cfg.model.chunking.target_ratio, "seconds": seconds}
+             "target_ratio": cfg.model.chunking.target_ratio, "seconds": seconds, "guidance_steps": guidance_steps}
     t.update({"split": split, "clip_seconds": seconds, "recon_l1": extra["recon_l1"], "chunks": chunks,
               "checkpoint": str(loaded.path), "chunking": cfg.model.chunking.kind, "lscore_mode": cfg.lscore.mode,
-              "generation": {"mask_fraction": mask_fraction, "steps": steps, "seed": seed},
+              "generation": {"mask_fraction": mask_fraction, "steps": steps, "seed": seed,
+                             "guidance_steps": guidance_steps},
               "seconds": round(time.time() - t0, 1)})
     (out / "table1.json").write_text(json.dumps(t, indent=2))
     (out / "table1.md").write_text(table1_markdown(t, extra))
@@ -250,7 +281,8 @@ def evaluate(checkpoint: str | Path, out: str | Path, split: str = "test", max_i
 
 def _plots(loaded, items, uncond_examples, sets, t, out: Path) -> None:
     fs, sr = loaded.front.frame_seconds, loaded.cfg.audio.sample_rate
-    plot_lscore_hist(t["names"], {k: sets[k] for k in ("data", "uncond", "seed")}, t["target"],
+    plot_lscore_hist(t["names"], {k: sets[k] for k in ("data", "uncond", "seed", "uncond_g", "seed_g") if k in sets},
+                     t["target"],
                      out / "lscore_hist.png")
     for i, ex in enumerate(items["examples"]):
         rows = [(ex["data"], ex["data_starts"], f"data {ex['key']} (model's chunks)"),

@@ -28,6 +28,16 @@ The hole starts as prior noise, not as the zeros training's mask writes: a model
 leave a zeroed span near-silent (demo run: in-painting L1 0.51, worse than the 0.24 of simply predicting the
 clip's mean spectrum), whereas noise gives it something to refine.
 
+L-Score guidance (``guide``, optional: ``--guidance-steps N``, default 0 = off). After the last pass, the hole gets a
+per-item, per-frequency log-gain g (B, F, 1) (time-constant: it reshapes the spectral envelope and cannot create
+onsets), fitted by N Adam steps so that the outputs' *differentiable* L-Score matches, in eq. 8's batch mean and
+spread, the differentiable L-Score of real training audio of the same length (``surrogate_target``). Only the
+timbral and structural terms steer it: timbral is the exact formula and structural tracks the exact term closely,
+whereas the rhythm surrogates are rank-calibrated on real audio and an optimiser exploits their gap with librosa on
+generated textures (measured on the demo model, 16 unconditional outputs, per-bin guidance on all four terms:
+surrogate density 3.9 onsets/s = the target, librosa 5.9, +43 %). Guidance is control at generation time, not a
+property of the model: evaluate reports outputs with and without it.
+
 Waveforms come from Griffin-Lim (``SpecFrontEnd.inverse``). Per output the command writes ``<name>.wav`` and
 ``<name>.png`` (the spectrogram with the chunk boundaries of the final pass: vertical lines at chunk starts,
 bottleneck frames x 8 -> spectrogram frames), and ``generate.json`` lists them.
@@ -48,6 +58,9 @@ DOWNSAMPLE = 8  # spectrogram frames per bottleneck frame (model.DOWNSAMPLE)
 STEPS = 6  # model passes per output
 MASK_FRACTION = 0.5  # seed-based: the last half of the seed is in-painted
 PRIOR_COMPONENTS = 16  # principal spectral shapes in the unconditional prior (0: mean spectrum + white noise)
+GUIDE_TERMS = (0, 3)  # L-Score guidance steers timbral and structural (see the module docstring)
+GUIDE_LR = 0.05  # Adam step on the log1p gain (log1p units ~ 0-6)
+SURROGATE_ITEMS = 96  # training items behind the guidance target
 
 
 class CheckpointError(FileNotFoundError):
@@ -168,6 +181,75 @@ def sample_prior(stats: dict, n: int, frames: int, gen: torch.Generator | None =
 
 
 # ----------------------------------------------------------------------------------------------------------
+# L-Score guidance
+
+
+@dataclass
+class Guidance:
+    lscore: torch.nn.Module  # DifferentiableLScore of the model's STFT
+    front: torch.nn.Module  # SpecFrontEnd (log1p spectrogram -> power)
+    mean: torch.Tensor  # (4,) target: differentiable L-Score of real audio of the output length
+    std: torch.Tensor  # (4,)
+    steps: int
+
+
+@torch.no_grad()
+def surrogate_target(loaded: Loaded, shards: str | Path, seconds: float, max_items: int = SURROGATE_ITEMS) -> dict:
+    """Mean and std of the differentiable L-Score over training-split crops of ``seconds`` (cached beside model.pt)."""
+    from weaktok.data import eval_loader
+    from weaktok.lscore.differentiable import DifferentiableLScore
+
+    cache = loaded.path.parent / f"surrogate_{seconds:g}s.pt"
+    if cache.is_file():
+        return torch.load(cache, weights_only=True)
+    cfg, front = loaded.cfg, loaded.front
+    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
+    scores = []
+    for batch in eval_loader(str(shards), "train", 16, seconds):
+        scores.append(dl(front.power(front(batch["audio"]))))  # (B, 4)
+        if sum(len(s) for s in scores) >= max_items:
+            break
+    if not scores:
+        raise ValueError(f"no items in the train split of {shards}")
+    L = torch.cat(scores)
+    stats = {"mean": L.mean(0), "std": L.std(0), "n": torch.tensor(len(L))}
+    try:
+        torch.save(stats, cache)
+    except OSError:  # a read-only run folder: recompute next time
+        pass
+    return stats
+
+
+def make_guidance(loaded: Loaded, shards: str | Path, seconds: float, steps: int) -> Guidance | None:
+    if steps <= 0:
+        return None
+    from weaktok.lscore.differentiable import DifferentiableLScore
+
+    cfg = loaded.cfg
+    t = surrogate_target(loaded, shards, seconds)
+    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
+    return Guidance(dl, loaded.front, t["mean"], t["std"], steps)
+
+
+def guide(y: torch.Tensor, hole: torch.Tensor, g: Guidance) -> torch.Tensor:
+    """y (B, F, T) -> y with a fitted per-item, per-frequency log1p gain added inside the hole (T,)."""
+    from weaktok.lscore.loss import distribution_loss
+
+    y, terms = y.detach(), list(GUIDE_TERMS)
+    gain = torch.zeros(y.shape[0], y.shape[1], 1, requires_grad=True)  # (B, F, 1)
+    opt = torch.optim.Adam([gain], lr=GUIDE_LR)
+    with torch.enable_grad():
+        for _ in range(g.steps):
+            z = torch.where(hole, (y + gain).clamp_min(0), y)
+            L = g.lscore(g.front.power(z))[:, terms]  # (B, 2)
+            loss = distribution_loss(L, g.mean[terms], g.std[terms], 1.0, 0.5)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return torch.where(hole, (y + gain.detach()).clamp_min(0), y)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Refinement and the two modes
 
 
@@ -178,7 +260,7 @@ def sigmas(steps: int) -> list[float]:
 
 @torch.no_grad()
 def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: int = STEPS,
-           gen: torch.Generator | None = None):
+           gen: torch.Generator | None = None, guidance: Guidance | None = None):
     """known (B, F, T) spectrograms, hole (T,) bool -> (output (B, F, T), ModelOutput of the last pass)."""
     B, _, T = known.shape
     ss = sigmas(steps) + [0.0]
@@ -188,22 +270,29 @@ def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: i
         y = out.recon.clamp_min(0)
         if ss[k + 1] > 0:
             x = torch.where(hole, (1 - ss[k + 1]) * y + ss[k + 1] * sample_prior(stats, B, T, gen), known)
+    if guidance is not None:
+        y = guide(y, hole, guidance)
     return y, out
 
 
 def seed_based(model, spec: torch.Tensor, stats: dict, mask_fraction: float = MASK_FRACTION, steps: int = STEPS,
-               gen: torch.Generator | None = None):
+               gen: torch.Generator | None = None, guidance: Guidance | None = None):
     """spec (B, F, T) seed spectrograms; the last ``mask_fraction`` of the frames is in-painted."""
-    T = spec.shape[-1]
-    hole = torch.zeros(T, dtype=torch.bool)
-    hole[T - int(round(mask_fraction * T)):] = True
-    return refine(model, spec, hole, stats, steps, gen)
+    return refine(model, spec, seed_hole(spec.shape[-1], mask_fraction), stats, steps, gen, guidance)
 
 
-def unconditional(model, stats: dict, n: int, frames: int, steps: int = STEPS, gen: torch.Generator | None = None):
+def seed_hole(frames: int, mask_fraction: float = MASK_FRACTION) -> torch.Tensor:
+    """(frames,) bool: the last ``mask_fraction`` of the frames."""
+    hole = torch.zeros(frames, dtype=torch.bool)
+    hole[frames - int(round(mask_fraction * frames)):] = True
+    return hole
+
+
+def unconditional(model, stats: dict, n: int, frames: int, steps: int = STEPS, gen: torch.Generator | None = None,
+                  guidance: Guidance | None = None):
     """n outputs of ``frames`` frames: the whole clip is the hole."""
     known = torch.zeros(n, stats["mean"].shape[0], frames)
-    return refine(model, known, torch.ones(frames, dtype=torch.bool), stats, steps, gen)
+    return refine(model, known, torch.ones(frames, dtype=torch.bool), stats, steps, gen, guidance)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -260,10 +349,11 @@ def seed_spectrogram(path: str | Path, loaded: Loaded, seconds: float) -> torch.
 
 def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | None = None, n: int = 8,
              seconds: float | None = None, steps: int | None = None, mask_fraction: float = MASK_FRACTION,
-             seed: int = 0, shards: str | None = None) -> dict:
+             seed: int = 0, shards: str | None = None, guidance_steps: int = 0) -> dict:
     """Write seed-based outputs (one per ``seed_audio`` file) or ``n`` unconditional ones to ``out``."""
-    if (steps is not None and steps < 1) or not 0 < mask_fraction <= 1 or n < 1:
-        raise ValueError(f"need steps >= 1, 0 < mask_fraction <= 1 and n >= 1 (got {steps}, {mask_fraction}, {n})")
+    if (steps is not None and steps < 1) or not 0 < mask_fraction <= 1 or n < 1 or guidance_steps < 0:
+        raise ValueError(f"need steps >= 1, 0 < mask_fraction <= 1, n >= 1 and guidance_steps >= 0 (got {steps}, "
+                         f"{mask_fraction}, {n}, {guidance_steps})")
     loaded = load_model(checkpoint)
     cfg = loaded.cfg
     seconds = seconds or cfg.audio.clip_seconds
@@ -272,19 +362,20 @@ def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | No
     out = Path(out)
     stats = cached_spectrum(loaded, shards)
     steps = steps or STEPS
+    guidance = make_guidance(loaded, shards or cfg.data.shards, seconds, guidance_steps)
     if seed_audio:
         specs = torch.cat([seed_spectrogram(p, loaded, seconds) for p in seed_audio])  # (S, F, T)
-        y, mo = seed_based(loaded.model, specs, stats, mask_fraction, steps, gen)
+        y, mo = seed_based(loaded.model, specs, stats, mask_fraction, steps, gen, guidance)
         names = [f"seed_{i:02d}_{Path(p).stem}" for i, p in enumerate(seed_audio)]
         mode = "seed"
     else:
         frames = loaded.front.num_frames(int(round(seconds * cfg.audio.sample_rate)))
-        y, mo = unconditional(loaded.model, stats, n, frames, steps, gen)
+        y, mo = unconditional(loaded.model, stats, n, frames, steps, gen, guidance)
         names = [f"uncond_{i:02d}" for i in range(n)]
         mode = "unconditional"
     records = save_outputs(loaded, y, mo, names, out, mode)
     summary = {"mode": mode, "checkpoint": str(loaded.path), "seconds": seconds, "steps": steps,
-               "mask_fraction": mask_fraction if seed_audio else None, "seed": seed,
+               "mask_fraction": mask_fraction if seed_audio else None, "seed": seed, "guidance_steps": guidance_steps,
                "seed_audio": [str(p) for p in seed_audio or []], "outputs": records}
     (out / "generate.json").write_text(json.dumps(summary, indent=2))
     return summary

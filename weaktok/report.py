@@ -218,8 +218,12 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
         f"Prometheus metrics were served at {_metrics_url(plan, run)} while it trained.", "",
         f"![training curves]({_rel(ev / 'training_curves.png', base)})", "",
         "## Table 1", "", t1,
-        f"Research goal (every L-Score term of Uncond and Seed within ±15 % of the target): {goal}."
-        + (f" Outside: {', '.join(misses)}." if misses else ""), "",
+        f"Research goal (every L-Score term of Uncond and Seed within ±15 % of the target), the model alone: {goal}."
+        + (f" Outside: {', '.join(misses)}." if misses else "")
+        + (f" With L-Score guidance (+G): {'**met**' if table['goal_met_guided'] else '**not met**'}; outside: "
+           + (", ".join(f"{n} ({k[:-2]} {pct(table[f'{k}_rel_err'][j])})" for k in ("uncond_g", "seed_g")
+                        for j, n in enumerate(table["names"]) if not table["within_goal"][k][j]) or "none") + "."
+           if "goal_met_guided" in table else ""), "",
         "How to read it. A seed-based output is half seed (the model's rendering of the test clip) and half "
         "in-painting, so real audio carries part of its L-Score; the in-painted half is, at demo scale, a blurry "
         "texture that keeps the seed's timbre but not its rhythm (see the examples). Unconditional outputs are "
