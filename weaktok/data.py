@@ -11,9 +11,9 @@ Evaluation (``eval_loader``): the shard list split by node then by worker, no sh
 the item's start, so across R ranks every item is seen exactly once.
 
 Every batch carries ``skipped``: how many corrupt items its worker dropped since its previous batch, so the
-trainer can count them (worker processes cannot share a counter with the main process). A batch is collated only
-once the next one is full or the stream has ended, so items dropped after a worker's last full batch are counted
-in its final batch, not lost.
+trainer can count them (worker processes cannot share a counter with the main process). In evaluation a batch is
+collated only once the next one is full or the stream has ended, so items dropped after a worker's last full batch
+are counted in its final batch, not lost.
 
 Faults (tests/test_faults_data.py): a truncated or unreadable shard, an item with no ``.flac`` member, an
 undecodable or non-finite ``.flac``, a sample rate other than the manifest's, and malformed ``.json`` metadata are
@@ -152,17 +152,20 @@ def decode_samples(src, tally: Tally, sample_rate: int | None = None):
         yield {"key": sample["__key__"], "audio": audio, "meta": meta}
 
 
-def batched_lookahead(src, tally: Tally, batch_size: int, partial_last: bool):
-    """Batches of ``batch_size`` collated one step late: a batch's ``skipped`` then includes every item dropped
-    before the next batch filled, and the last batch every item dropped up to the end of the stream."""
+def batched(src, tally: Tally, batch_size: int, partial_last: bool, lookahead: bool):
+    """Batches of ``batch_size``. With ``lookahead`` each is collated one step late: its ``skipped`` then includes
+    every item dropped before the next batch filled, and the last batch every item dropped up to the end of the
+    stream (eval: finite streams whose tail must be counted; training streams are endless, so no need there)."""
     ready, current = None, []
     for s in src:
         current.append(s)
         if len(current) == batch_size:
-            if ready is not None:
+            if not lookahead:
+                yield collate(current, tally.take())
+            elif ready is not None:
                 yield collate(ready, tally.take())
             ready, current = current, []
-    if ready is not None:
+    if ready is not None and lookahead:
         yield collate(ready, tally.take())
     if current and partial_last:
         yield collate(current, tally.take())
@@ -237,7 +240,7 @@ def train_loader(shards: str, batch_size: int, clip_seconds: float, samples_per_
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64)),
         partial(decode_samples, tally=tally, sample_rate=sr),
         partial(random_crops, n=n, seed=seed + epoch),
-        partial(batched_lookahead, tally=tally, batch_size=batch_size, partial_last=False),
+        partial(batched, tally=tally, batch_size=batch_size, partial_last=False, lookahead=False),
     ).with_epoch(per_worker)
     return _loader(pipeline, num_workers)
 
@@ -259,6 +262,6 @@ def eval_loader(shards: str, split: str, batch_size: int, clip_seconds: float, n
         partial(decode_samples, tally=tally, sample_rate=sr),
         partial(require_items, tally=tally, urls=urls, split=split),
         partial(start_crops, n=n),
-        partial(batched_lookahead, tally=tally, batch_size=batch_size, partial_last=True),
+        partial(batched, tally=tally, batch_size=batch_size, partial_last=True, lookahead=True),
     )
     return _loader(pipeline, num_workers)
