@@ -318,3 +318,19 @@ def test_ray_token_auth_is_never_switched_off(tmp_path):
         planted.append(tmp_path / f"planted{i}.sh")
         planted[-1].write_text(line + "\n")
     assert len(scan_ray_auth(planted)) == 4  # the scanner catches each way of switching it off
+
+
+def test_exporter_binds_loopback_unless_configured_and_says_so_when_not(tmp_path, capsys):
+    from weaktok.metrics import MetricsExporter
+    e = MetricsExporter(load_config("tiny"), tmp_path / "a", rank=0, local_rank=0)
+    try:
+        assert e.server.server_address[0] == "127.0.0.1"
+        assert "note: metrics.host" not in capsys.readouterr().out
+    finally:
+        e.close()
+    e = MetricsExporter(load_config("tiny", ["metrics.host=0.0.0.0"]), tmp_path / "b", rank=0, local_rank=0)
+    try:
+        assert e.server.server_address[0] == "0.0.0.0"  # configured: honoured...
+        assert "note: metrics.host=0.0.0.0 serves /metrics" in capsys.readouterr().out  # ...and said out loud
+    finally:
+        e.close()

@@ -24,6 +24,7 @@ and, on rank 0, written to ``<out>/metrics_url.txt`` (the URL the run served on;
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import time
 from pathlib import Path
@@ -202,6 +203,9 @@ class MetricsExporter:
         self.url = f"http://{host}:{port}/metrics" if ":" not in host else f"http://[{host}]:{port}/metrics"
         moved = f" (metrics.port {base} was in use)" if port != base and base else ""
         print(f"[weaktok] metrics at {self.url}{moved}" + (f" (rank {self.rank})" if self.rank else ""), flush=True)
+        if not _is_loopback(self.server.server_address[0]):  # configured on purpose; say what it means
+            print(f"[weaktok] note: metrics.host={self.cfg.host} serves /metrics (run names, paths, losses) without "
+                  "authentication to every machine that can reach this one; 127.0.0.1 keeps it local", flush=True)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / URL_FILE).write_text(self.url + "\n")
@@ -324,6 +328,13 @@ class MetricsExporter:
     def _set_terms(self, metric, values) -> None:
         for name, v in zip(LSCORE_NAMES, values):
             self._lab(metric, term=name).set(float(v))
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _in_use_message(host: str, ports: list[int], fallback: bool) -> str:
