@@ -138,6 +138,8 @@ def sweep_metrics(record: dict, lscore_weight: float) -> dict:
         out.update({f"lscore_dist_{n}": float(d) for n, d in zip(LSCORE_TERMS, dist)})
         out["lscore_dist"] = float(sum(dist))
     out["objective"] = float(record["val_recon"]) + lscore_weight * out.get("lscore_dist", 0.0)
+    if lscore_weight and record.get("val_lscore_error"):  # the pool failed: unscored, so never the best
+        out["objective"] = float("inf")
     return out
 
 
@@ -191,7 +193,8 @@ def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus
         train_loop_config={"config": config, "overrides": overrides, "out": str(out), "use_gpu": False,
                            "lscore_weight": lscore_weight},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
-        torch_config=TorchConfig(backend="gloo", init_method="env"),
+        torch_config=TorchConfig(backend="gloo", init_method="env",
+                                 timeout_s=int(load_config(config, overrides).train.dist_timeout_s)),
         run_config=RunConfig(name="train", storage_path=str(out / "ray"), callbacks=[TuneReportCallback()]),
     )
     result = trainer.fit()
@@ -201,6 +204,52 @@ def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus
 
 # ----------------------------------------------------------------------------------------------------------
 # The sweep
+
+
+HEAD_GONE_S = 15.0  # the Ray head unreachable this long ends the sweep (Ray itself would wait 60 s, then abort)
+
+
+def watch_head(out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, every_s: float = 1.0):
+    """Watch the Ray head (its GCS port) from a daemon thread; if it stops answering for ``gone_after_s``, say so
+    plainly (what died, what is kept, how to go on) and end the process with exit code 3.
+
+    Without this the driver's Ray core waits 60 s for the GCS and then kills the process with a log line about
+    `gcs_server.out`; Tune's experiment state in ``<out>/tune`` survives either way, so ``--resume`` continues."""
+    import socket
+    import sys
+    import threading
+    import time
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    host, port = address.rsplit(":", 1)
+    stop = threading.Event()
+
+    def probe() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    def loop() -> None:
+        down_since = None
+        while not stop.wait(every_s):
+            if probe():
+                down_since = None
+                continue
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since >= gone_after_s:
+                msg = (f"[weaktok] sweep: the Ray cluster at {address} is gone (its head has not answered for "
+                       f"{gone_after_s:.0f} s; killed, stopped or unreachable). Trials finished so far and the "
+                       f"checkpoints of running ones are kept in {out / 'tune'}. Start the cluster again and "
+                       f"continue with: {resume_hint}")
+                print(msg, file=sys.stderr, flush=True)
+                os._exit(3)
+
+    threading.Thread(target=loop, name="weaktok-ray-head-watch", daemon=True).start()
+    return stop
 
 
 def run_sweep(config: str, space_path: str | Path, out: str | Path, overrides: list[str] | None = None,
@@ -240,7 +289,12 @@ def run_sweep(config: str, space_path: str | Path, out: str | Path, overrides: l
                                         num_samples=spec.num_samples,
                                         max_concurrent_trials=spec.max_concurrent or None),
             run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1))
-    results = tuner.fit()
+    watch = watch_head(out, f"weaktok sweep --config {config} --space {space_path} --out {out} --resume "
+                            f"{' '.join(overrides)}".strip())
+    try:
+        results = tuner.fit()
+    finally:
+        watch.set()
     return summarise(results, spec, config, overrides, out)
 
 

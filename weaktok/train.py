@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,17 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed() -> Dist:
-    """Initialise torch.distributed through DeepSpeed from the launcher's environment variables."""
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or no complete checkpoint could be loaded."""
+
+
+def setup_distributed(timeout_s: float | None = None) -> Dist:
+    """Initialise torch.distributed through DeepSpeed from the launcher's environment variables.
+
+    ``timeout_s`` bounds every collective (``train.dist_timeout_s``): a rank whose peer died or hangs raises after
+    at most this long instead of waiting forever (gloo usually notices a dead peer's closed socket at once; a peer
+    that is alive but stuck is only caught by the timeout). Where a launcher (Ray Train) already initialised the
+    process group, that group and its timeout are kept."""
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise RuntimeError(f"environment lacks {', '.join(missing)}: start training with `weaktok train`, the "
@@ -67,7 +77,8 @@ def setup_distributed() -> Dist:
     os.environ.setdefault("LOCAL_RANK", "0")
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
+    kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False, **kwargs)
     local_rank = int(os.environ["LOCAL_RANK"])
     if not use_cuda and "OMP_NUM_THREADS" not in os.environ:
         # ranks sharing a CPU node split its cores: oversubscribed OpenMP regions spin-wait on busy cores and
@@ -149,26 +160,67 @@ def build_engine(cfg: Config, model: torch.nn.Module, total_steps: int):
 # Checkpoints: write, then mark complete; resume from the newest complete one
 
 
+CORRUPT_SUFFIX = ".corrupt"  # a COMPLETE checkpoint that failed to load becomes <tag>.corrupt[N] (kept, never resumed)
+
+
 def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Checkpoint tags holding a COMPLETE marker, oldest first (by the step recorded in the marker)."""
+    """Checkpoint tags holding a COMPLETE marker, oldest first (by the step recorded in the marker).
+
+    A folder without the marker (a write cut short by a kill, a crash or a full disk) never counts, nor does one
+    set aside as ``<tag>.corrupt`` after it failed to load."""
     tags = []
     for d in ckpt_dir.glob("*") if ckpt_dir.is_dir() else []:
         marker = d / COMPLETE
-        if marker.is_file():
+        if marker.is_file() and CORRUPT_SUFFIX not in d.name:
             try:
                 tags.append((json.loads(marker.read_text())["step"], d.name))
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, KeyError, TypeError, OSError):
                 continue
     return [t for _, t in sorted(tags)]
 
 
 def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) -> str:
+    """Every rank writes its part, then (after a barrier) rank 0 marks the folder COMPLETE and rotates old ones.
+
+    A failed write (disk full, I/O error) raises CheckpointError naming the folder; the partial folder is removed
+    (it never held the marker, so resume would skip it anyway) and older checkpoints are untouched: rotation only
+    runs once the new one is complete. A step saved twice (a mid-epoch checkpoint on the epoch's last step, then
+    the epoch-end one) never overwrites the complete folder in place: the new one is written beside it as
+    ``<tag>.next`` and swapped in once complete, so a complete copy of that step exists at every moment."""
     tag = f"step{state['step']:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)  # collective: every rank writes its part
+    path = ckpt_dir / tag
+    previous = complete_tags(ckpt_dir)
+    resave = all_reduce_sum([float(dist.is_main and (path / COMPLETE).is_file())], dist)[0] > 0  # rank 0 decides
+    write = path.with_name(tag + ".next") if resave else path
+    try:
+        if dist.is_main and resave:
+            shutil.rmtree(write, ignore_errors=True)  # a .next left by an earlier failure
+        engine.save_checkpoint(str(ckpt_dir), tag=write.name, client_state=state)  # collective: every rank its part
+    except Exception as e:
+        shutil.rmtree(write, ignore_errors=True)
+        prev = f"the previous complete checkpoint {ckpt_dir / previous[-1]} is intact and `resume: auto` " \
+               "will pick it" if previous else "there is no earlier complete checkpoint"
+        raise CheckpointError(f"writing checkpoint {write} failed on rank {dist.rank} "
+                              f"({type(e).__name__}: {e}); {prev}") from e
     if dist.world > 1:
         torch.distributed.barrier()
     if dist.is_main:
-        (ckpt_dir / tag / COMPLETE).write_text(json.dumps({"step": state["step"], "epoch": state["epoch"]}))
+        tmp = write / (COMPLETE + ".tmp")
+        try:  # written whole, then renamed: a marker is either absent or complete
+            tmp.write_text(json.dumps({"step": state["step"], "epoch": state["epoch"]}))
+            os.replace(tmp, write / COMPLETE)
+            if resave:  # old -> .old, .next -> tag, drop .old: one complete copy of the step at every moment
+                old = path.with_name(tag + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(write, path)
+                shutil.rmtree(old, ignore_errors=True)
+                (ckpt_dir / "latest").write_text(tag)  # DeepSpeed's pointer (zero_to_fp32.py reads it)
+        except OSError as e:
+            if not (path / COMPLETE).is_file():
+                shutil.rmtree(write, ignore_errors=True)
+            raise CheckpointError(f"marking checkpoint {path} complete failed ({e}); older checkpoints are "
+                                  "intact") from e
         for old in complete_tags(ckpt_dir)[:-keep]:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     if dist.world > 1:
@@ -176,16 +228,22 @@ def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) 
     return tag
 
 
-def resume_tag(cfg: Config, ckpt_dir: Path) -> tuple[Path, str] | None:
+def resume_candidates(cfg: Config, ckpt_dir: Path) -> list[tuple[Path, str]]:
+    """Checkpoints to try, in order: for ``auto`` every complete one, newest first; for a path just that one."""
     if cfg.train.resume == "never":
-        return None
+        return []
     if cfg.train.resume == "auto":
-        tags = complete_tags(ckpt_dir)
-        return (ckpt_dir, tags[-1]) if tags else None
+        return [(ckpt_dir, t) for t in reversed(complete_tags(ckpt_dir))]
     path = Path(cfg.train.resume)
     if not (path / COMPLETE).is_file():
         raise ConfigError(f"config key 'train.resume': {path} is not a complete checkpoint (no {COMPLETE} marker)")
-    return path.parent, path.name
+    return [(path.parent, path.name)]
+
+
+def resume_tag(cfg: Config, ckpt_dir: Path) -> tuple[Path, str] | None:
+    """The checkpoint resume tries first (None: start fresh)."""
+    found = resume_candidates(cfg, ckpt_dir)
+    return found[0] if found else None
 
 
 def rng_state() -> dict:
@@ -202,18 +260,33 @@ def set_rng_state(state: dict) -> None:
 # The step
 
 
-def corrupt(spec: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
-    """Training input corruption: gaussian noise, and for some examples one time span set to zero."""
+def corrupt(spec: torch.Tensor, cfg: Config, gen: torch.Generator, prior: dict | None = None) -> torch.Tensor:
+    """Training input corruption: gaussian noise, and for some examples one time span replaced.
+
+    ``fill: zeros`` writes zeros into the span. ``fill: prior`` writes what generation's refinement feeds the model
+    in its hole (generate.refine): (1 - s) * spec + s * z, z the prior noise (weaktok/prior.py), s ~ U(0, 1) per
+    example, so the model learns to refine every noise level, from pure prior noise (s = 1) down."""
     c = cfg.train.corruption
     x = spec + c.noise_std * torch.randn(spec.shape, generator=gen, device=spec.device) if c.noise_std else spec
     B, _, T = spec.shape
     if c.mask_prob > 0 and c.mask_max_fraction > 0:
         hit = torch.rand(B, generator=gen, device=spec.device) < c.mask_prob
-        length = (torch.rand(B, generator=gen, device=spec.device) * c.mask_max_fraction * T).long()
+        length = (torch.rand(B, generator=gen, device=spec.device) * c.mask_max_fraction * T).round().long()
         start = (torch.rand(B, generator=gen, device=spec.device) * T).long()
+        start = torch.minimum(start, T - length)  # the span lies inside the clip, whole-clip spans included
         t = torch.arange(T, device=spec.device)
         span = (t[None] >= start[:, None]) & (t[None] < (start + length)[:, None]) & hit[:, None]  # (B, T)
-        x = x.masked_fill(span[:, None, :], 0.0)
+        if c.fill == "prior":
+            from weaktok.prior import sample_prior
+
+            if prior is None:
+                raise ValueError("train.corruption.fill=prior needs the prior statistics (weaktok.prior)")
+
+            level = torch.rand(B, 1, 1, generator=gen, device=spec.device)  # (B, 1, 1)
+            z = sample_prior(prior, B, T, gen)  # (B, F, T)
+            x = torch.where(span[:, None, :], (1 - level) * spec + level * z, x)
+        else:
+            x = x.masked_fill(span[:, None, :], 0.0)
     return x
 
 
@@ -284,7 +357,7 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
     if manifest["sample_rate"] != cfg.audio.sample_rate:
         raise ConfigError(f"config key 'audio.sample_rate': {cfg.audio.sample_rate} differs from the shards' "
                           f"{manifest['sample_rate']} ({cfg.data.shards}/manifest.json)")
-    dist = setup_distributed()
+    dist = setup_distributed(cfg.train.dist_timeout_s)
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed + dist.rank)
     random.seed(cfg.seed + dist.rank)
@@ -309,6 +382,7 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
         total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
         engine, optimizer, scheduler = build_engine(cfg, model, total_steps)
         target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
+        prior = _prior(cfg, front, dist)
 
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "nan_skipped": 0, "corrupt_skipped": 0, "samples": 0}
         _resume(cfg, engine, ckpt_dir, state, dist)
@@ -326,19 +400,67 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
         last_val: dict = {}
         while state["epoch"] < cfg.train.epochs and not _done(state, cfg):
             last_val = _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, gen, hooks,
-                                  ckpt_dir, batches_per_epoch, train_loader)
+                                  ckpt_dir, batches_per_epoch, train_loader, prior)
         if dist.is_main:
             _poll_pool(pool, state, log, hooks)
         export_weights(engine, cfg, out, dist)
+        if prior is not None and dist.is_main:  # generation reuses it (generate.cached_spectrum)
+            torch.save({k: v.cpu() for k, v in prior.items()}, out / "final" / "spectrum.pt")
     return last_val
 
 
+def _prior(cfg: Config, front, dist: Dist) -> dict | None:
+    """Generation's prior statistics for ``fill: prior`` (rank 0's share of the training split, broadcast)."""
+    if cfg.train.corruption.fill != "prior" or not cfg.train.corruption.mask_prob:
+        return None
+    from weaktok.prior import corpus_spectrum
+
+    stats = corpus_spectrum(cfg.data.shards, front.cpu(), cfg.audio.clip_seconds) if dist.is_main else None
+    front.to(dist.device)
+    stats = _broadcast_object(stats, dist) if dist.world > 1 else stats
+    return {k: v.to(dist.device) for k, v in stats.items()}
+
+
 def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> None:
-    found = resume_tag(cfg, ckpt_dir)
-    if not found:
+    """Load the newest complete checkpoint that loads on every rank.
+
+    With ``resume: auto`` a checkpoint that fails to load (a truncated or garbage file inside a COMPLETE folder) is
+    reported with a warning naming the folder, set aside as ``<tag>.corrupt`` and the next older one is tried;
+    the ranks agree on the outcome of each attempt (an all-reduce), so all of them resume from the same step. If
+    none loads: CheckpointError. An explicit ``resume: <path>`` that fails to load is a CheckpointError at once."""
+    candidates = resume_candidates(cfg, ckpt_dir)
+    failed: list[str] = []
+    for load_dir, tag in candidates:
+        error = ""
+        try:
+            load_path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+            if load_path is None or client is None:
+                error = "DeepSpeed found no loadable model states in it"
+        except Exception as e:  # torch.load on a truncated / garbage file: UnpicklingError, RuntimeError, EOFError...
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ok = all_reduce_sum([0.0 if error else 1.0], dist)[0] == dist.world
+        if ok:
+            break
+        where = load_dir / tag
+        failed.append(str(where))
+        if dist.is_main:
+            print(f"[weaktok] WARNING: checkpoint {where} is COMPLETE but failed to load "
+                  f"({error or 'on another rank'}); falling back to the previous complete checkpoint", flush=True)
+        if cfg.train.resume != "auto":
+            raise CheckpointError(f"checkpoint {where} (train.resume) failed to load: {error or 'on another rank'}")
+        if dist.is_main:  # kept for inspection, out of resume's and rotation's way
+            aside, n = where.with_name(where.name + CORRUPT_SUFFIX), 1
+            while aside.exists():
+                aside, n = where.with_name(f"{where.name}{CORRUPT_SUFFIX}{n}"), n + 1
+            with contextlib.suppress(OSError):
+                os.replace(where, aside)
+        if dist.world > 1:
+            torch.distributed.barrier()
+    else:
+        if failed:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir} loads: {', '.join(failed)} all failed (set aside as "
+                                  f"*{CORRUPT_SUFFIX}); remove them or set train.resume=never to start over")
         return
-    load_dir, tag = found
-    _, client = engine.load_checkpoint(str(load_dir), tag=tag)
     state.update({k: client[k] for k in state if k in client})
     if "rng" in client and dist.world == client.get("world", dist.world):
         set_rng_state(client["rng"])
@@ -352,7 +474,7 @@ def _done(state: dict, cfg: Config) -> bool:
 
 
 def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, gen, hooks, ckpt_dir,
-               batches_per_epoch, train_loader) -> dict:
+               batches_per_epoch, train_loader, prior=None) -> dict:
     remaining = batches_per_epoch - state["batch_in_epoch"]
     # a resumed epoch reads a fresh stream (seeded by the step) for the batches it still owes
     loader = train_loader(cfg.data.shards, cfg.data.batch_size, cfg.audio.clip_seconds,
@@ -384,7 +506,7 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
         state["corrupt_skipped"] += batch["skipped"]
         with torch.no_grad():
             spec = front(audio)  # (B, F, T) fp32
-            inp = corrupt(spec, cfg, gen)
+            inp = corrupt(spec, cfg, gen, prior)
         losses, out = compute_loss(engine, front, lscore_fn, spec, inp, w, target, cfg)
         finite = all_reduce_sum([float(torch.isfinite(losses.total).item())], dist)[0] == dist.world
         state["batch_in_epoch"] += 1
@@ -418,6 +540,7 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
                           "corrupt_skipped": state["corrupt_skipped"]}
                 if pool is not None:  # every record, so a stalled pool still shows its backlog
                     record["pool_queue_depth"] = pool.queue_depth
+                    record["lscore_pool_errors"] = state.get("lscore_pool_errors", 0)
                 if dist.is_main:
                     log.write(record)
                     for h in hooks:
@@ -534,8 +657,18 @@ def validate(cfg, dist, engine, front, lscore_fn, target, state, pool) -> dict:
     record = {"kind": "val", "step": state["step"], "epoch": state["epoch"], "val_items": int(total[1]),
               "val_recon": total[0] / n, "val_boundary_rate": total[2] / n, "val_mean_chunk_len": total[3] / n}
     gathered = _gather_objects(waves, dist)
+    scores = None
     if dist.is_main and pool is not None and gathered:
-        scores = pool.map(gathered, cfg.audio.sample_rate)  # (N, 4) exact, librosa
+        from weaktok.lscore.pool import LScorePoolError
+
+        try:
+            scores = pool.map(gathered, cfg.audio.sample_rate)  # (N, 4) exact, librosa
+        except LScorePoolError as e:  # actors died past their retries: this validation goes without exact scores
+            state["lscore_pool_errors"] = state.get("lscore_pool_errors", 0) + 1
+            record["val_lscore_error"] = str(e)
+            print(f"[weaktok] L-Score pool error in validation (step {state['step']}, continuing without exact "
+                  f"L-Scores): {e}", flush=True)
+    if scores is not None:
         mean = scores.mean(0)
         tmean = target["mean"].cpu().numpy()
         tstd = target["std"].cpu().numpy()
@@ -599,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"weaktok train: config error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:
+        print(f"weaktok train: checkpoint error: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
