@@ -292,6 +292,21 @@ def test_fuzzed_members_in_a_real_shard_are_skipped_and_named(tmp_path, caplog):
         assert "val-00000" in line and ("AudioError" in line or "NaN" in line) and "BytesIO" not in line
 
 
+@FUZZ
+@given(top=st.floats(0, 1e6), seed=st.integers(0, 2**16))
+def test_extreme_model_output_gives_finite_power_and_lscore(top, seed):
+    """A diverging model's spectrogram (values far above any real audio's ~9) must not overflow the front end's
+    power into Inf and the differentiable L-Score into NaN (before: NaN from ~44 up)."""
+    import torch
+    from weaktok.audio import SpecFrontEnd
+    from weaktok.lscore.differentiable import DifferentiableLScore
+    g = torch.Generator().manual_seed(seed)
+    spec = torch.rand(1, 257, 24, generator=g) * top - 1.0
+    front = SpecFrontEnd(22050, 512, 128)
+    assert torch.isfinite(front.power(spec)).all()
+    assert torch.isfinite(DifferentiableLScore(22050, 512, 128)(front.power(spec))).all()
+
+
 def test_zz_report():
     """Not a check of the code: prints how many fuzz inputs the run above fed to each path."""
     print(f"fuzz inputs: load_audio {COUNT['load']}, shard decode {COUNT['decode']}")

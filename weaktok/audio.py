@@ -201,6 +201,9 @@ def write_wav(path, y, sr: int) -> None:
 # -----------------------------------------------------------------------------
 # spectrogram front end
 
+MAX_LOG_MAGNITUDE = 30.0  # log1p magnitude ceiling for model output: power e^60 ~ 1e26 stays finite in float32
+
+
 class SpecFrontEnd(nn.Module):
     """Waveform <-> log1p linear magnitude STFT, shape (B, F=n_fft//2+1, T=N//hop+1)."""
 
@@ -234,8 +237,11 @@ class SpecFrontEnd(nn.Module):
         return torch.log1p(self.stft(wave))  # (B, F, T)
 
     def magnitude(self, spec: torch.Tensor) -> torch.Tensor:
-        """spec (B, F, T) -> linear |STFT| (B, F, T); negatives (model output) clamp to 0."""
-        return torch.expm1(spec.clamp_min(0.0))
+        """spec (B, F, T) -> linear |STFT| (B, F, T); model output clamps to [0, MAX_LOG_MAGNITUDE].
+
+        Real audio (peak <= 1) stays below log1p(n_fft / 2) <= 9.1 even at n_fft 16384; a diverging model's
+        output above ~44 would overflow the float32 power (e^88) into Inf and the L-Score terms into NaN."""
+        return torch.expm1(spec.clamp(0.0, MAX_LOG_MAGNITUDE))
 
     def power(self, spec: torch.Tensor) -> torch.Tensor:
         """spec (B, F, T) -> linear power |STFT|^2 (B, F, T), differentiable."""
