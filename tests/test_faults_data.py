@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.test_data import SR, _flac, make_shards
+from tests.test_data import make_shards
 from weaktok.config import load_config
 from weaktok.data import eval_loader, train_loader
 from weaktok.manifest import MANIFEST, ShardsError, load_manifest, write_manifest

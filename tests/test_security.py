@@ -18,9 +18,7 @@ import re
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from tests.test_data import make_shards
