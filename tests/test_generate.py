@@ -25,7 +25,8 @@ class SerialPool:
 
 
 def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
-    """(shards, run): 40 loops of the embedded corpus, the tiny config trained for 3 epochs. Built once per test
+    """(shards, run): 40 loops of the embedded corpus, the tiny config trained for 3 epochs (masked spans filled
+    with generation's prior noise). Built once per test
     session and shared by the modules that need a trained model. (The embedded corpus, not make_tiny_shards: half
     of those items are clicks over a white-noise floor, which would make "not white noise" meaningless.)"""
     from weaktok.corpus import build_corpus
@@ -37,8 +38,12 @@ def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
         build_corpus(base / "corpus", n=40, seed=0, progress=False)
         build_shards(base / "corpus", shards, min_shards=2, pool=SerialPool(), progress=False)
         run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
-             "train.epochs=3", "curriculum.warmup_epochs=1", "curriculum.anneal_epochs=1", *FAST],
+             "train.epochs=3", "curriculum.warmup_epochs=1", "curriculum.anneal_epochs=1",
+             "train.corruption.fill=prior", "train.corruption.mask_max_fraction=1.0", *FAST],
             env=cpu_env(), cwd=REPO, timeout=300)
+        # training with fill=prior leaves generation's prior beside the weights
+        stats = torch.load(out / "final" / "spectrum.pt", weights_only=True)
+        assert stats["components"].shape[0] == 16 and (stats["resid_std"] >= 0).all()
     return shards, out
 
 

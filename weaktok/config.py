@@ -118,12 +118,15 @@ class CorruptionConfig:
 
     noise_std: float = 0.1  # gaussian noise on the log1p spectrogram
     mask_prob: float = 0.3  # probability that a training example gets a masked time span
-    mask_max_fraction: float = 0.25  # longest masked span, as a fraction of the clip
+    mask_max_fraction: float = 0.25  # longest masked span, as a fraction of the clip (1: the whole clip)
+    fill: str = "zeros"  # masked span: "zeros", or "prior" = (1 - s) x + s z with z generation's prior noise
+    #                      (weaktok/prior.py) and a per-example level s ~ U(0, 1): what generation feeds the model
 
     def check(self) -> None:
         _require(self.noise_std >= 0, "train.corruption.noise_std", "must be >= 0")
         _require(0 <= self.mask_prob <= 1, "train.corruption.mask_prob", "must be in [0, 1]")
-        _require(0 <= self.mask_max_fraction < 1, "train.corruption.mask_max_fraction", "must be in [0, 1)")
+        _require(0 <= self.mask_max_fraction <= 1, "train.corruption.mask_max_fraction", "must be in [0, 1]")
+        _require(self.fill in ("zeros", "prior"), "train.corruption.fill", "must be 'zeros' or 'prior'")
 
 
 @dataclass
