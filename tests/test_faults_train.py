@@ -11,6 +11,7 @@ Each case ends in a clear error or a recovery, never in lost or corrupted data:
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -143,35 +144,55 @@ def test_truncated_and_corrupt_checkpoints_fall_back_then_fail_clearly(shards, t
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 5.5 MB tmpfs for <run>/checkpoints: one tiny checkpoint (3.7 MB) fits, a second does not."""
+def full_disk(tmp_path):
+    """Makes <run>/checkpoints run out of room after its first checkpoint; yields (how, arm, free).
+
+    As root: a real 5.5 MB tmpfs there (one tiny checkpoint, 3.7 MB, fits; a second does not: ENOSPC); ``free``
+    grows it, keeping its files, as an operator freeing space would. Without root (no mount): once the first
+    checkpoint is complete, ``arm(pid)`` lowers the running trainer's file-size limit (RLIMIT_FSIZE, through
+    prlimit) below the size of a checkpoint file, so the next write fails in the kernel (EFBIG); the rerun has no
+    limit. WEAKTOK_TEST_NO_TMPFS=1 forces the second way."""
     target = tmp_path / "run" / "checkpoints"
     target.mkdir(parents=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5632k", "tmpfs", str(target)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
-    yield target
-    subprocess.run(["umount", "-l", str(target)], check=False)
+    mounted = not os.environ.get("WEAKTOK_TEST_NO_TMPFS") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=5632k", "tmpfs", str(target)], capture_output=True).returncode == 0
+    if mounted:
+        yield ("tmpfs", lambda pid: None,
+               lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(target)], check=True))
+        subprocess.run(["umount", "-l", str(target)], check=False)
+    else:
+        limit = 512 * 1024  # a tiny checkpoint's files are 0.95 and 2.8 MB; metrics lines are far smaller
+        yield ("rlimit", lambda pid: psutil.Process(pid).rlimit(psutil.RLIMIT_FSIZE, (limit, limit)), lambda: None)
 
 
 @pytest.mark.slow
-def test_disk_full_while_checkpointing_fails_loudly_and_keeps_the_previous(shards, tmp_path, small_disk):
+def test_disk_full_while_checkpointing_fails_loudly_and_keeps_the_previous(shards, tmp_path, full_disk):
+    how, arm, free = full_disk
     out = tmp_path / "run"
-    cmd = _train_cmd(out, shards, "train.epochs=1", "data.samples_per_epoch=16", "train.checkpoint_every=2",
+    ckpts = out / "checkpoints"
+    cmd = _train_cmd(out, shards, "train.epochs=1", "data.samples_per_epoch=32", "train.checkpoint_every=2",
                      "train.keep_checkpoints=1")
-    p = subprocess.run(cmd, env=cpu_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-    log = p.stdout + p.stderr
-    assert p.returncode != 0, log[-3000:]
-    assert f"writing checkpoint {small_disk / 'step00000004'} failed" in log, log[-3000:]
-    assert f"the previous complete checkpoint {small_disk / 'step00000002'} is intact" in log
-    assert _complete(out) == [2]
-    assert not (small_disk / "step00000004").exists()  # the partial write was removed (space back)
+    proc = subprocess.Popen(cmd, env=cpu_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _complete(out) and proc.poll() is None:
+        time.sleep(0.02)
+    arm(proc.pid)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, log[-3000:]
+    m = re.search(r"writing checkpoint (\S+)/step(\d{8}) failed on rank 0 \((.*?)\); the previous complete "
+                  r"checkpoint (\S+)/step(\d{8}) is intact and `resume: auto` will pick it", log)
+    assert m, log[-3000:]
+    failed, kept = int(m.group(2)), int(m.group(5))
+    assert m.group(1) == m.group(4) == str(ckpts) and kept == failed - 2 and kept >= 2
+    print(f"\n[faults] disk full ({how}): checkpoint step {failed} failed with {m.group(3)[:120]!r}")
+    assert _complete(out) == [kept]
+    assert not (ckpts / f"step{failed:08d}").exists()  # the partial write was removed (space back)
     assert not (out / "final").exists()
-    # an operator frees space (the tmpfs grows, its files kept); resume picks the intact checkpoint
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    free()
     r = run(cmd, env=cpu_env(), cwd=REPO)
-    assert f"resumed from {small_disk / 'step00000002'}: step 2" in r.stdout, r.stdout[-3000:]
-    assert [v["step"] for v in read_metrics(out) if v["kind"] == "val"] == [4]
+    assert f"resumed from {ckpts / f'step{kept:08d}'}: step {kept}" in r.stdout, r.stdout[-3000:]
+    assert [v["step"] for v in read_metrics(out) if v["kind"] == "val"] == [8]
     assert (out / "final" / "model.pt").is_file()
 
 

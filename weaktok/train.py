@@ -200,8 +200,12 @@ def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) 
         shutil.rmtree(write, ignore_errors=True)
         prev = f"the previous complete checkpoint {ckpt_dir / previous[-1]} is intact and `resume: auto` " \
                "will pick it" if previous else "there is no earlier complete checkpoint"
+        try:  # torch.save reports a full disk as e.g. "unexpected pos 22976 vs 22870": say how much room is left
+            room = f"{shutil.disk_usage(ckpt_dir).free / 1e6:.1f} MB free there"
+        except OSError:
+            room = "free space unknown"
         raise CheckpointError(f"writing checkpoint {write} failed on rank {dist.rank} "
-                              f"({type(e).__name__}: {e}); {prev}") from e
+                              f"({type(e).__name__}: {str(e).strip()}; {room}); {prev}") from e
     if dist.world > 1:
         torch.distributed.barrier()
     if dist.is_main:
