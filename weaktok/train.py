@@ -432,9 +432,9 @@ def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> Non
     reported with a warning naming the folder, set aside as ``<tag>.corrupt`` and the next older one is tried;
     the ranks agree on the outcome of each attempt (an all-reduce), so all of them resume from the same step. If
     none loads: CheckpointError. An explicit ``resume: <path>`` that fails to load is a CheckpointError at once."""
-    candidates = resume_candidates(cfg, ckpt_dir)
+    candidates = _broadcast_object(resume_candidates(cfg, ckpt_dir), dist)  # rank 0's list: every rank agrees
     failed: list[str] = []
-    for load_dir, tag in candidates:
+    for i, (load_dir, tag) in enumerate(candidates):
         error = ""
         try:
             load_path, client = engine.load_checkpoint(str(load_dir), tag=tag)
@@ -442,17 +442,20 @@ def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> Non
                 error = "DeepSpeed found no loadable model states in it"
         except Exception as e:  # torch.load on a truncated / garbage file: UnpicklingError, RuntimeError, EOFError...
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ok = all_reduce_sum([0.0 if error else 1.0], dist)[0] == dist.world
-        if ok:
+        bad = int(all_reduce_sum([1.0 if error else 0.0], dist)[0])  # ranks that could not load it
+        if not bad:
             break
         where = load_dir / tag
         failed.append(str(where))
+        why = error or f"it loaded here but not on {bad} other rank(s)"
+        more = i + 1 < len(candidates) and cfg.train.resume == "auto"
         if dist.is_main:
-            print(f"[weaktok] WARNING: checkpoint {where} is COMPLETE but failed to load "
-                  f"({error or 'on another rank'}); falling back to the previous complete checkpoint", flush=True)
+            print(f"[weaktok] WARNING: checkpoint {where} is COMPLETE but failed to load ({why}); "
+                  + ("falling back to the previous complete checkpoint" if more else "no older one to fall back to"),
+                  flush=True)
         if cfg.train.resume != "auto":
-            raise CheckpointError(f"checkpoint {where} (train.resume) failed to load: {error or 'on another rank'}")
-        if dist.is_main:  # kept for inspection, out of resume's and rotation's way
+            raise CheckpointError(f"checkpoint {where} (train.resume) failed to load: {why}")
+        if dist.is_main and error:  # rank 0's own copy is bad: kept for inspection, out of resume's and rotation's way
             aside, n = where.with_name(where.name + CORRUPT_SUFFIX), 1
             while aside.exists():
                 aside, n = where.with_name(f"{where.name}{CORRUPT_SUFFIX}{n}"), n + 1
@@ -462,8 +465,9 @@ def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> Non
             torch.distributed.barrier()
     else:
         if failed:
-            raise CheckpointError(f"no checkpoint in {ckpt_dir} loads: {', '.join(failed)} all failed (set aside as "
-                                  f"*{CORRUPT_SUFFIX}); remove them or set train.resume=never to start over")
+            raise CheckpointError(f"no checkpoint in {ckpt_dir} loads: {', '.join(failed)} all failed (those bad on "
+                                  f"rank 0 are set aside as <tag>{CORRUPT_SUFFIX}); restore one, or set "
+                                  "train.resume=never to start over")
         return
     state.update({k: client[k] for k in state if k in client})
     if "rng" in client and dist.world == client.get("world", dist.world):
