@@ -194,7 +194,7 @@ def table1_markdown(t: dict, extra: dict) -> str:
     diag = [[name, t["manifest"][j], pct(t["manifest_rel_err"][j]), t["gl"][j], pct(t["gl_rel_err"][j]),
              t["recon"][j], pct(t["recon_rel_err"][j]), t["target_std"][j], t["data_std"][j], t["uncond_std"][j],
              t["seed_std"][j]] for j, name in enumerate(t["names"])]
-    ok = "met" if t["goal_met"] else "NOT met"
+    ok = f"**{'met' if t['goal_met'] else 'NOT met'}**"
     if guided:
         ok += (f" by the model alone; with L-Score guidance ({extra['guidance_steps']} steps, +G columns): "
                f"**{'met' if t['goal_met_guided'] else 'NOT met'}**")
@@ -203,7 +203,7 @@ def table1_markdown(t: dict, extra: dict) -> str:
             f"Split `{extra['split']}`: {t['data_n']} items; {t['uncond_n']} unconditional outputs, {t['seed_n']} "
             f"seed-based outputs (last {extra['mask_fraction']:.0%} in-painted). Checkpoint `{extra['checkpoint']}`.\n"
             f"Relative error = (mean − target) / target. Research goal (every term of Uncond and Seed within "
-            f"±{GOAL:.0%}): **{ok}**.\n\n" + md_table(head, rows) +
+            f"±{GOAL:.0%}): {ok}.\n\n" + md_table(head, rows) +
             "\nPaper columns: the relative errors of the paper's Table 1 as quoted in issue 8 (rhythmic density "
             "only; the other cells are not available to us and are left blank rather than guessed).\n"
             f"`Data` = the exact L-Score of the split's own audio, cropped as the model sees it "
