@@ -15,6 +15,11 @@ the Ray L-Score pool; results are logged when they arrive, the step never waits.
 Outputs in ``--out``: config.yaml (resolved), metrics.jsonl (one JSON object per logged step / validation),
 checkpoints/<tag>/ (DeepSpeed, with client state; a tag counts only once it holds COMPLETE), final/model.pt
 (consolidated fp32 weights + config, for generation and evaluation).
+
+Faults (tests/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError naming the folder,
+the previous checkpoint untouched; ``resume: auto`` skips folders without COMPLETE and falls back past a COMPLETE one
+that fails to load (warning, set aside as <tag>.corrupt); ``train.dist_timeout_s`` bounds every collective, so a
+rank whose peer died exits instead of waiting forever.
 """
 
 from __future__ import annotations
