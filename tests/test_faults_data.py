@@ -157,7 +157,7 @@ def test_checksum_mismatch_is_caught_by_the_config_switch(tmp_path):
 
 
 def test_train_verifies_before_any_compute(tmp_path):
-    """weaktok.train checks the train split with data.verify_shards before it starts ranks or the model."""
+    """weaktok.train checks the train and val splits with data.verify_shards before it starts ranks or the model."""
     from weaktok.train import train
     shards = make_shards(tmp_path / "s")
     victim = shards / "train-000000.tar"
@@ -166,6 +166,13 @@ def test_train_verifies_before_any_compute(tmp_path):
     with pytest.raises(ShardsError, match="train-000000.tar"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written
+    shards = make_shards(tmp_path / "s2")  # the validation split too: it is read every epoch
+    victim = next(iter(sorted(shards.glob("val-*.tar"))))
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    cfg = load_config("tiny", [f"data.shards={shards}", "data.verify_shards=true", "audio.sample_rate=8000"])
+    with pytest.raises(ShardsError, match=victim.name):
+        train(cfg, tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -363,6 +363,8 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
     hooks = hooks or []
     manifest = load_manifest(cfg.data.shards)  # clear errors before any compute
     shard_paths(cfg.data.shards, "train", manifest, verify=cfg.data.verify_shards)
+    if cfg.data.verify_shards and (manifest["splits"].get("val") or {}).get("shards"):
+        shard_paths(cfg.data.shards, "val", manifest, verify=True)  # validation reads it every epoch
     if manifest["sample_rate"] != cfg.audio.sample_rate:
         raise ConfigError(f"config key 'audio.sample_rate': {cfg.audio.sample_rate} differs from the shards' "
                           f"{manifest['sample_rate']} ({cfg.data.shards}/manifest.json)")
