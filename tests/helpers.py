@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,17 @@ def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProce
     if r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r
+
+
+@contextmanager
+def deadline(seconds: int, what: str = "the block"):
+    """Fail with TimeoutError (rather than hang the suite) when the block runs longer than ``seconds``."""
+    def boom(*_):
+        raise TimeoutError(f"{what} still running after {seconds} s: a hang")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -11,15 +11,14 @@ tests/test_audio.py (zero-byte, text, truncated WAV/FLAC, NaN, silent) are not r
 import io
 import json
 import logging
-import signal
 import struct
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from tests.helpers import deadline
 from weaktok.audio import MAX_SAMPLES, SUPPORTED_SR, AudioError, load_audio
 from weaktok.data import Tally, decode_samples
 
@@ -30,23 +29,10 @@ FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCh
 COUNT = {"load": 0, "decode": 0}  # fuzz inputs run, reported by test_zz_report
 
 
-@contextmanager
-def no_hang(seconds: int = 20):
-    def boom(*_):
-        raise TimeoutError(f"decode still running after {seconds} s")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def check_load(path, sr: int = 22050):
     """The property: AudioError naming ``path``, or float32 finite mono audio peak-normalised to 0.95."""
     COUNT["load"] += 1
-    with no_hang():
+    with deadline(20, "decode"):
         try:
             y = load_audio(path, sr)
         except AudioError as e:
@@ -63,7 +49,7 @@ def check_decode(data: bytes, sample_rate: int = 8000):
     tally = Tally()
     sample = {"__key__": "item0007", "__url__": "/shards/x/train-000003.tar", "flac": data,
               "json": json.dumps({"lscore": [0.1, 1.0, 0.0, 0.2]}).encode()}
-    with no_hang():
+    with deadline(20, "decode"):
         out = list(decode_samples([sample], tally, sample_rate=sample_rate))
     if out:
         (item,) = out

@@ -10,33 +10,18 @@ import io
 import json
 import logging
 import shutil
-import signal
 import tarfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.helpers import deadline
 from tests.test_data import make_shards
 from weaktok.config import load_config
 from weaktok.data import eval_loader, train_loader
 from weaktok.manifest import MANIFEST, ShardsError, load_manifest, write_manifest
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (rather than hang the suite) when the block runs longer than ``seconds``."""
-    def boom(*_):
-        raise TimeoutError(f"loader still running after {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def originals(folder: Path, split: str) -> dict[str, np.ndarray]:
@@ -55,7 +40,7 @@ def originals(folder: Path, split: str) -> dict[str, np.ndarray]:
 
 def read_eval(folder, split="val", workers=0, batch=4, seconds=0.5):
     keys, skipped, audio = [], 0, {}
-    with deadline(120):
+    with deadline(120, "loader"):
         for b in eval_loader(str(folder), split, batch, seconds, num_workers=workers):
             keys += b["keys"]
             skipped += b["skipped"]
@@ -65,7 +50,7 @@ def read_eval(folder, split="val", workers=0, batch=4, seconds=0.5):
 
 def read_train(folder, workers=0, samples=96, batch=4, seconds=0.5, epochs=1):
     keys, skipped, audio = [], 0, []
-    with deadline(180):
+    with deadline(180, "loader"):
         loader = train_loader(str(folder), batch, seconds, samples, num_workers=workers, shuffle_buffer=8)
         for _ in range(epochs):
             for b in loader:
@@ -200,7 +185,7 @@ def test_shard_deleted_after_the_loader_started_is_skipped_and_counted(tmp_path,
     for i in (0, 2, 4):
         (shards / f"{split}-{i:06d}.tar").unlink()  # gone between listing and reading (e.g. a cleanup job)
     keys, skipped = [], 0
-    with caplog.at_level(logging.WARNING, logger="weaktok.data"), deadline(120):
+    with caplog.at_level(logging.WARNING, logger="weaktok.data"), deadline(120, "loader"):
         for b in loader:
             keys += b["keys"]
             skipped += b["skipped"]
