@@ -109,20 +109,30 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> Loaded:
 # The prior (weaktok/prior.py), cached per model
 
 
-def cached_spectrum(loaded: Loaded, shards: str | Path | None = None, components: int = PRIOR_COMPONENTS) -> dict:
-    """corpus_spectrum of the model's training shards, cached beside its model.pt (spectrum.pt)."""
-    cache = loaded.path.parent / "spectrum.pt"
+def cached_beside(loaded: Loaded, name: str, compute, valid=lambda stats: True) -> dict:
+    """Statistics cached as ``name`` beside the model's model.pt: loaded when present and ``valid``, else computed
+    and saved (a read-only run folder is fine: they are recomputed next time)."""
+    cache = loaded.path.parent / name
     if cache.is_file():
         stats = torch.load(cache, weights_only=True)
-        if stats["mean"].shape[0] == loaded.front.n_freqs and stats["components"].shape[0] == components:
+        if valid(stats):
             return stats
-    stats = corpus_spectrum(shards or loaded.cfg.data.shards, loaded.front, loaded.cfg.audio.clip_seconds,
-                            components)
+    stats = compute()
     try:
         torch.save(stats, cache)
-    except OSError:  # a read-only run folder: fine, recompute next time
+    except OSError:
         pass
     return stats
+
+
+def cached_spectrum(loaded: Loaded, shards: str | Path | None = None, components: int = PRIOR_COMPONENTS) -> dict:
+    """corpus_spectrum of the model's training shards, cached beside its model.pt (spectrum.pt; training writes it
+    when it used the prior)."""
+    return cached_beside(
+        loaded, "spectrum.pt",
+        lambda: corpus_spectrum(shards or loaded.cfg.data.shards, loaded.front, loaded.cfg.audio.clip_seconds,
+                                components),
+        lambda s: s["mean"].shape[0] == loaded.front.n_freqs and s["components"].shape[0] == components)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,30 +149,24 @@ class Guidance:
 
 
 @torch.no_grad()
-def surrogate_target(loaded: Loaded, shards: str | Path, seconds: float, max_items: int = SURROGATE_ITEMS) -> dict:
-    """Mean and std of the differentiable L-Score over training-split crops of ``seconds`` (cached beside model.pt)."""
+def surrogate_target(loaded: Loaded, lscore: torch.nn.Module, shards: str | Path, seconds: float,
+                     max_items: int = SURROGATE_ITEMS) -> dict:
+    """Mean and std of the differentiable L-Score (``lscore``) over training-split crops of ``seconds``, cached
+    beside model.pt (surrogate_<seconds>s.pt)."""
     from weaktok.data import eval_loader
-    from weaktok.lscore.differentiable import DifferentiableLScore
 
-    cache = loaded.path.parent / f"surrogate_{seconds:g}s.pt"
-    if cache.is_file():
-        return torch.load(cache, weights_only=True)
-    cfg, front = loaded.cfg, loaded.front
-    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
-    scores = []
-    for batch in eval_loader(str(shards), "train", 16, seconds):
-        scores.append(dl(front.power(front(batch["audio"]))))  # (B, 4)
-        if sum(len(s) for s in scores) >= max_items:
-            break
-    if not scores:
-        raise ValueError(f"no items in the train split of {shards}")
-    L = torch.cat(scores)
-    stats = {"mean": L.mean(0), "std": L.std(0), "n": torch.tensor(len(L))}
-    try:
-        torch.save(stats, cache)
-    except OSError:  # a read-only run folder: recompute next time
-        pass
-    return stats
+    def compute() -> dict:
+        front, scores = loaded.front, []
+        for batch in eval_loader(str(shards), "train", 16, seconds):
+            scores.append(lscore(front.power(front(batch["audio"]))))  # (B, 4)
+            if sum(len(s) for s in scores) >= max_items:
+                break
+        if not scores:
+            raise ValueError(f"no items in the train split of {shards}")
+        L = torch.cat(scores)
+        return {"mean": L.mean(0), "std": L.std(0), "n": torch.tensor(len(L))}
+
+    return cached_beside(loaded, f"surrogate_{seconds:g}s.pt", compute)
 
 
 def make_guidance(loaded: Loaded, shards: str | Path, seconds: float, steps: int) -> Guidance | None:
@@ -171,8 +175,8 @@ def make_guidance(loaded: Loaded, shards: str | Path, seconds: float, steps: int
     from weaktok.lscore.differentiable import DifferentiableLScore
 
     cfg = loaded.cfg
-    t = surrogate_target(loaded, shards, seconds)
     dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
+    t = surrogate_target(loaded, dl, shards, seconds)
     return Guidance(dl, loaded.front, t["mean"], t["std"], steps)
 
 
