@@ -249,12 +249,6 @@ def resume_candidates(cfg: Config, ckpt_dir: Path) -> list[tuple[Path, str]]:
     return [(path.parent, path.name)]
 
 
-def resume_tag(cfg: Config, ckpt_dir: Path) -> tuple[Path, str] | None:
-    """The checkpoint resume tries first (None: start fresh)."""
-    found = resume_candidates(cfg, ckpt_dir)
-    return found[0] if found else None
-
-
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -290,7 +284,6 @@ def corrupt(spec: torch.Tensor, cfg: Config, gen: torch.Generator, prior: dict |
 
             if prior is None:
                 raise ValueError("train.corruption.fill=prior needs the prior statistics (weaktok.prior)")
-
             level = torch.rand(B, 1, 1, generator=gen, device=spec.device)  # (B, 1, 1)
             z = sample_prior(prior, B, T, gen)  # (B, F, T)
             x = torch.where(span[:, None, :], (1 - level) * spec + level * z, x)
@@ -428,7 +421,7 @@ def _prior(cfg: Config, front, dist: Dist) -> dict | None:
 
     stats = corpus_spectrum(cfg.data.shards, front.cpu(), cfg.audio.clip_seconds) if dist.is_main else None
     front.to(dist.device)
-    stats = _broadcast_object(stats, dist) if dist.world > 1 else stats
+    stats = _broadcast_object(stats, dist)
     return {k: v.to(dist.device) for k, v in stats.items()}
 
 
