@@ -195,8 +195,12 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
     timing_rows.append(["**total**", f"**{plan.timings.get('total', 0):.1f}**", f"**{sum(built.values()):.1f}**",
                         "without the report stage"])
     goal = "**met**" if table["goal_met"] else "**not met**"
-    misses = [f"{n} ({kind} {pct(table[f'{kind}_rel_err'][j])})" for kind in ("uncond", "seed")
-              for j, n in enumerate(table["names"]) if not table["within_goal"][kind][j]]
+
+    def misses(kinds) -> list[str]:  # terms outside the goal, e.g. "density (uncond +40.0 %)"
+        return [f"{n} ({kind.removesuffix('_g')} {pct(table[f'{kind}_rel_err'][j])})" for kind in kinds
+                for j, n in enumerate(table["names"]) if not table["within_goal"][kind][j]]
+
+    alone = misses(("uncond", "seed"))
     t1 = (ev / "table1.md").read_text().split("\n", 2)[2].replace("## Diagnostics", "### Diagnostics")
     lines = [
         "# weaktok demo report", "",
@@ -219,11 +223,9 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
         f"![training curves]({_rel(ev / 'training_curves.png', base)})", "",
         "## Table 1", "", t1,
         f"Research goal (every L-Score term of Uncond and Seed within ±15 % of the target), the model alone: {goal}."
-        + (f" Outside: {', '.join(misses)}." if misses else "")
+        + (f" Outside: {', '.join(alone)}." if alone else "")
         + (f" With L-Score guidance (+G): {'**met**' if table['goal_met_guided'] else '**not met**'}; outside: "
-           + (", ".join(f"{n} ({k[:-2]} {pct(table[f'{k}_rel_err'][j])})" for k in ("uncond_g", "seed_g")
-                        for j, n in enumerate(table["names"]) if not table["within_goal"][k][j]) or "none") + "."
-           if "goal_met_guided" in table else ""), "",
+           f"{', '.join(misses(('uncond_g', 'seed_g'))) or 'none'}." if "goal_met_guided" in table else ""), "",
         "How to read it. A seed-based output is half seed (the model's rendering of the test clip) and half "
         "in-painting, so real audio carries part of its L-Score; the in-painted half is, at demo scale, a blurry "
         "texture that keeps the seed's timbre but not its rhythm (see the examples). Unconditional outputs are "
