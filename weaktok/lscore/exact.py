@@ -7,6 +7,14 @@ spectrogram is computed once and handed to librosa's ``S=`` entry points, which 
 calling ``onset_detect(y=...)`` / ``chroma_stft(y=...)`` (they build the very same ``|stft|**2``; a test checks
 this) and roughly halves the cost.
 
+No numba code runs here. librosa's peak picking is a numba GUFunc cached on disk, and concurrent first compiles
+can poison that cache so that every later call segfaults (numba #10128); onsets are therefore picked by
+:mod:`weaktok.lscore.peaks`, a numpy port proven equal to ``librosa.onset.onset_detect``. The other librosa
+calls (stft, melspectrogram, power_to_db, onset_strength, rms, chroma_stft) are numpy/scipy: librosa's other
+cached kernels (``_localmax``, ``_cabs2``, ...) are compiled or loaded when librosa is imported, but none is
+called on this path (checked by wrapping every numba object in librosa), and a poisoned entry only crashes
+when called (tests/test_peaks.py runs this path on a poisoned cache).
+
 Onset detection choice
 ----------------------
 We keep librosa's defaults, *including* ``normalize=True`` (envelope rescaled to [0, 1] per clip before peak
@@ -30,6 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 import librosa
+
+from weaktok.lscore.peaks import onset_detect
 
 LSCORE_NAMES = ("timbral", "density", "irregularity", "structural")
 
@@ -74,8 +84,9 @@ def timbral_exact(power: np.ndarray) -> float:
 def onset_times(y: np.ndarray, sr: int, power: np.ndarray | None = None) -> np.ndarray:
     """Onset times in seconds: ``librosa.onset.onset_detect`` with defaults (hop 512), RMS-gated.
 
-    ``power`` (F, T) may be passed to reuse the STFT; the result equals ``onset_detect(y=y, sr=sr,
+    ``power`` (F, T) may be passed to reuse the STFT; the result equals ``librosa.onset.onset_detect(y=y, sr=sr,
     hop_length=512, units="time")`` for clips whose peak RMS is at least -60 dBFS, and is empty otherwise.
+    The peaks are picked by :func:`weaktok.lscore.peaks.onset_detect` (same result, no numba).
     """
     y = _prepare(y)
     if y.size == 0:
@@ -87,7 +98,7 @@ def onset_times(y: np.ndarray, sr: int, power: np.ndarray | None = None) -> np.n
         power = power_spectrogram(y)
     mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, fmax=0.5 * sr))
     env = librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=HOP, n_fft=N_FFT)  # (T,)
-    return librosa.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=HOP, units="time")
+    return onset_detect(env, sr=sr, hop_length=HOP)
 
 
 def density_exact(onsets: np.ndarray, duration_s: float) -> float:

@@ -7,7 +7,7 @@
             ...
 
 What Ray gives us, used as is:
-  * actors: one process per core, each importing librosa and paying numba's JIT once (warm-up at start-up);
+  * actors: one process per core, each importing librosa once (warm-up at start-up);
   * fault tolerance: ``max_restarts`` restarts a dead actor (re-running its warm-up) and ``max_task_retries``
     re-sends the batches it held, so a killed actor costs time, not results;
   * the object store: each batch is ``ray.put`` once; a retried task reuses the same object;
@@ -21,15 +21,19 @@ What is hand-written, and why:
   * backpressure: Ray queues actor calls without limit, so ``submit`` bounds unfinished batches at ``max_in_flight``;
   * give-up policy: an actor that dies more than ``max_retries`` times stays dead (Ray's ``max_restarts``); the call
     that meets it raises :class:`LScorePoolError` and the pool spawns a replacement, so a long run keeps scoring;
-  * latency stats: the worker times each batch (wall and CPU, a second return value); the pool keeps a window.
+  * latency stats: the worker times each batch (wall and CPU, a second return value); the pool keeps a window;
+  * start-up errors: an actor that dies while warming up (a segfault, an import error) is reported as one
+    LScorePoolError naming the cause and the fix, not as Ray's raw actor-death text.
 
 Not thread-safe: drive one pool from one thread (the trainer's).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -75,7 +79,10 @@ class LScoreWorker:
         from weaktok.lscore.exact import exact_lscore  # imported here: the driver never needs librosa
 
         self._score = exact_lscore
-        exact_lscore(click_clip(warmup_sr), warmup_sr)  # numba JIT of librosa's peak picking (~2-5 s, once)
+        # Importing librosa compiles its numba kernels where numba's on-disk cache is empty (~20 s of CPU) or loads
+        # them (~2 s); none of them runs in exact_lscore (weaktok/lscore/peaks.py). One call on a click clip then
+        # pays every other first-call cost.
+        exact_lscore(click_clip(warmup_sr), warmup_sr)
         self.warmup_s = time.perf_counter() - t0
 
     def ready(self) -> float:
@@ -97,6 +104,37 @@ class LScoreWorker:
         t0, c0 = time.perf_counter(), time.thread_time()
         out = np.stack([self._score(y, sr) for y in clips]) if clips else np.zeros((0, 4))
         return out, (time.perf_counter() - t0, time.thread_time() - c0)
+
+
+def numba_cache_hint() -> str:
+    """Where librosa's numba cache files live on this machine (without importing librosa)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return f"the *.nbi/*.nbc files under NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}"
+    spec = importlib.util.find_spec("librosa")
+    where = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else "librosa/"
+    return f"librosa's numba cache: find {where} -name '*.nb[ic]' -delete"
+
+
+def describe_actor_death(e: BaseException) -> str:
+    """Ray's actor-death error -> one line: what killed the actor's process (the full text stays chained)."""
+    msg = str(getattr(e, "error_msg", "") or e)
+    pid = re.search(r"\bpid[:=] ?(\d+)", msg)
+    where = f" (pid {pid.group(1)}; its stderr: logs/worker-*-{pid.group(1)}.err in Ray's session dir)" if pid else ""
+    if getattr(e, "actor_init_failed", False):
+        lines = [line.strip() for line in msg.splitlines() if line.strip()]
+        return f"its warm-up raised {lines[-1] if lines else type(e).__name__}{where}"
+    return f"its process died without a Python exception (a segfault, os._exit or the OOM killer){where}"
+
+
+def warmup_death_message(slot: int, e: BaseException) -> str:
+    """The LScorePoolError text for actor ``slot`` dying while it imports librosa and scores a click clip."""
+    head = (f"L-Score actor {slot} died while warming up (importing weaktok.lscore.exact and scoring a click clip): "
+            f"{describe_actor_death(e)}.")
+    if getattr(e, "actor_init_failed", False):
+        return f"{head} Fix that error on the node (a missing or broken package?) and start again."
+    return (f"{head} A segfault there most likely means numba's on-disk cache is poisoned (numba issue #10128: "
+            f"cached GUFuncs compiled by several processes at once): delete {numba_cache_hint()} on that node and "
+            f"start again.")
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> bool:
@@ -152,7 +190,7 @@ class LScorePool:
     ray_init_kwargs: extra ``ray.init`` arguments (e.g. ``logging_level``), used only if we connect or start Ray.
 
     After construction: ``started_ray`` (close() shuts Ray down only if True), ``connect_s`` (ray.init),
-    ``warmup_s`` (per actor: import + numba JIT) and ``startup_s`` (the whole constructor, actors warm).
+    ``warmup_s`` (per actor: import + first call) and ``startup_s`` (the whole constructor, actors warm).
     """
 
     def __init__(self, num_actors: int | None = None, max_in_flight: int | None = None, max_retries: int = 3,
@@ -191,14 +229,26 @@ class LScorePool:
                                     max_task_retries=self.max_retries, runtime_env=self._env).remote()
 
     def _wait_ready(self, timeout: float) -> list[float]:
-        """Block until every actor is warm; LScorePoolError if one cannot start or the cluster has no room."""
-        try:
-            return ray.get([a.ready.remote() for a in self._actors], timeout=timeout)
-        except GetTimeoutError as e:
-            raise LScorePoolError(f"{len(self._actors)} L-Score actors not warm after {timeout:.0f} s; free Ray "
-                                  f"resources: {ray.available_resources()}") from e
-        except _ACTOR_GONE as e:
-            raise LScorePoolError(f"an L-Score actor failed to start: {e}") from e
+        """Block until every actor is warm; returns each one's warm-up seconds.
+
+        LScorePoolError if one dies while warming up (the first death is reported as soon as it is known, with its
+        cause and the fix: see warmup_death_message) or if they are not all warm within ``timeout`` (no room).
+        """
+        slot_of = {a.ready.remote(): i for i, a in enumerate(self._actors)}
+        warm = [0.0] * len(self._actors)
+        deadline = time.perf_counter() + timeout
+        while slot_of:
+            done, _ = ray.wait(list(slot_of), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+            if not done:
+                raise LScorePoolError(f"{len(slot_of)} of {len(self._actors)} L-Score actors not warm after "
+                                      f"{timeout:.0f} s; free Ray resources: {ray.available_resources()}")
+            for ref in done:
+                slot = slot_of.pop(ref)
+                try:
+                    warm[slot] = ray.get(ref)
+                except _ACTOR_GONE as e:
+                    raise LScorePoolError(warmup_death_message(slot, e)) from e
+        return warm
 
     def _replace(self, b: _Batch) -> None:
         """Swap in a fresh actor for one that is dead for good (once, however many of its batches report it)."""
@@ -231,7 +281,8 @@ class LScorePool:
         except _ACTOR_GONE as e:
             self._replace(b)
             raise LScorePoolError(f"L-Score actor {b.slot} died more than max_retries={self.max_retries} times "
-                                  f"(batch tag {b.tag!r}, {b.n} clips); it has been replaced: {e}") from e
+                                  f"(batch tag {b.tag!r}, {b.n} clips); it has been replaced. Last death: "
+                                  f"{describe_actor_death(e)}") from e
         except GetTimeoutError as e:
             raise LScorePoolError(f"batch tag {b.tag!r} not back after {self.task_timeout_s:.0f} s") from e
         self._recent.append((*secs, time.perf_counter() - b.t0, b.n))
