@@ -60,18 +60,22 @@ class ChunkingConfig:
     target_ratio: float = 4.0  # N: aim for one boundary every N frames (ratio loss)
     fixed_stride: int = 4  # stride of the fixed-grid baseline
     smoothing: bool = True  # H-Net EMA smoothing of chunk outputs when un-chunking
+    # static chunk dimension C = ceil(bottleneck frames * max_chunk_rate) (no host sync, one compiled graph);
+    # 1.0 never merges anything; below 1, a row with more boundaries pools its last frames into its last chunk
+    max_chunk_rate: float = 1.0
 
     def check(self) -> None:
         _require(self.tau > 0, "model.chunking.tau", "must be > 0")
         _require(self.target_ratio > 1, "model.chunking.target_ratio", "must be > 1")
         _require(self.fixed_stride >= 1, "model.chunking.fixed_stride", "must be >= 1")
+        _require(0 < self.max_chunk_rate <= 1, "model.chunking.max_chunk_rate", "must be in (0, 1]")
 
 
 @dataclass
 class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [96, 160, 224])  # encoder widths, 3 strided levels
     dim: int = 256  # bottleneck width D
-    n_layers: int = 4  # Transformer layers over chunks
+    n_layers: int = 4  # Transformer layers over chunks; 0 = chunking-only ablation (no Transformer)
     n_heads: int = 4
     ff_mult: int = 4
     dropout: float = 0.0
@@ -141,11 +145,15 @@ class TrainConfig:
     grad_accum: int = 1
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     zero_stage: int = 2
+    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile (one static graph per shape)
+    compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels), aot_eager (checks, CPU tests)
     deepspeed_config: str | None = None  # JSON template (cluster/deepspeed/zero*.json); YAML keys win
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps; 0 = only at epoch end
     keep_checkpoints: int = 3
     resume: str = "auto"  # auto: newest complete checkpoint in <out>/checkpoints; never; or a checkpoint path
+    init_from: str | None = None  # a new run (step 0, fresh optimizer) from these weights, when there is nothing
+    #                               to resume: a checkpoint folder, a run's checkpoints/ folder or a final/model.pt
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     dist_timeout_s: float = 600.0  # bound on any collective: a rank whose peer died or hangs fails after this long
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
@@ -161,12 +169,19 @@ class TrainConfig:
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
         _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _require(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3")
+        _require(not (self.precision == "bf16" and self.zero_stage == 0), "train.zero_stage",
+                 "0 cannot train in bf16 (train.precision=bf16): use 1 or more (fp32 master weights exported) or "
+                 "train.precision=fp32")  # precision 'auto' on a GPU: checked in train.check_precision
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(self.compile_backend in ("inductor", "aot_eager", "eager", "cudagraphs"), "train.compile_backend",
+                 "must be inductor, aot_eager, eager or cudagraphs")
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
         _require(self.dist_timeout_s > 0, "train.dist_timeout_s", "must be > 0 (seconds)")
         _require(bool(self.resume), "train.resume", "must be auto, never or a checkpoint path")
+        _require(self.init_from is None or bool(self.init_from.strip()), "train.init_from",
+                 "must name a checkpoint folder or a weights file (or be null)")
         if self.deepspeed_config is not None:
             _require(Path(self.deepspeed_config).is_file(), "train.deepspeed_config",
                      f"file not found: {self.deepspeed_config}")
@@ -259,7 +274,24 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         _set_dotted(raw, key, value)
     cfg = build(Config, raw, prefix="")
     validate(cfg)
+    check_init_from(cfg.train.init_from)
     return cfg
+
+
+INIT_FROM_FORMS = ("a checkpoint folder holding COMPLETE (runs/x/checkpoints/step00000100), a run's checkpoints/ "
+                   "folder (its newest complete checkpoint) or exported weights (runs/x/final/model.pt)")
+
+
+def check_init_from(path: str | None) -> None:
+    """``train.init_from`` must name one of ``INIT_FROM_FORMS``. Checked when a config is loaded to run, not in
+    ``TrainConfig.check``: generation rebuilds the config stored with the weights, whose source may be gone."""
+    if path is None:
+        return
+    p = Path(path)
+    ok = p.is_file() or (p / "COMPLETE").is_file() or (p.is_dir() and any(
+        (d / "COMPLETE").is_file() and ".corrupt" not in d.name for d in p.iterdir()))
+    _require(ok, "train.init_from", f"{path} is not {INIT_FROM_FORMS}" if p.exists() else
+             f"{path} does not exist; give {INIT_FROM_FORMS}")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

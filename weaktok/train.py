@@ -13,13 +13,22 @@ the Ray L-Score pool; results are logged when they arrive, the step never waits.
 (reconstruction loss, chunk statistics, exact L-Score of reconstructions vs the target) and a checkpoint.
 
 Outputs in ``--out``: config.yaml (resolved), metrics.jsonl (one JSON object per logged step / validation),
-checkpoints/<tag>/ (DeepSpeed, with client state; a tag counts only once it holds COMPLETE), final/model.pt
-(consolidated fp32 weights + config, for generation and evaluation).
+checkpoints/<tag>/ (DeepSpeed, with client state, and the config.yaml it was written under; a tag counts only once
+it holds COMPLETE), final/model.pt (consolidated fp32 weights + config, for generation and evaluation).
 
 Faults (tests/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError naming the folder,
 the previous checkpoint untouched; ``resume: auto`` skips folders without COMPLETE and falls back past a COMPLETE one
-that fails to load (warning, set aside as <tag>.corrupt); ``train.dist_timeout_s`` bounds every collective, so a
-rank whose peer died exits instead of waiting forever.
+that fails to load because a file in it is damaged (warning, set aside as <tag>.corrupt); ``train.dist_timeout_s``
+bounds every collective, so a rank whose peer died exits instead of waiting forever.
+
+Config changes between runs in one folder (tests/test_resume_config.py): before anything is loaded, the newest
+checkpoint's config.yaml is compared with the current config. A change its tensors cannot load into (parameter
+shapes: ``SHAPE_KEYS``; ZeRO stage 0 / 1-2 / 3; bf16 vs fp32 in effect; for ZeRO the number of ranks) stops the run
+with ConfigMismatchError naming each key old -> new; other changes are logged one line per key and apply (the
+optimizer's lr, weight decay and betas too). A checkpoint that fails to load with every file intact is never set
+aside: CheckpointError. Older checkpoints without config.yaml load as before, with a warning. ``train.init_from``
+starts a new run (step 0, fresh optimizer and schedule) from a checkpoint's or final/model.pt's weights; it applies
+only when the run has no checkpoint of its own to resume (own checkpoint > init_from).
 """
 
 from __future__ import annotations
@@ -33,14 +42,16 @@ import random
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from weaktok.config import Config, ConfigError, load_config, save_config, to_dict
+from weaktok.config import INIT_FROM_FORMS, Config, ConfigError, load_config, save_config, to_dict
 from weaktok.curriculum import weights_at
 
 COMPLETE = "COMPLETE"
@@ -64,6 +75,12 @@ class Dist:
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or no complete checkpoint could be loaded."""
+
+
+class ConfigMismatchError(CheckpointError, ConfigError):
+    """The config does not fit the checkpoint the run would load (its own, to resume, or ``train.init_from``).
+    Raised before anything is loaded into the model; no checkpoint is touched. Both kinds of error: the CLI reports
+    it as a config error (exit 2), callers catching CheckpointError still catch it."""
 
 
 def setup_distributed(timeout_s: float | None = None) -> Dist:
@@ -113,6 +130,17 @@ def use_bf16(cfg: Config) -> bool:
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
 
 
+def check_precision(cfg: Config) -> None:
+    """bf16 needs a ZeRO optimizer (stage >= 1): those keep the fp32 master weights in checkpoints that
+    ``zero_to_fp32`` consolidates. Under stage 0 DeepSpeed keeps them in a wrapper no public API reads, and the
+    export would hold bf16-rounded weights. Checked before any compute (``auto`` is bf16 only on a GPU)."""
+    if use_bf16(cfg) and cfg.train.zero_stage == 0:
+        raise ConfigError(f"config key 'train.zero_stage': 0 cannot train in bf16 (train.precision="
+                          f"{cfg.train.precision}{' on a GPU' if cfg.train.precision == 'auto' else ''}): use "
+                          "train.zero_stage=1 (same memory as 0 for one rank, fp32 master weights exported) or "
+                          "train.precision=fp32")
+
+
 def deepspeed_config(cfg: Config) -> dict:
     """The DeepSpeed JSON config: an optional template (train.deepspeed_config) overridden by the YAML keys."""
     ds: dict = {}
@@ -158,6 +186,8 @@ def build_engine(cfg: Config, model: torch.nn.Module, total_steps: int):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                            lr_scheduler=scheduler, config=deepspeed_config(cfg))
+    if cfg.train.compile:  # shapes are static (chunking.py): one graph per clip length, no recompiles per batch
+        engine.compile(backend=cfg.train.compile_backend, compile_kwargs={"dynamic": False})
     return engine, optimizer, scheduler
 
 
@@ -166,6 +196,7 @@ def build_engine(cfg: Config, model: torch.nn.Module, total_steps: int):
 
 
 CORRUPT_SUFFIX = ".corrupt"  # a COMPLETE checkpoint that failed to load becomes <tag>.corrupt[N] (kept, never resumed)
+CONFIG_FILE = "config.yaml"  # in each checkpoint folder: the resolved config it was written under
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
@@ -185,7 +216,8 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 
 
 def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) -> str:
-    """Every rank writes its part, then (after a barrier) rank 0 marks the folder COMPLETE and rotates old ones.
+    """Every rank writes its part, then (after a barrier) rank 0 writes the config it was trained under
+    (``config.yaml``, from ``state["config"]``), marks the folder COMPLETE and rotates old ones.
 
     A failed write (disk full, I/O error) raises CheckpointError naming the folder; the partial folder is removed
     (it never held the marker, so resume would skip it anyway) and older checkpoints are untouched: rotation only
@@ -216,7 +248,10 @@ def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) 
     if dist.is_main:
         tmp = write / (COMPLETE + ".tmp")
         try:  # written whole, then renamed: a marker is either absent or complete
-            tmp.write_text(json.dumps({"step": state["step"], "epoch": state["epoch"]}))
+            if "config" in state:  # read on resume before any tensor: a config that cannot load is refused up front
+                (write / CONFIG_FILE).write_text(yaml.safe_dump(state["config"], sort_keys=False))
+            tmp.write_text(json.dumps({"step": state["step"], "epoch": state["epoch"], "world": dist.world,
+                                       "bf16": bool(engine.bfloat16_enabled())}))
             os.replace(tmp, write / COMPLETE)
             if resave:  # old -> .old, .next -> tag, drop .old: one complete copy of the step at every moment
                 old = path.with_name(tag + ".old")
@@ -247,6 +282,183 @@ def resume_candidates(cfg: Config, ckpt_dir: Path) -> list[tuple[Path, str]]:
     if not (path / COMPLETE).is_file():
         raise ConfigError(f"config key 'train.resume': {path} is not a complete checkpoint (no {COMPLETE} marker)")
     return [(path.parent, path.name)]
+
+
+# Config keys that change the model's parameter names or shapes: a checkpoint's tensors cannot load into a model
+# built with another value (tests/test_resume_config.py checks this list against build_model for every key).
+SHAPE_KEYS = ("audio.n_fft", "model.channels", "model.dim", "model.n_layers", "model.ff_mult", "model.chunking.kind")
+NOT_COMPARED = ("train.resume", "train.init_from")  # how a run starts, not what it trains
+_ABSENT = "(not recorded)"
+
+
+@dataclass
+class Candidate:
+    """A checkpoint resume may load, with what rank 0 read from it before loading anything."""
+
+    folder: Path
+    config: dict | None  # its config.yaml; None: written before checkpoints stored one (or unreadable)
+    marker: dict  # its COMPLETE marker: step, epoch, and (newer checkpoints) world and bf16
+
+
+def read_checkpoint_config(folder: Path) -> dict | None:
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_changes(old: dict, cfg: Config) -> dict[str, tuple]:
+    """Dotted key -> (old value, new value) for every key (but ``NOT_COMPARED``) where ``cfg`` differs from ``old``."""
+    a, b = _flat(old), _flat(to_dict(cfg))
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys())
+            if k not in NOT_COMPARED and a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def _show(value) -> str:
+    return value if value is _ABSENT else repr(value)
+
+
+def _zero_layout(stage) -> int:
+    return {0: 0, 1: 1, 2: 1}.get(stage, stage)  # ZeRO 1 and 2 store the optimizer state alike; 0 and 3 do not
+
+
+def load_blockers(changes: dict[str, tuple], marker: dict, cfg: Config, world: int) -> list[str]:
+    """One line per difference that stops a checkpoint from loading into this job (measured with DeepSpeed 0.19:
+    each of these fails ``engine.load_checkpoint``): parameter shapes, the ZeRO optimizer-state layout (stage 0,
+    1-2, 3), precision in effect (bf16 keeps its optimizer state in other files), and for ZeRO 1-3 the number
+    of ranks the state is partitioned over. Other changes (lr, epochs, loss weights, ...) load fine."""
+    lines = [f"{k}: {_show(old)} -> {_show(new)} (parameter shapes)" for k, (old, new) in changes.items()
+             if k in SHAPE_KEYS and old is not _ABSENT]  # a key newer than the checkpoint: its default built it
+    old_stage, new_stage = changes.get("train.zero_stage", (cfg.train.zero_stage,) * 2)
+    if _zero_layout(old_stage) != _zero_layout(new_stage):
+        lines.append(f"train.zero_stage: {old_stage} -> {new_stage} (optimizer state layout)")
+    precision = {True: "bf16", False: "fp32"}
+    if marker.get("bf16") is not None and marker["bf16"] != use_bf16(cfg):
+        lines.append(f"train.precision in effect: {precision[marker['bf16']]} -> {precision[use_bf16(cfg)]} "
+                     f"(optimizer state layout; train.precision is {cfg.train.precision!r})")
+    if old_stage and _zero_layout(old_stage) == _zero_layout(new_stage) and marker.get("world") not in (None, world):
+        lines.append(f"ranks: {marker['world']} -> {world} (ZeRO stage {old_stage} partitions the optimizer state "
+                     "by rank)")
+    return lines
+
+
+def resume_plan(cfg: Config, ckpt_dir: Path, dist: Dist) -> list[Candidate]:
+    """The checkpoints ``_resume`` will try, newest first, as rank 0 sees them (every rank gets the same list).
+
+    Before anything is loaded or built: if the newest was written under a config whose tensors cannot load into
+    this job (``load_blockers``), raise ConfigMismatchError naming each such key, old -> new, and the ways
+    forward. No checkpoint is renamed or changed."""
+    candidates = resume_candidates(cfg, ckpt_dir)  # on every rank: a bad train.resume path fails on all of them
+    plan = None
+    if dist.is_main:
+        plan = []
+        for load_dir, tag in candidates:
+            marker = {}
+            with contextlib.suppress(OSError, ValueError):  # complete_tags parsed it; an explicit path may not
+                marker = json.loads((load_dir / tag / COMPLETE).read_text())
+            plan.append(Candidate(load_dir / tag, read_checkpoint_config(load_dir / tag),
+                                  marker if isinstance(marker, dict) else {}))
+    plan = _broadcast_object(plan, dist)
+    newest = plan[0] if plan else None
+    if newest is not None and newest.config is not None:
+        blockers = load_blockers(config_changes(newest.config, cfg), newest.marker, cfg, dist.world)
+        if blockers:
+            raise ConfigMismatchError(
+                f"checkpoint {newest.folder} cannot be resumed with this config; nothing was loaded and no checkpoint "
+                "was changed:\n  " + "\n  ".join(blockers) + "\nTo continue this run, set the old value(s) back. "
+                "To train with the new ones, start a new run in another folder: --out NEW (from scratch), or --out "
+                f"NEW train.init_from={newest.folder} (a new run from these weights: step 0, fresh optimizer and "
+                "schedule; the parameter shapes must still match)")
+    return plan
+
+
+def unreadable_files(folder: Path) -> list[str]:
+    """The ``.pt`` files of a checkpoint folder that are damaged: torch.save writes zip archives with a CRC per
+    record, so truncation, garbage or a flipped bit shows here, without unpickling anything."""
+    bad = []
+    for f in sorted(folder.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(f) as z:
+                if z.testzip() is not None:
+                    bad.append(f.name)
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError):
+            bad.append(f.name)
+    return bad
+
+
+def _numpy_rng_globals() -> list:
+    """What the numpy RNG state in a checkpoint's client state unpickles to: allowed for weights-only loading."""
+    core = np._core if hasattr(np, "_core") else np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def init_from_weights(source: str) -> tuple[dict, dict | None, Path]:
+    """(state dict, config it was trained under or None, path read) for ``train.init_from``: exported weights
+    (final/model.pt, or a bare state dict), a checkpoint folder, or a run's checkpoints/ folder (its newest
+    complete checkpoint). Weights files and ZeRO 0-2 folders are read weights-only; a ZeRO-3 folder, whose
+    parameters are partitioned over the ranks' files, through DeepSpeed's zero_to_fp32 reader."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"train.init_from={path}: not a weights file ({type(e).__name__}: {e})") from e
+        if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
+            return blob["model"], blob.get("config"), path
+        if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+            return blob, None, path
+        raise CheckpointError(f"train.init_from={path} holds no model weights (expected weaktok's final/model.pt "
+                              "or a state dict)")
+    if not (path / COMPLETE).is_file():
+        tags = complete_tags(path)
+        if not tags:
+            raise ConfigError(f"config key 'train.init_from': {path} is not {INIT_FROM_FORMS}")
+        path = path / tags[-1]
+    try:
+        if (path / "mp_rank_00_model_states.pt").is_file():  # ZeRO 0-2: the whole module in one file
+            with torch.serialization.safe_globals(_numpy_rng_globals()):
+                blob = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+            weights = blob["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            weights = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    except Exception as e:
+        raise CheckpointError(f"train.init_from: checkpoint {path} could not be read ({type(e).__name__}: "
+                              f"{str(e).strip()[:300]})") from e
+    return weights, read_checkpoint_config(path), path
+
+
+def load_init_weights(model: torch.nn.Module, cfg: Config, dist: Dist) -> None:
+    """A new run from ``train.init_from``'s weights (before DeepSpeed wraps the model: every ZeRO stage and its
+    fp32 master copy start from them). A parameter missing, extra or of another shape: ConfigMismatchError naming
+    each (and the shape keys that differ, where the source recorded its config)."""
+    weights, old_config, path = init_from_weights(cfg.train.init_from)
+    own = model.state_dict()
+    problems = [f"{k}: {tuple(weights[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
+                if k in weights and weights[k].shape != v.shape]
+    problems += [f"{k}: missing there" for k in own if k not in weights]
+    problems += [f"{k}: not in this model" for k in weights if k not in own]
+    if problems:
+        keys = [f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in config_changes(old_config, cfg).items()
+                if k in SHAPE_KEYS] if isinstance(old_config, dict) else []
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise ConfigMismatchError(
+            f"train.init_from={path}: its weights do not fit this model"
+            + (f" ({'; '.join(keys)})" if keys else "") + ":\n  " + "\n  ".join(shown)
+            + "\nSet the model keys (model.*, audio.n_fft) to the values those weights were trained with.")
+    model.load_state_dict(weights)
+    if dist.is_main:
+        print(f"[weaktok] new run from the weights of {path} (train.init_from): step 0, fresh optimizer and "
+              "schedule", flush=True)
 
 
 def rng_state() -> dict:
@@ -295,11 +507,21 @@ def corrupt(spec: torch.Tensor, cfg: Config, gen: torch.Generator, prior: dict |
 @dataclass
 class Losses:
     total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # detached 0-d fp32 tensors on the device
+
+
+def model_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype ``module`` computes in: bf16 once DeepSpeed has cast it (bf16 on), else fp32."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
 def compute_loss(engine, front, lscore_fn, spec, inp, w, target, cfg: Config) -> tuple[Losses, object]:
-    out = engine(inp)
+    """One forward and the loss. The model runs in its own dtype (bf16 under DeepSpeed's bf16); the spectrogram
+    front end, the differentiable L-Score and every loss term run in fp32.
+
+    ``Losses.parts`` are detached 0-d tensors on the device (no host sync here): the loop sums them over
+    ``train.log_every`` steps and reads them once per log line."""
+    out = engine(inp.to(model_dtype(engine)))
     recon = out.recon.float()
     recon_loss = (recon - spec).abs().mean()
     from weaktok.lscore.loss import distribution_loss
@@ -309,10 +531,40 @@ def compute_loss(engine, front, lscore_fn, spec, inp, w, target, cfg: Config) ->
                                   cfg.lscore.lambda_sigma, cfg.lscore.standardise)
     ratio = out.chunk.ratio_loss.float()
     total = w.w_recon * recon_loss + w.w_L * dist_loss + w.w_ratio * ratio
-    parts = {"loss": total.item(), "recon": recon_loss.item(), "lscore_dist": dist_loss.item(),
-             "ratio_loss": ratio.item(), **{f"chunk_{k}": float(v) for k, v in out.stats.items() if k != "ratio_loss"}}
-    parts.update({f"lscore_batch_{i}": float(v) for i, v in enumerate(L_batch.detach().mean(0))})
-    return Losses(total, parts), out
+    parts = {"loss": total, "recon": recon_loss, "lscore_dist": dist_loss, "ratio_loss": ratio,
+             **{f"chunk_{k}": v for k, v in out.stats.items() if k != "ratio_loss"},
+             **{f"lscore_batch_{i}": v for i, v in enumerate(L_batch.mean(0))}}
+    return Losses(total, {k: v.detach().float() for k, v in parts.items()}), out
+
+
+class PartsWindow:
+    """Loss parts summed on the device over the steps since the last log line; ``read`` is the one host sync."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        for k, v in parts.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.n += 1
+
+    def read(self) -> dict[str, float]:
+        """Window means as floats (one device-to-host copy), and a fresh window."""
+        if not self.n:
+            return {}
+        values = (torch.stack(list(self.sums.values())) / self.n).tolist()
+        out = dict(zip(self.sums, values))
+        self.sums, self.n = {}, 0
+        return out
+
+
+def all_finite(loss: torch.Tensor, dist: Dist) -> bool:
+    """True when the loss is finite on every rank: the one host sync of an ordinary step."""
+    flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if dist.world > 1:
+        torch.distributed.all_reduce(flag)
+    return int(flag.item()) == dist.world
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -361,7 +613,10 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
     if manifest["sample_rate"] != cfg.audio.sample_rate:
         raise ConfigError(f"config key 'audio.sample_rate': {cfg.audio.sample_rate} differs from the shards' "
                           f"{manifest['sample_rate']} ({cfg.data.shards}/manifest.json)")
+    check_precision(cfg)
     dist = setup_distributed(cfg.train.dist_timeout_s)
+    ckpt_dir = out / "checkpoints"
+    plan = resume_plan(cfg, ckpt_dir, dist)  # a config its checkpoint cannot load into: refused here, folder untouched
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed + dist.rank)
     random.seed(cfg.seed + dist.rank)
@@ -374,13 +629,14 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
             exporter = MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"])
             cleanup.callback(exporter.close)
             hooks = [*hooks, exporter]  # a copy: the caller's list stays as it was
-        ckpt_dir = out / "checkpoints"
 
         front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
                              cfg.lscore.griffin_lim_iters).to(dist.device)
         lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
                                          mode=cfg.lscore.mode).to(dist.device)
         model = build_model(cfg.model, front.n_freqs)
+        if cfg.train.init_from and not plan:  # precedence: the run's own checkpoint (resume) > train.init_from
+            load_init_weights(model, cfg, dist)
         batches_per_epoch = -(-cfg.data.samples_per_epoch // cfg.data.batch_size)
         steps_per_epoch = max(1, batches_per_epoch // cfg.train.grad_accum)
         total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
@@ -389,7 +645,7 @@ def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
         prior = _prior(cfg, front, dist)
 
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "nan_skipped": 0, "corrupt_skipped": 0, "samples": 0}
-        _resume(cfg, engine, ckpt_dir, state, dist)
+        _resume(cfg, engine, scheduler, plan, ckpt_dir, state, dist)
         log = MetricsLog(out / "metrics.jsonl", dist.is_main)
         cleanup.callback(log.close)
         pool = _start_pool(cfg, dist)
@@ -425,37 +681,47 @@ def _prior(cfg: Config, front, dist: Dist) -> dict | None:
     return {k: v.to(dist.device) for k, v in stats.items()}
 
 
-def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> None:
-    """Load the newest complete checkpoint that loads on every rank.
+def _resume(cfg: Config, engine, scheduler, plan: list[Candidate], ckpt_dir: Path, state: dict, dist: Dist) -> None:
+    """Load the newest checkpoint of ``plan`` (``resume_plan``) that loads on every rank.
 
-    With ``resume: auto`` a checkpoint that fails to load (a truncated or garbage file inside a COMPLETE folder) is
-    reported with a warning naming the folder, set aside as ``<tag>.corrupt`` and the next older one is tried;
-    the ranks agree on the outcome of each attempt (an all-reduce), so all of them resume from the same step. If
-    none loads: CheckpointError. An explicit ``resume: <path>`` that fails to load is a CheckpointError at once."""
-    candidates = _broadcast_object(resume_candidates(cfg, ckpt_dir), dist)  # rank 0's list: every rank agrees
+    With ``resume: auto`` a checkpoint that fails to load because a file in it is damaged (``unreadable_files``: a
+    truncated or garbage file inside a COMPLETE folder) is reported with a warning naming the folder, set aside as
+    ``<tag>.corrupt`` and the next older one is tried; the ranks agree on the outcome of each attempt (an
+    all-reduce), so all of them resume from the same step. If none loads: CheckpointError. A checkpoint whose
+    files are all intact but that still fails to load was written for another model or layout: CheckpointError at
+    once, the checkpoint left as it is. An explicit ``resume: <path>`` that fails to load is a CheckpointError at
+    once. After loading, config changes since the checkpoint are logged and the optimizer settings of ``cfg``
+    apply (``_apply_optimizer_settings``)."""
     failed: list[str] = []
-    for i, (load_dir, tag) in enumerate(candidates):
+    for i, cand in enumerate(plan):
+        where = cand.folder
         error = ""
         try:
-            load_path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+            load_path, client = engine.load_checkpoint(str(where.parent), tag=where.name)
             if load_path is None or client is None:
                 error = "DeepSpeed found no loadable model states in it"
         except Exception as e:  # torch.load on a truncated / garbage file: UnpicklingError, RuntimeError, EOFError...
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        bad = int(all_reduce_sum([1.0 if error else 0.0], dist)[0])  # ranks that could not load it
+        damaged = bool(error) and bool(unreadable_files(where))
+        bad, n_damaged = (int(x) for x in all_reduce_sum([float(bool(error)), float(damaged)], dist))
         if not bad:
             break
-        where = load_dir / tag
-        failed.append(str(where))
         why = error or f"it loaded here but not on {bad} other rank(s)"
-        more = i + 1 < len(candidates) and cfg.train.resume == "auto"
+        if not n_damaged:  # every file intact: not broken, written for another model or layout; it stays as it is
+            raise CheckpointError(
+                f"checkpoint {where} is intact but does not load into this job ({why}); it was left as it is. It was "
+                "probably written under another model shape, ZeRO stage, precision or number of ranks: resume with "
+                f"those, or start a new run in another folder (--out NEW, with train.init_from={where} to start "
+                "from its weights)")
+        failed.append(str(where))
+        more = i + 1 < len(plan) and cfg.train.resume == "auto"
         if dist.is_main:
             print(f"[weaktok] WARNING: checkpoint {where} is COMPLETE but failed to load ({why}); "
                   + ("falling back to the previous complete checkpoint" if more else "no older one to fall back to"),
                   flush=True)
         if cfg.train.resume != "auto":
             raise CheckpointError(f"checkpoint {where} (train.resume) failed to load: {why}")
-        if dist.is_main and error:  # rank 0's own copy is bad: kept for inspection, out of resume's and rotation's way
+        if dist.is_main and damaged:  # rank 0's copy is damaged: kept, out of resume's and rotation's way
             aside, n = where.with_name(where.name + CORRUPT_SUFFIX), 1
             while aside.exists():
                 aside, n = where.with_name(f"{where.name}{CORRUPT_SUFFIX}{n}"), n + 1
@@ -472,9 +738,39 @@ def _resume(cfg: Config, engine, ckpt_dir: Path, state: dict, dist: Dist) -> Non
     state.update({k: client[k] for k in state if k in client})
     if "rng" in client and dist.world == client.get("world", dist.world):
         set_rng_state(client["rng"])
+    _apply_optimizer_settings(cfg, scheduler)
     if dist.is_main:
-        print(f"[weaktok] resumed from {load_dir / tag}: step {state['step']}, epoch {state['epoch']}, "
+        print(f"[weaktok] resumed from {where}: step {state['step']}, epoch {state['epoch']}, "
               f"batch {state['batch_in_epoch']} of the epoch", flush=True)
+        _log_config_changes(cfg, cand, client.get("config"))
+
+
+def _log_config_changes(cfg: Config, cand: Candidate, client_config: dict | None) -> None:
+    """Rank 0: one line per key whose value differs from the one the resumed checkpoint was written under."""
+    old = cand.config if cand.config is not None else client_config
+    if cand.config is None:
+        print(f"[weaktok] WARNING: checkpoint {cand.folder} holds no {CONFIG_FILE} (written by an older weaktok): "
+              "the config could not be checked before loading"
+              + ("; compared after loading with the copy in its client state" if old else ""), flush=True)
+    changes = config_changes(old, cfg) if isinstance(old, dict) else {}
+    if changes:
+        print(f"[weaktok] config changed since checkpoint {cand.folder}; resuming under the new values:", flush=True)
+    for key, (before, after) in changes.items():
+        print(f"[weaktok]   {key}: {_show(before)} -> {_show(after)}", flush=True)
+    if cfg.train.init_from:
+        print(f"[weaktok] train.init_from={cfg.train.init_from} ignored: this run resumes from its own checkpoint "
+              "(a run's own checkpoints come first; start a new run from other weights with a new --out)", flush=True)
+
+
+def _apply_optimizer_settings(cfg: Config, scheduler) -> None:
+    """After a resume: lr, weight decay and betas as ``cfg`` sets them. Loading restored the checkpoint's values
+    (the scheduler's base lr, the optimizer's param groups), which would silently undo a changed ``train.lr``.
+    The schedule itself (warm-up, cosine over the run's length) is always the one ``cfg`` defines."""
+    groups = scheduler.optimizer.param_groups  # [decay, no decay], as build_engine made them
+    scheduler.base_lrs = [cfg.train.lr] * len(groups)
+    for group, decay, f in zip(groups, (cfg.train.weight_decay, 0.0), scheduler.lr_lambdas):
+        group.update(lr=cfg.train.lr * f(scheduler.last_epoch), weight_decay=decay, betas=tuple(cfg.train.betas))
+    scheduler._last_lr = [g["lr"] for g in groups]
 
 
 def _done(state: dict, cfg: Config) -> bool:
@@ -496,6 +792,7 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
         keys_log = open(ckpt_dir.parent / "samples" / f"rank{dist.rank}.txt", "a")
     t_last, wait = time.perf_counter(), 0.0
     window = {"samples": 0, "t0": time.perf_counter()}
+    parts = PartsWindow()  # loss parts: means over the log window, read from the device once per log line
     it = iter(loader)
     while state["batch_in_epoch"] < batches_per_epoch and not _done(state, cfg):
         t0 = time.perf_counter()
@@ -516,7 +813,7 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
             spec = front(audio)  # (B, F, T) fp32
             inp = corrupt(spec, cfg, gen, prior)
         losses, out = compute_loss(engine, front, lscore_fn, spec, inp, w, target, cfg)
-        finite = all_reduce_sum([float(torch.isfinite(losses.total).item())], dist)[0] == dist.world
+        finite = all_finite(losses.total, dist)
         state["batch_in_epoch"] += 1
         if not finite:  # every rank skips together, so collectives stay matched
             state["nan_skipped"] += 1
@@ -526,6 +823,7 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
             continue
         engine.backward(losses.total)
         engine.step()
+        parts.add(losses.parts)
         state["samples"] += audio.shape[0] * dist.world
         window["samples"] += audio.shape[0] * dist.world
         if state["batch_in_epoch"] % cfg.train.grad_accum == 0:
@@ -539,7 +837,7 @@ def _run_epoch(cfg, dist, engine, front, lscore_fn, target, state, log, pool, ge
                 now = time.perf_counter()
                 elapsed = now - window["t0"]
                 record = {"kind": "train", "step": step, "epoch": state["epoch"], "progress": round(progress, 4),
-                          **losses.parts, "w_L": w.w_L, "w_recon": w.w_recon, "w_ratio": w.w_ratio,
+                          **parts.read(), "w_L": w.w_L, "w_recon": w.w_recon, "w_ratio": w.w_ratio,
                           "phase": w.phase, "tau": cfg.model.chunking.tau, "lr": engine.get_lr()[0],
                           "samples_per_s": window["samples"] / max(elapsed, 1e-9),
                           "audio_s_per_s": window["samples"] * cfg.audio.clip_seconds / max(elapsed, 1e-9),
@@ -649,7 +947,7 @@ def validate(cfg, dist, engine, front, lscore_fn, target, state, pool) -> dict:
         if seen >= budget / dist.world:
             break
         spec = front(batch["audio"].to(dist.device))
-        out = engine(spec)
+        out = engine(spec.to(model_dtype(engine)))
         n = spec.shape[0]
         seen += n
         sums[0] += (out.recon.float() - spec).abs().mean(dim=(1, 2)).sum().item()
@@ -701,21 +999,36 @@ def _gather_objects(items: list, dist: Dist) -> list:
 # Export
 
 
+def master_weights(engine, cfg: Config, ckpt_dir: Path, dist: Dist) -> dict[str, torch.Tensor] | None:
+    """The fp32 master weights, whole (not ZeRO partitions), on rank 0 (None elsewhere).
+
+    ZeRO 1-3: DeepSpeed's own consolidation (``zero_to_fp32``) of the newest complete checkpoint, which every run
+    has written by now (each epoch ends with one). These are the optimizer's fp32 masters, not the bf16 copies
+    the module computes with. ZeRO 0 (fp32 only): the module's own weights.
+    """
+    if cfg.train.zero_stage == 0:  # fp32 only (check_precision): the module's weights are the masters
+        return {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()} if dist.is_main else None
+    if not dist.is_main:
+        return None
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tag = complete_tags(ckpt_dir)[-1]
+    with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not ours to print on stdout
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
 def export_weights(engine, cfg: Config, out: Path, dist: Dist) -> Path | None:
-    """Consolidated fp32 weights in ``out/final/model.pt`` (loadable with torch.load(weights_only=True))."""
-    if cfg.train.zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict() if hasattr(
-            engine, "_zero3_consolidated_16bit_state_dict") else None
-    else:
-        state = engine.module.state_dict()
+    """The fp32 master weights and the config in ``out/final/model.pt`` (``torch.load(weights_only=True)``)."""
+    state = master_weights(engine, cfg, out / "checkpoints", dist)
     if not dist.is_main or state is None:
         return None
     path = out / "final" / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save({"model": {k: v.detach().float().cpu() for k, v in state.items()}, "config": to_dict(cfg)}, tmp)
+    torch.save({"model": state, "config": to_dict(cfg)}, tmp)
     os.replace(tmp, path)
-    print(f"[weaktok] exported fp32 weights to {path}", flush=True)
+    print(f"[weaktok] exported fp32 master weights to {path}", flush=True)
     return path
 
 
