@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 
+from weaktok.bench.common import count_syncs_and_ops
 from weaktok.chunking import (DynamicChunkingLayer, FixedChunking, dechunk, ema_over_chunks, pool_chunks,
                               pool_chunks_reference)
 
@@ -12,8 +15,9 @@ def _random_boundaries(B, T, rate, seed):
     return hard
 
 
+@pytest.mark.parametrize("cap", [None, "max"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pooling_matches_loop_reference_with_different_chunk_counts(seed):
+def test_pooling_matches_loop_reference_with_different_chunk_counts(seed, cap):
     B, T, D = 5, 37, 8
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(seed))
     hard = _random_boundaries(B, T, rate=[0.1, 0.3, 0.5, 0.9][seed % 4], seed=seed)
@@ -21,20 +25,86 @@ def test_pooling_matches_loop_reference_with_different_chunk_counts(seed):
     mask[1, 20:] = False  # a shorter row: padding frames must not count
     mask[3, 5:] = False
     hard = hard & mask
-    chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask)
     ref = pool_chunks_reference(x, hard, mask)
     counts = [r.shape[0] for r in ref]
     assert len(set(counts)) > 1, "test needs rows with different chunk counts"
-    assert chunks.shape == (B, max(counts), D)
+    # C is static: T by default (never overflows), or a cap; "max" = the batch's largest count, the old dynamic C
+    max_chunks = max(counts) if cap == "max" else None
+    chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask, max_chunks=max_chunks)
+    assert chunks.shape == (B, max_chunks or T, D)
     for b in range(B):
         n = counts[b]
-        assert chunk_mask[b].sum() == n
+        assert chunk_mask[b].sum() == n and chunk_mask[b, :n].all()
         torch.testing.assert_close(chunks[b, :n], ref[b])
-        assert torch.all(chunks[b, n:] == 0)
+        assert torch.all(chunks[b, n:] == 0) and torch.all(starts[b, n:] == 0)
         assert torch.all(ids[b, ~mask[b]] == -1)
         assert ids[b, 0] == 0
         # starts are exactly the boundary positions
         assert starts[b, :n].tolist() == torch.nonzero(hard[b]).flatten().tolist()
+
+
+def test_pooling_cap_pools_overflowing_tail_into_last_chunk():
+    """Past ``max_chunks`` boundaries a row's remaining frames join its last chunk: the same as dropping the
+    boundaries after the C-th."""
+    B, T, D, C = 4, 30, 6, 7
+    x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(0))
+    hard = _random_boundaries(B, T, rate=0.5, seed=3)
+    hard[0] = False
+    hard[0, ::10] = True  # 3 chunks: under the cap
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[2, 9:] = False
+    hard = hard & mask
+    kept = hard & (hard.long().cumsum(1) <= C)  # the first C boundaries of each row
+    assert (hard.sum(1) > C).sum() >= 2, "test needs rows over the cap"
+    chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask, max_chunks=C)
+    ref_chunks, ref_mask, ref_ids, ref_starts = pool_chunks(x, kept, mask, max_chunks=C)
+    ref = pool_chunks_reference(x, kept, mask)
+    assert chunks.shape == (B, C, D)
+    torch.testing.assert_close(chunks, ref_chunks)
+    assert torch.equal(chunk_mask, ref_mask) and torch.equal(ids, ref_ids) and torch.equal(starts, ref_starts)
+    for b in range(B):
+        torch.testing.assert_close(chunks[b, :ref[b].shape[0]], ref[b])
+    assert ids.max() == C - 1
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5, 0.1])
+def test_chunk_dimension_is_static(rate):
+    """C depends on T (and the cap) only, never on the boundaries drawn: one shape for every batch."""
+    torch.manual_seed(0)
+    layer = DynamicChunkingLayer(8, max_chunk_rate=rate).train()
+    for T, scale in [(40, 1.0), (40, 0.0), (13, 1.0)]:
+        out = layer(torch.randn(3, T, 8) * scale + 1)  # scale 0: identical frames, a single chunk per row
+        assert out.chunks.shape == (3, math.ceil(T * rate), 8)
+        assert out.chunk_starts.shape == out.chunk_mask.shape == out.chunk_prob.shape == (3, math.ceil(T * rate))
+    assert FixedChunking(8, stride=4)(torch.randn(2, 13, 8)).chunks.shape == (2, 4, 8)
+    with pytest.raises(ValueError, match="max_chunk_rate"):
+        DynamicChunkingLayer(8, max_chunk_rate=0)
+
+
+def test_sync_counter_sees_host_syncs():
+    x = torch.randn(10)
+    counts = count_syncs_and_ops(lambda: (x.sum().item(), bool(x[0] > 0), x[x > 0], x.nonzero(), x.clone() * 2))
+    assert counts.sync_ops == {"_local_scalar_dense": 2, "index (boolean mask)": 1, "nonzero": 1}
+    assert counts.syncs == 4 and counts.by_op["clone"] == 1 and counts.kernels < counts.ops
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "fixed"])
+def test_layer_forward_backward_never_syncs_with_the_host(kind):
+    """No .item(), nonzero or data-dependent shape: each would be a device->host sync per step on a GPU."""
+    torch.manual_seed(0)
+    layer = DynamicChunkingLayer(8).train() if kind == "dynamic" else FixedChunking(8, stride=3)
+    x = torch.randn(3, 20, 8, requires_grad=True)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[2] = False  # a row without frames
+
+    def step():
+        out = layer(x, mask)
+        (dechunk(out.chunks * 2, out).square().mean() + out.ratio_loss).backward()
+
+    counts = count_syncs_and_ops(step)
+    assert counts.syncs == 0, counts.sync_ops
+    assert counts.ops > 20  # the counter did see the layer
 
 
 def test_first_frame_always_boundary_and_probabilities_in_range():

@@ -25,6 +25,11 @@ What the paper leaves out, and what we do (after H-Net's ``dc.py`` and Nawrot's 
 Everything is vectorised over batch and chunks: pooling is one ``index_add_`` over flattened ids, un-chunking
 one ``gather``; the EMA is a masked C x C matrix product. ``pool_chunks_reference`` is a per-row Python loop
 kept only as the test and benchmark reference.
+
+Shapes are static and nothing reads a tensor on the host: the chunk dimension C is a bound from the frame count
+(T by default, ``ceil(T * max_chunk_rate)`` with a cap; ``ceil(T / stride)`` for the fixed grid), not the batch's
+largest chunk count. So a step has no device->host sync and the same shapes every batch (``torch.compile`` with
+``fullgraph=True, dynamic=False`` compiles once; CUDA graphs can capture it). Padded chunks are zeros, masked.
 """
 
 from __future__ import annotations
@@ -60,27 +65,34 @@ class ChunkOutput(NamedTuple):  # a NamedTuple, not a dataclass: ZeRO-3 hooks on
 # Pooling: frames -> chunks
 
 
-def pool_chunks(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor):
+def pool_chunks(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor, max_chunks: int | None = None):
     """Mean-pool frames into chunks that start where ``hard`` is 1.
 
     x: (B, T, D); hard: (B, T) 0/1 with hard[:, 0] = 1 on every non-empty row; mask: (B, T) bool (valid frames
     form a prefix). Returns chunks (B, C, D), chunk_mask (B, C), chunk_ids (B, T), chunk_starts (B, C).
+
+    C is static, known from the shapes before the data: ``max_chunks`` if given, else T (every chunk holds at least
+    one frame, so T chunks never overflow). Chunks past a row's count are zeros, masked out by ``chunk_mask``. A
+    data-dependent C (the batch's largest count) would cost a device->host sync every step and a new shape for
+    ``torch.compile`` / CUDA graphs on every batch. If a row has more than ``max_chunks`` boundaries, its frames
+    past the last chunk's start are pooled into the last chunk (``pool_chunks_reference`` does not cap).
     """
     B, T, D = x.shape
+    C = max(1, T if max_chunks is None else min(max_chunks, T))
     hard = hard.long() * mask.long()
-    ids = hard.cumsum(1) - 1  # (B, T) chunk index of each frame
-    ids = torch.where(mask, ids, torch.full_like(ids, -1))
-    n_chunks = hard.sum(1)  # (B,)
-    C = max(int(n_chunks.max().item()), 1)
+    raw = hard.cumsum(1) - 1  # (B, T) chunk index of each frame, uncapped
+    ids = torch.where(mask, raw.clamp_max(C - 1), -1)
+    n_chunks = hard.sum(1).clamp_max(C)  # (B,)
     # flatten (row, chunk) into one index; padding frames go to a dump slot B*C that is dropped afterwards
-    flat = torch.where(ids >= 0, ids + C * torch.arange(B, device=x.device)[:, None], B * C).reshape(-1)
-    sums = x.new_zeros(B * C + 1, D).index_add_(0, flat, x.reshape(B * T, D))
-    counts = x.new_zeros(B * C + 1).index_add_(0, flat, x.new_ones(B * T))
+    flat = torch.where(ids >= 0, ids + C * torch.arange(B, device=x.device)[:, None], B * C)  # (B, T)
+    sums = x.new_zeros(B * C + 1, D).index_add_(0, flat.reshape(-1), x.reshape(B * T, D))
+    counts = x.new_zeros(B * C + 1).index_add_(0, flat.reshape(-1), x.new_ones(B * T))
     chunks = (sums[:-1] / counts[:-1].clamp_min(1).unsqueeze(1)).view(B, C, D)
     chunk_mask = torch.arange(C, device=x.device)[None, :] < n_chunks[:, None]
-    # start frame of each chunk: scatter t at every boundary (padding boundaries are already zeroed)
+    # start frame of each chunk: scatter t at every boundary (padding boundaries are already zeroed; boundaries past
+    # the cap go to the dump slot, so no slot gets two writes)
     t = torch.arange(T, device=x.device).expand(B, T)
-    start_flat = torch.where(hard.bool(), flat.view(B, T), B * C).reshape(-1)
+    start_flat = torch.where(hard.bool() & (raw < C), flat, B * C).reshape(-1)
     starts = torch.zeros(B * C + 1, dtype=torch.long, device=x.device).scatter_(0, start_flat, t.reshape(-1))
     return chunks, chunk_mask, ids, starts[:-1].view(B, C)
 
@@ -132,10 +144,12 @@ class DynamicChunkingLayer(nn.Module):
     """Content-driven chunk boundaries from the cosine dissimilarity of neighbouring frames."""
 
     def __init__(self, dim: int, tau: float = 1.0, routing: Routing = "cosine", target_ratio: float = 4.0,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, max_chunk_rate: float = 1.0):
         super().__init__()
         if routing not in ("cosine", "paper"):
             raise ValueError(f"routing must be 'cosine' or 'paper', got {routing!r}")
+        if not 0 < max_chunk_rate <= 1:
+            raise ValueError(f"max_chunk_rate must be in (0, 1], got {max_chunk_rate}")
         self.q_proj = nn.Linear(dim, dim, bias=False)
         self.k_proj = nn.Linear(dim, dim, bias=False)
         # start as the identity, as H-Net does: boundaries then follow raw feature changes from step 0
@@ -143,6 +157,9 @@ class DynamicChunkingLayer(nn.Module):
             self.q_proj.weight.copy_(torch.eye(dim))
             self.k_proj.weight.copy_(torch.eye(dim))
         self.tau, self.routing, self.target_ratio, self.eps = tau, routing, target_ratio, eps
+        # chunk slots per frame: C = ceil(T * max_chunk_rate). 1 never overflows (exact); less saves Transformer
+        # work on padded chunks, and a row with more boundaries pools its tail into its last chunk (pool_chunks)
+        self.max_chunk_rate = max_chunk_rate
 
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, D) -> (boundary_prob (B, T-1), logits (B, T-1, 2)) for frames 1..T-1."""
@@ -157,6 +174,10 @@ class DynamicChunkingLayer(nn.Module):
         logits = torch.stack([prob, 1.0 - prob], dim=-1).clamp_min(self.eps).log()
         return prob, logits
 
+    def max_chunks(self, T: int) -> int:
+        """C, the static chunk dimension for T frames (a Python int: no tensor is read)."""
+        return max(1, math.ceil(T * self.max_chunk_rate))
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> ChunkOutput:
         mask = _default_mask(x, mask)  # (B, T)
         B, T, _ = x.shape
@@ -170,7 +191,7 @@ class DynamicChunkingLayer(nn.Module):
         boundaries = torch.cat([ones, sample], 1) * mask  # (B, T), frame 0 always a boundary
         hard = boundaries.detach() > 0.5
         deterministic = (prob >= 0.5) & mask  # the eval boundaries (frame 0 included)
-        chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask)
+        chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask, max_chunks=self.max_chunks(T))
         confidence = torch.where(mask, boundaries * prob + (1 - boundaries) * (1 - prob), torch.ones_like(prob))
         return ChunkOutput(
             chunks=chunks, chunk_mask=chunk_mask, chunk_ids=ids, boundary_prob=prob, boundaries=boundaries,
@@ -189,12 +210,16 @@ class FixedChunking(nn.Module):
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.dim, self.stride = dim, stride
 
+    def max_chunks(self, T: int) -> int:
+        """C = ceil(T / stride): exactly the number of grid chunks of a full row, so it never overflows."""
+        return max(1, -(-T // self.stride))
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> ChunkOutput:
         mask = _default_mask(x, mask)
         B, T, _ = x.shape
         grid = (torch.arange(T, device=x.device) % self.stride == 0).expand(B, T)
         boundaries = (grid & mask).to(x.dtype)
-        chunks, chunk_mask, ids, starts = pool_chunks(x, boundaries.bool(), mask)
+        chunks, chunk_mask, ids, starts = pool_chunks(x, boundaries.bool(), mask, max_chunks=self.max_chunks(T))
         return ChunkOutput(
             chunks=chunks, chunk_mask=chunk_mask, chunk_ids=ids, boundary_prob=boundaries, boundaries=boundaries,
             ratio_loss=x.new_zeros(()), chunk_starts=starts, chunk_prob=chunk_mask.to(x.dtype),
@@ -222,7 +247,7 @@ def ema_over_chunks(values: torch.Tensor, rate: torch.Tensor, eps: float = 1e-6)
     """z_c = P_c v_c + (1 - P_c) z_{c-1}, vectorised: z = W v with W[c, j] = P_j prod_{j<k<=c} (1 - P_k).
 
     values: (B, C, D); rate P: (B, C) in [0, 1] with P_0 = 1 (so z_{-1} never matters).
-    Hand-written: no library offers this scan for CPU and GPU alike; C is small (<= frames / chunk length).
+    Hand-written: no library offers this scan for CPU and GPU alike; C is small (<= bottleneck frames).
     """
     C = values.shape[1]
     log_keep = (1 - rate.float()).clamp_min(eps).log()  # (B, C)
@@ -247,9 +272,11 @@ def dechunk(values: torch.Tensor, out: ChunkOutput, smoothing: bool = True) -> t
 
 
 def build_chunker(dim: int, kind: str = "dynamic", routing: Routing = "cosine", tau: float = 1.0,
-                  target_ratio: float = 4.0, fixed_stride: int = 4) -> nn.Module:
+                  target_ratio: float = 4.0, fixed_stride: int = 4, max_chunk_rate: float = 1.0) -> nn.Module:
+    """``max_chunk_rate`` caps the dynamic layer's chunk slots (see ``DynamicChunkingLayer``); fixed ignores it."""
     if kind == "dynamic":
-        return DynamicChunkingLayer(dim, tau=tau, routing=routing, target_ratio=target_ratio)
+        return DynamicChunkingLayer(dim, tau=tau, routing=routing, target_ratio=target_ratio,
+                                    max_chunk_rate=max_chunk_rate)
     if kind == "fixed":
         return FixedChunking(dim, stride=fixed_stride)
     raise ValueError(f"chunking kind must be 'dynamic' or 'fixed', got {kind!r}")

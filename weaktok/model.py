@@ -81,11 +81,18 @@ class ChunkedUNet(nn.Module):
         self.in_conv = nn.Conv1d(n_freqs, c0, kernel_size=3, padding=1)
         self.down1, self.down2, self.down3 = Down(c0, c1), Down(c1, c2), Down(c2, d)
         ck = cfg.chunking
+        # max_chunk_rate: static chunk slots per bottleneck frame (chunking.py); 1 = exact, no cap
         self.chunker = build_chunker(d, kind=ck.kind, routing=ck.routing, tau=ck.tau,
-                                     target_ratio=ck.target_ratio, fixed_stride=ck.fixed_stride)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=cfg.ff_mult * d, dropout=cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+                                     target_ratio=ck.target_ratio, fixed_stride=ck.fixed_stride,
+                                     max_chunk_rate=ck.max_chunk_rate)
+        # n_layers = 0 is the chunking-only ablation: chunks are pooled, normed and spread back with no mixing
+        # between them (nn.TransformerEncoder cannot be built with zero layers, so there is no module at all)
+        self.transformer = None
+        if cfg.n_layers > 0:
+            layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=cfg.ff_mult * d,
+                                               dropout=cfg.dropout, activation="gelu", batch_first=True,
+                                               norm_first=True)
+            self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.chunk_norm = nn.LayerNorm(d)
         self.up3, self.up2, self.up1 = Up(d, c2), Up(c2, c1), Up(c1, c0)
         self.out_conv = nn.Conv1d(c0, n_freqs, kernel_size=3, padding=1)
@@ -95,10 +102,19 @@ class ChunkedUNet(nn.Module):
             self.chunker.tau = tau
 
     def bottleneck(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ChunkOutput]:
-        """h: (B, T8, D), mask (B, T8) -> (B, T8, D) with chunk context added, and the chunking."""
+        """h: (B, T8, D), mask (B, T8) -> (B, T8, D) with chunk context added, and the chunking.
+
+        C is static (a bound from T8, see ``pool_chunks``), so most rows have padded chunks: they are keys nobody
+        attends to, get EMA weight 0 (their chunk_prob is 0) and no frame gathers them, so real chunks' outputs do
+        not depend on C. A row without valid frames has no real chunk at all; chunk 0 (zeros + position 0) stays
+        a key there: softmax over no keys is NaN on some attention kernels, and 0 * NaN would reach the frames.
+        """
         co = self.chunker(h, mask)
+        C = co.chunks.shape[1]
         z = co.chunks + sinusoidal_positions(co.chunk_starts, h.shape[-1]).to(h.dtype)  # (B, C, D)
-        z = self.transformer(z, src_key_padding_mask=~co.chunk_mask)
+        if self.transformer is not None:
+            key_padding = ~co.chunk_mask & (torch.arange(C, device=h.device) > 0)  # (B, C), chunk 0 never padded
+            z = self.transformer(z, src_key_padding_mask=key_padding)
         z = self.chunk_norm(z)
         smoothing = self.cfg.chunking.smoothing and self.cfg.chunking.kind == "dynamic"
         return h + dechunk(z, co, smoothing=smoothing), co

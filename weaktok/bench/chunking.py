@@ -2,7 +2,10 @@
 
 1. Whole model forward+backward, DynamicChunkingLayer vs FixedChunking at the same compression
    (the fixed stride is set to the dynamic layer's measured mean chunk length). Goal: ratio <= 1.25.
-2. The layer's vectorised pooling vs a per-row Python loop over the same boundaries. Goal: >= 20x faster.
+2. Host syncs in one model forward+backward (``.item()``, ``nonzero``, ... counted on CPU by a dispatch mode;
+   each is a device->host sync per step on a GPU). Goal: 0 for both chunkers. Reported with the aten ops and
+   the kernel-launching ops among them (the eager GPU step is launch-bound), dynamic vs fixed.
+3. The layer's vectorised pooling vs a per-row Python loop over the same boundaries. Goal: >= 20x faster.
 Sizes: B=16, T=512 spectrogram frames (model) / T=512 frames (layer), D=256.
 """
 
@@ -12,10 +15,10 @@ import copy
 
 import torch
 
-from weaktok.bench.common import BenchResult, timeit
+from weaktok.bench.common import BenchResult, count_syncs_and_ops, timeit
 from weaktok.chunking import DynamicChunkingLayer, pool_chunks, pool_chunks_reference
 from weaktok.config import ModelConfig
-from weaktok.model import build_model
+from weaktok.model import DOWNSAMPLE, build_model
 
 N_FREQS = 513  # n_fft 1024
 
@@ -42,12 +45,27 @@ def bench_model(B: int, T: int, D: int, repeat: int) -> list[BenchResult]:
     fix.load_state_dict(dyn.state_dict(), strict=False)  # same weights everywhere but the router
     t_dyn = timeit(_fwd_bwd(dyn, spec), repeat=repeat)
     t_fix = timeit(_fwd_bwd(fix, spec), repeat=repeat)
-    return [BenchResult(
-        name=f"model fwd+bwd B={B} T={T} D={D}: dynamic vs fixed", value=t_dyn * 1e3, baseline=t_fix * 1e3,
-        units="ms", goal="ratio <= 1.25", passed=t_dyn / t_fix <= 1.25,
-        note=f"dynamic mean chunk length {chunk_len:.2f} bottleneck frames; fixed stride "
-             f"{fixed_cfg.chunking.fixed_stride}",
-    )]
+    n_dyn, n_fix = count_syncs_and_ops(_fwd_bwd(dyn, spec)), count_syncs_and_ops(_fwd_bwd(fix, spec))
+    t8 = -(-T // DOWNSAMPLE)
+    syncs = {"dynamic": n_dyn.sync_ops, "fixed": n_fix.sync_ops}
+    return [
+        BenchResult(
+            name=f"model fwd+bwd B={B} T={T} D={D}: dynamic vs fixed", value=t_dyn * 1e3, baseline=t_fix * 1e3,
+            units="ms", goal="ratio <= 1.25", passed=t_dyn / t_fix <= 1.25,
+            note=f"dynamic mean chunk length {chunk_len:.2f} bottleneck frames; fixed stride "
+                 f"{fixed_cfg.chunking.fixed_stride}; chunk slots C: dynamic {dyn.chunker.max_chunks(t8)}, "
+                 f"fixed {fix.chunker.max_chunks(t8)} (of {t8} bottleneck frames)",
+        ),
+        BenchResult(
+            name="host syncs per model fwd+bwd: dynamic vs fixed", value=n_dyn.syncs, baseline=n_fix.syncs,
+            units="syncs", goal="0", passed=n_dyn.syncs == n_fix.syncs == 0, note=f"sync ops {syncs}",
+        ),
+        BenchResult(
+            name="aten ops per model fwd+bwd: dynamic vs fixed", value=n_dyn.ops, baseline=n_fix.ops, units="ops",
+            goal="info", note=f"ops that launch a kernel (views excluded): dynamic {n_dyn.kernels}, fixed "
+                              f"{n_fix.kernels}",
+        ),
+    ]
 
 
 def bench_layer(B: int, T: int, D: int, repeat: int) -> list[BenchResult]:

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
 
 @dataclass
 class BenchResult:
@@ -41,6 +44,78 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+# aten ops that read device data back to the host (a device->host sync on an accelerator): ``.item()``,
+# ``int()/float()/bool()`` on a tensor dispatch ``_local_scalar_dense``; the others have an output shape that depends
+# on the data or compare whole tensors on the host. ``_sync_label`` adds the cases an op name alone does not tell.
+SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique",
+                      "_unique2", "unique_dim", "unique_consecutive"})
+# ops that only relabel memory (no kernel), beyond those aten marks as views (view, t, expand, detach, ...)
+_METADATA_OPS = frozenset({"_unsafe_view", "lift_fresh", "alias"})
+
+
+def _sync_label(name: str, args: tuple, kwargs: dict) -> str | None:
+    """The name to count a host sync under, or None. Boolean-mask indexing (``x[mask]``) dispatches ``index``,
+    whose ``nonzero`` runs inside the op where a dispatch mode does not see it; ``repeat_interleave`` without
+    ``output_size`` must read its repeats; a copy from an accelerator to the CPU (``.cpu()``, ``.tolist()``) waits."""
+    if name in SYNC_OPS:
+        return name
+    if name in ("index", "index_put", "index_put_", "_index_put_impl_") and len(args) > 1:
+        if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]):
+            return f"{name} (boolean mask)"
+    if name == "repeat_interleave" and isinstance(args[0], torch.Tensor) and kwargs.get("output_size") is None:
+        return "repeat_interleave (no output_size)"
+    if name in ("_to_copy", "copy_") and isinstance(args[0], torch.Tensor):
+        src = args[1] if name == "copy_" else args[0]
+        dst = args[0].device if name == "copy_" else kwargs.get("device")
+        if isinstance(src, torch.Tensor) and src.device.type != "cpu" and dst is not None and \
+                torch.device(dst).type == "cpu":
+            return f"{name} (to cpu)"
+    return None
+
+
+@dataclass
+class OpCounts:
+    ops: int  # aten ops dispatched (forward and backward), views and factory calls included
+    kernels: int  # of which ops that do work: ops less views; ~ kernel launches on a GPU in eager mode
+    syncs: int  # host syncs (see ``count_syncs_and_ops``)
+    by_op: dict[str, int]  # op name (e.g. "index_add_") -> count, most frequent first
+    sync_ops: dict[str, int]  # the syncs by kind, e.g. {"_local_scalar_dense": 1, "index (boolean mask)": 2}
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.by_op: dict[str, int] = {}
+        self.sync_ops: dict[str, int] = {}
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name.rpartition(":")[2]  # overloads share a name: aten::add.Tensor -> add
+        self.by_op[name] = self.by_op.get(name, 0) + 1
+        self.kernels += not (func.is_view or name in _METADATA_OPS)
+        label = _sync_label(name, args, kwargs)
+        if label is not None:
+            self.sync_ops[label] = self.sync_ops.get(label, 0) + 1
+        return func(*args, **kwargs)
+
+
+def count_syncs_and_ops(fn: Callable[[], object]) -> OpCounts:
+    """Run ``fn()`` once and count the aten ops it dispatches and, among them, the host syncs.
+
+    Works on CPU, where ``torch.cuda.set_sync_debug_mode`` does not: the ops that would sync on a GPU are the same
+    ones (``SYNC_OPS`` and ``_sync_label``). Not seen: ``.tolist()`` / ``.numpy()`` of a CPU tensor (nothing is
+    dispatched; on a GPU tensor they copy to the CPU and are counted). Backward passes started inside ``fn`` are
+    counted too (autograd carries the mode over). On a GPU each of ``kernels`` is roughly one kernel launch in eager
+    mode.
+    """
+    with _CountOps() as mode:
+        fn()
+    by_op = dict(sorted(mode.by_op.items(), key=lambda kv: -kv[1]))
+    return OpCounts(ops=sum(by_op.values()), kernels=mode.kernels, syncs=sum(mode.sync_ops.values()), by_op=by_op,
+                    sync_ops=mode.sync_ops)
 
 
 def _fmt(x: float | None) -> str:
