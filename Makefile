@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.setup-stamp
 APT_PKGS := sonic-pi-samples prometheus ninja-build
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test test-fast bench demo clean
+.PHONY: setup apt test test-fast test-explore bench demo clean
 
 setup: $(STAMP) apt
 
@@ -29,11 +29,22 @@ apt:
 		echo "warning: Debian packages missing ($$missing) and not root with apt; install them yourself"; \
 	fi
 
+# Two pytest calls: the fast tests first, stopping at the first failure (-x) so a broken unit shows in minutes;
+# then the slow ones (real DeepSpeed ranks, Ray, Prometheus, the demo). tests/summary.py prints the combined
+# "N passed, N failed" line from both JUnit files. Hypothesis runs its derandomized `ci` profile (tests/conftest.py).
 test: setup
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	@rm -f .pytest-fast.xml .pytest-slow.xml
+	$(BIN)/python -m pytest -ra -x -m "not slow" --junitxml=.pytest-fast.xml $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra -m slow --junitxml=.pytest-slow.xml $(PYTEST_ARGS)
+	@$(BIN)/python tests/summary.py .pytest-fast.xml .pytest-slow.xml
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+# Random exploration for developers (not CI): fresh hypothesis draws, 5x the examples, a local example database.
+test-explore: setup
+	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -ra tests/test_config_properties.py tests/test_audio_fuzz.py \
+		$(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/weaktok bench

@@ -109,3 +109,9 @@ def deadline(seconds: int, what: str = "the block"):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def examples(n: int) -> int:
+    """Hypothesis example count: ``n`` in CI (the derandomized ``ci`` profile, tests/conftest.py), 5x that under
+    ``make test-explore`` (HYPOTHESIS_PROFILE=explore), where fresh random draws hunt for new failures."""
+    return n * 5 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else n

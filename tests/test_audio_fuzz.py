@@ -18,14 +18,14 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.helpers import deadline
+from tests.helpers import deadline, examples
 from weaktok.audio import MAX_SAMPLES, SUPPORTED_SR, AudioError, load_audio
 from weaktok.data import Tally, decode_samples
 
 EXTS = [".wav", ".flac", ".mp3", ".ogg", ".aiff"]
 FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"),
            ".aiff": ("AIFF", "PCM_16"), ".mp3": ("MP3", "MPEG_LAYER_III")}
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 COUNT = {"load": 0, "decode": 0}  # fuzz inputs run, reported by test_zz_report
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from tests.helpers import examples
 from tests.test_data import SR, make_shards
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import Config, ConfigError, load_config
@@ -227,19 +228,34 @@ def _set(raw: dict, key: str, value):
     node[parts[-1]] = value
 
 
-PROPS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+PROPS = settings(max_examples=examples(80), deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# Every failure the random properties have found, pinned: the derandomized CI profile (tests/conftest.py) runs
+# these first on every run, whatever the draw.
+FOUND = [
+    [("model.n_layers", 0)],  # accepted, then nn.TransformerEncoder crashed (now: the chunking-only ablation)
+    [("train.lr", math.inf)], [("curriculum.anneal_epochs", math.nan)], [("seed", 2**32)],
+    [("model.chunking.target_ratio", 1e400)], [("audio.clip_seconds", 0.001)],
+]
+
+
+def pinned(test):
+    for ov in FOUND:
+        test = example(ov=ov)(test)
+    return test
 
 
 @PROPS
 @given(ov=overrides())
+@pinned
 def test_random_cli_overrides_are_rejected_naming_the_key_or_usable(ov):
     check(ov)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(ov=overrides())
+@pinned
 def test_random_yaml_files_are_rejected_naming_the_key_or_usable(tmp_path, ov):
     check(ov, via_file=tmp_path / "random.yaml")
 
@@ -253,7 +269,7 @@ DATA_KEYS = ["data.batch_size", "data.val_batch_size", "data.shuffle_buffer", "d
              "data.verify_shards", "audio.clip_seconds", "audio.n_fft", "audio.hop_length", "seed"]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(ov=overrides(DATA_KEYS))
 def test_accepted_data_configs_drive_both_loaders(shards, ov):
@@ -303,3 +319,35 @@ def test_shortest_accepted_clip_trains():
     """The boundary of the new cross-key rule is usable: exactly n_fft samples."""
     cfg = load_config("tiny", SMALL + [f"audio.clip_seconds={512 / 22050}"])
     usable(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the range audit (issue #13): every single-key edge value, deterministic. Each is rejected naming the key or
+# builds and runs forward/backward, like the random properties above but exhaustive over the edges.
+
+def _edges(key: str) -> list:
+    tp, _ = KEYS[key]
+    v = _base_value(key)
+    if tp is int:
+        return sorted({-1, 0, 1, 2, 3, v - 1, v, v + 1, 2 * v})
+    return sorted({-1.0, -0.0, 0.0, 1e-6, 0.5, 0.999, 1.0, 1.001, 2.0, v * 0.5, v, v * 2})
+
+
+NUMERIC = [k for k, (tp, _) in sorted(KEYS.items()) if tp in (int, float) and not k.startswith("metrics.")]
+
+
+@pytest.mark.parametrize("key", NUMERIC)
+def test_every_edge_of_every_numeric_range_is_rejected_naming_the_key_or_usable(key):
+    for value in _edges(key):
+        check([(key, value)])
+
+
+def test_chunking_only_ablation_trains():
+    """model.n_layers=0: no Transformer; the chunks still carry gradient to the router (W_q)."""
+    cfg = load_config("tiny", SMALL + ["model.n_layers=0"])
+    usable(cfg)
+    model = build_model(cfg.model, 33)
+    assert model.transformer is None
+    out = model(torch.randn(2, 33, 40))
+    out.recon.square().mean().backward()
+    assert model.chunker.q_proj.weight.grad is not None and model.chunker.q_proj.weight.grad.abs().sum() > 0
