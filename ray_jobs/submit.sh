@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Submit weaktok training or sweeps to a Ray cluster as Ray jobs, and follow them.
 #
-#   ray_jobs/submit.sh train --config demo --out /shared/runs/r1 --workers 4 --gpus data.shards=/shared/shards/x
+#   ray_jobs/submit.sh train --config demo --out /shared/runs/r1 --workers 4 data.shards=/shared/shards/x
+#     (one GPU per worker when the cluster has GPUs: --gpus-per-worker auto, the default; 0 forces CPU)
 #   ray_jobs/submit.sh sweep --config demo --space cluster/sweeps/default.yaml --out /shared/sweeps/s1 ...
 #   ray_jobs/submit.sh status JOB_ID | logs JOB_ID | stop JOB_ID | list
 #
@@ -18,8 +19,10 @@ shift
 cd "$(dirname "$0")/.."
 case "$cmd" in
   train|sweep)
-    # DS_ACCELERATOR stays unset on GPU clusters (DeepSpeed detects CUDA); CPU clusters export it before submitting.
-    env_json=$(printf '{"env_vars": {"DS_ACCELERATOR": "%s", "PYTHONUNBUFFERED": "1"}}' "${DS_ACCELERATOR:-cuda}")
+    # DS_ACCELERATOR is passed on only when exported here: unset, each worker picks cuda or cpu by the GPU it got.
+    # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1: a worker that requested no GPU sees none (Ray would leave it all of them).
+    accel=${DS_ACCELERATOR:+"\"DS_ACCELERATOR\": \"$DS_ACCELERATOR\", "}
+    env_json=$(printf '{"env_vars": {%s"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1", "PYTHONUNBUFFERED": "1"}}' "$accel")
     # a head that just started has no job agent yet ("No available agent"): retry for up to a minute
     for attempt in $(seq 1 30); do
       if out=$("$RAY" job submit --working-dir . --runtime-env-json "$env_json" --no-wait \

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import cpu_env, venv_bin
 from tests.test_generate import tiny_model
@@ -19,7 +20,7 @@ def evaluated(tmp_path_factory):
     shards, run = tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("eval")
     return evaluate(run, out, split="test", max_items=4, n_uncond=3, steps=2, seconds=3.0,
-                    guidance_steps=3), out
+                    guidance_steps=3, device="cpu"), out
 
 
 def test_table1_json_has_the_papers_shape(evaluated):
@@ -37,6 +38,7 @@ def test_table1_json_has_the_papers_shape(evaluated):
     assert t["goal_met"] == all(all(t["within_goal"][k]) for k in ("uncond", "seed"))  # the model alone
     assert t["goal_met_guided"] == all(all(t["within_goal"][k]) for k in ("uncond_g", "seed_g"))
     assert t["uncond_g_n"] == 3 and t["seed_g_n"] == 4 and t["generation"]["guidance_steps"] == 3
+    assert t["device"] == "cpu"
     assert t == table
 
 
@@ -53,3 +55,14 @@ def test_cli_missing_checkpoint_names_the_path(tmp_path):
     r = subprocess.run([venv_bin("weaktok"), "evaluate", "--checkpoint", str(tmp_path / "no_run"), "--out",
                         str(tmp_path / "e")], capture_output=True, text=True, env=cpu_env(), cwd=REPO, timeout=120)
     assert r.returncode == 2 and str(tmp_path / "no_run") in r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluate_on_cuda(tmp_path_factory):
+    from weaktok.evaluate import evaluate
+
+    _, run = tiny_model(tmp_path_factory)
+    t = evaluate(run, tmp_path_factory.mktemp("eval_cuda"), split="test", max_items=2, n_uncond=2, steps=2,
+                 seconds=2.0, guidance_steps=2, device="cuda")
+    assert t["device"] == "cuda" and t["seed_n"] == 2 and t["uncond_g_n"] == 2
+    assert all(np.isfinite(t[k]).all() for k in ("uncond", "seed", "uncond_g", "seed_g", "recon"))

@@ -81,7 +81,7 @@ def test_unconditional_outputs_are_music_like_and_new(trained, tmp_path):
     bank = _train_specs(shards, sr)
     # a copy of a training item, through the same Griffin-Lim round trip: the distance a copy would have
     from weaktok.generate import load_model
-    loaded = load_model(model_run)
+    loaded = load_model(model_run, "cpu")
     item = next(iter(eval_loader(str(shards), "train", 1, 2.0)))["audio"]
     copy_wave = loaded.front.inverse(loaded.front(item))[0].numpy()
     copy_dist = _nearest(_spec(copy_wave, sr), bank)
@@ -144,7 +144,7 @@ def test_guidance_fits_timbral_and_structural_to_real_audio_only_in_the_hole(tra
     from weaktok.lscore.loss import distribution_loss
 
     shards, model_run = trained
-    loaded = load_model(model_run)
+    loaded = load_model(model_run, "cpu")
     g = make_guidance(loaded, shards, 2.0, steps=40)
     assert isinstance(g, Guidance) and make_guidance(loaded, shards, 2.0, steps=0) is None
     assert (model_run / "final" / "surrogate_2s.pt").is_file()  # the target is cached beside the weights
@@ -177,7 +177,78 @@ def test_missing_checkpoint_and_bad_audio_are_clear_errors(trained, tmp_path):
     assert r.returncode == 2 and "--unconditional" in r.stderr
 
 
-def _cli(args):
+def _cli(args, **env):
     import subprocess
-    return subprocess.run([venv_bin("weaktok"), *args], capture_output=True, text=True, env=cpu_env(), cwd=REPO,
+    return subprocess.run([venv_bin("weaktok"), *args], capture_output=True, text=True, env=cpu_env(**env), cwd=REPO,
                           timeout=120)
+
+
+def test_cli_generate_on_cpu_writes_outputs(trained, tmp_path):
+    _, model_run = trained
+    out = tmp_path / "cli"
+    r = _cli(["generate", "--checkpoint", str(model_run), "--unconditional", "--n", "2", "--steps", "2",
+              "--device", "cpu", "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "device cpu" in r.stdout
+    summary = json.loads((out / "generate.json").read_text())
+    assert summary["device"] == "cpu" and len(summary["outputs"]) == 2
+    for rec in summary["outputs"]:
+        y = load_audio(out / rec["wav"], 22050, normalize=False)
+        assert len(y) == pytest.approx(2.0 * 22050, rel=0.02) and np.sqrt(np.mean(y ** 2)) > 1e-3
+
+
+def test_cli_cuda_without_a_gpu_is_a_clear_error(trained, tmp_path):
+    _, model_run = trained
+    for cmd in (["generate", "--unconditional"], ["evaluate"]):
+        r = _cli([*cmd, "--checkpoint", str(model_run), "--device", "cuda", "--out", str(tmp_path / "o")],
+                 CUDA_VISIBLE_DEVICES="")  # no GPU, whatever the machine has
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "'cuda'" in r.stderr and "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    r = _cli(["generate", "--unconditional", "--checkpoint", str(model_run), "--device", "gpu", "--out",
+              str(tmp_path / "o")])
+    assert r.returncode == 2 and "unknown device 'gpu'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resolve_device(monkeypatch):
+    from weaktok.device import DeviceError, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(" CPU ") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu") and resolve_device("auto") == torch.device("cpu")
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(DeviceError, match=f"'{name}' requested but CUDA is not available"):
+            resolve_device(name)
+    for name in ("gpu", "cuda:x", "mps", "cuda:-1"):
+        with pytest.raises(DeviceError, match="unknown device.*cpu, cuda or cuda:N"):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(DeviceError, match="has 2 GPU"):
+        resolve_device("cuda:2")
+
+
+def test_prior_noise_follows_the_stats_device_whatever_the_generator():
+    from weaktok.prior import sample_prior
+
+    stats = _stats(6)
+    a = sample_prior(stats, 2, 9, torch.Generator().manual_seed(3))
+    b = sample_prior(stats, 2, 9, torch.Generator().manual_seed(3))
+    assert a.shape == (2, 6, 9) and a.device == stats["mean"].device and torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_generate_on_cuda(trained, tmp_path):
+    from weaktok.generate import generate, load_model
+
+    _, model_run = trained
+    loaded = load_model(model_run, "cuda")
+    assert next(loaded.model.parameters()).is_cuda and loaded.front.device.type == "cuda"
+    summary = generate(model_run, tmp_path / "gpu", n=3, steps=2, guidance_steps=2, device="cuda")
+    assert summary["device"] == "cuda" and len(summary["outputs"]) == 3
+    for rec in summary["outputs"]:
+        y = load_audio(tmp_path / "gpu" / rec["wav"], 22050, normalize=False)
+        assert np.sqrt(np.mean(y ** 2)) > 1e-3 and (tmp_path / "gpu" / rec["png"]).is_file()
+    # statistics cached beside model.pt stay loadable on the CPU
+    assert torch.load(model_run / "final" / "spectrum.pt", weights_only=True)["mean"].device.type == "cpu"

@@ -51,6 +51,62 @@ def test_space_errors_name_the_key(tmp_path):
         load_space(tmp_path / "nope.yaml")
     spec = load_space(REPO / "cluster" / "sweeps" / "default.yaml")
     check_against_config("demo", [], spec)  # the shipped space is valid for the shipped config
+    assert spec.gpus_per_worker == "auto"
+
+
+def _resources(tmp_path, **resources):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"resources": resources, "space": {"train.lr": {"type": "choice",
+                                                                                   "values": [0.001]}}}))
+    return load_space(path)
+
+
+def test_gpus_per_worker_is_validated_naming_the_key(tmp_path):
+    assert _resources(tmp_path).gpus_per_worker == "auto"
+    assert _resources(tmp_path, gpus_per_worker="AUTO").gpus_per_worker == "auto"
+    assert _resources(tmp_path, gpus_per_worker=0.5).gpus_per_worker == 0.5
+    assert _resources(tmp_path, workers=2, gpus_per_worker=1).gpus_per_worker == 1
+    for bad in ("many", -1, 2, True, [1]):
+        with pytest.raises(ConfigError, match=r"resources\.gpus_per_worker: got .*allowed: 'auto' or a number"):
+            _resources(tmp_path, gpus_per_worker=bad)
+    with pytest.raises(ConfigError, match=r"resources\.gpus_per_worker: got 0\.5; allowed: 'auto', 0 or 1"):
+        _resources(tmp_path, workers=2, gpus_per_worker=0.5)  # a DeepSpeed rank uses one GPU or none
+    with pytest.raises(ConfigError, match="unknown resources key.*gpu_per_worker"):
+        _resources(tmp_path, gpu_per_worker=1)  # a typo is not silently ignored
+
+
+def test_trial_resources_follow_the_cluster(tmp_path):
+    from weaktok.ray_train import worker_resources
+    from weaktok.sweep import trial_resources
+
+    cpu_only, gpus = {"CPU": 16.0, "memory": 1e10}, {"CPU": 16.0, "GPU": 8.0}
+    one = _resources(tmp_path, cpus_per_worker=2, pool_actors=1)
+    assert trial_resources(one, cpu_only) == ([{"CPU": 2.0}, {"CPU": 1.0}], 0.0)
+    assert trial_resources(one, gpus) == ([{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0}], 1.0)
+    assert trial_resources(one, {"CPU": 4.0, "GPU": 0.0}) == ([{"CPU": 2.0}, {"CPU": 1.0}], 0.0)
+    half = _resources(tmp_path, gpus_per_worker=0.5, pool_actors=0)
+    assert trial_resources(half, gpus) == ([{"CPU": 1.0, "GPU": 0.5}], 0.5)
+    off = _resources(tmp_path, gpus_per_worker=0)
+    assert trial_resources(off, gpus)[1] == 0.0
+    # multi-worker trials: the driver takes half a CPU, Ray Train places each worker with CPU (+ GPU)
+    multi = _resources(tmp_path, workers=4, cpus_per_worker=2, pool_actors=2)
+    bundles, g = trial_resources(multi, gpus)
+    assert bundles == [{"CPU": 0.5}, {"CPU": 1.0}, {"CPU": 1.0}] and g == 1.0
+    assert worker_resources(2, g) == {"use_gpu": True, "backend": "nccl",
+                                      "resources_per_worker": {"CPU": 2, "GPU": 1.0}}
+    assert worker_resources(2, trial_resources(multi, cpu_only)[1]) == {
+        "use_gpu": False, "backend": "gloo", "resources_per_worker": {"CPU": 2}}
+
+
+def test_gpu_resolution_and_log_line():
+    from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
+
+    assert resolve_gpus("auto", {}) == 0.0 and resolve_gpus("auto", {"GPU": 0.5}) == 1.0
+    assert resolve_gpus(0, {"GPU": 8}) == 0.0 and resolve_gpus(0.25, {}) == 0.25
+    assert gpus_setting(None, "k") == "auto" and gpus_setting("1", "k", whole=True) == 1.0
+    assert "WARNING: no GPU node is up" in describe_gpus(1.0, 1.0, {"CPU": 2})
+    assert "WARNING" not in describe_gpus("auto", 1.0, {"GPU": 2}) and "reports 2 GPU" in describe_gpus(
+        "auto", 1.0, {"GPU": 2})
 
 
 @pytest.mark.slow

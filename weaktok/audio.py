@@ -224,6 +224,11 @@ class SpecFrontEnd(nn.Module):
         return self.n_fft // 2 + 1
 
     @property
+    def device(self) -> torch.device:
+        """Where the front end runs (its STFT window's device): inputs go there."""
+        return self.stft.window.device
+
+    @property
     def frame_seconds(self) -> float:
         return self.hop_length / self.sample_rate
 

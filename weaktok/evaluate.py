@@ -1,7 +1,7 @@
 """Evaluation: the paper's Table 1 (L-Score of unconditional and seed-based outputs vs the dataset target), plus
 reconstruction loss and chunk statistics on a split.
 
-    weaktok evaluate --checkpoint runs/demo/train --split test --out runs/demo/eval
+    weaktok evaluate --checkpoint runs/demo/train --split test --out runs/demo/eval [--device cuda]
 
 For every item of the split (deterministic crop of ``EVAL_SECONDS`` = 8 s from its start, loop-tiled if shorter):
   * reconstruction: model(spec) -> L1 to spec (the training loss's term), chunk statistics of the eval-mode
@@ -14,6 +14,11 @@ model does alone and what generation-time control adds. Exact L-Scores (librosa,
 the Griffin-Lim waveforms, serially or on the Ray pool (``workers``). Target = the training split's mean L-Score
 from the shard manifest, as in the paper; ``data`` = the split's own exact L-Scores (from the manifest build), so
 its relative error is the sampling noise floor of the comparison.
+
+Device (``device=`` / ``--device``, default cuda when available, else cpu; see ``weaktok.device.resolve_device``):
+the spectrograms, the model, refinement, the prior noise, guidance and Griffin-Lim run there, a batch at a time (one
+Griffin-Lim call per batch for all the waveforms it scores); only the waveforms go to the CPU, for the exact
+L-Score (librosa).
 
 Writes table1.json ({"names", "target", "uncond", "seed", ...: means per term; *_rel_err signed relative errors},
 table1.md, lscore_hist.png, examples_*.png (data | seed | unconditional with chunk boundaries),
@@ -106,8 +111,8 @@ def run_items(loaded: G.Loaded, shards: str, split: str, max_items: int, seconds
         take = min(len(batch["keys"]), total - len(res["l1"]))
         if take <= 0:
             break
-        audio = batch["audio"][:take]  # (B, N)
-        spec = front(audio)  # (B, F, T)
+        audio = batch["audio"][:take]  # (B, N) on the CPU, for the data's exact L-Score
+        spec = front(audio.to(loaded.device))  # (B, F, T)
         out = loaded.model(spec)
         y, mo = G.seed_based(loaded.model, spec, stats, mask_fraction, steps, gen)
         clip_s = spec.shape[-1] * front.frame_seconds
@@ -119,14 +124,14 @@ def run_items(loaded: G.Loaded, shards: str, split: str, max_items: int, seconds
         res["chunks"] += float(n_chunks.sum())
         res["manifest"] += batch["lscore"][:take].tolist()
         res["data"] += list(score(audio.numpy()))
-        res["gl"] += list(score(front.inverse(spec).numpy()))
-        res["recon"] += list(score(front.inverse(out.recon.clamp_min(0)).numpy()))
-        res["seed"] += list(score(front.inverse(y).numpy()))
+        kinds = {"gl": spec, "recon": out.recon.clamp_min(0), "seed": y}
         if guidance is not None:
-            y_g = G.guide(y, G.seed_hole(y.shape[-1], mask_fraction), guidance)
-            res["seed_g"] += list(score(front.inverse(y_g).numpy()))
+            kinds["seed_g"] = G.guide(y, G.seed_hole(y.shape[-1], mask_fraction), guidance)
+        scores = score(front.inverse(torch.cat(list(kinds.values()))).cpu().numpy())  # one Griffin-Lim call
+        for j, key in enumerate(kinds):
+            res[key] += list(scores[j * take : (j + 1) * take])
         for i in range(min(take, keep - len(res["examples"]))):
-            res["examples"].append({"key": batch["keys"][i], "data": spec[i], "seed": y[i],
+            res["examples"].append({"key": batch["keys"][i], "data": spec[i].cpu(), "seed": y[i].cpu(),
                                     "data_starts": G.chunk_start_frames(out, i),
                                     "seed_starts": G.chunk_start_frames(mo, i)})
         bar.update(take)
@@ -145,11 +150,11 @@ def run_uncond(loaded: G.Loaded, stats: dict, n: int, seconds: float, steps: int
     scores, guided, examples = [], [], []
     for start in tqdm(range(0, n, batch), desc="unconditional", unit="batch"):
         y, mo = G.unconditional(loaded.model, stats, min(batch, n - start), frames, steps, gen)
-        scores += list(score(loaded.front.inverse(y).numpy()))
-        if guidance is not None:
-            y_g = G.guide(y, torch.ones(frames, dtype=torch.bool), guidance)
-            guided += list(score(loaded.front.inverse(y_g).numpy()))
-        examples += [(y[i], G.chunk_start_frames(mo, i)) for i in range(min(3 - len(examples), len(y)))]
+        specs = [y] if guidance is None else [y, G.guide(y, torch.ones(frames, dtype=torch.bool), guidance)]
+        L = score(loaded.front.inverse(torch.cat(specs)).cpu().numpy())  # one Griffin-Lim call
+        scores += list(L[: len(y)])
+        guided += list(L[len(y):])
+        examples += [(y[i].cpu(), G.chunk_start_frames(mo, i)) for i in range(min(3 - len(examples), len(y)))]
     return np.asarray(scores), (np.asarray(guided) if guided else None), examples
 
 
@@ -231,19 +236,25 @@ def table1_markdown(t: dict, extra: dict) -> str:
 
 def evaluate(checkpoint: str | Path, out: str | Path, split: str = "test", max_items: int = 0, n_uncond: int = 0,
              mask_fraction: float = G.MASK_FRACTION, steps: int = G.STEPS, seconds: float | None = None,
-             shards: str | None = None, workers: int = 0, seed: int = 0, guidance_steps: int = 0) -> dict:
-    """Table 1 and diagnostics for ``checkpoint`` on ``split``; writes JSON, markdown and PNGs to ``out``."""
+             shards: str | None = None, workers: int = 0, seed: int = 0, guidance_steps: int = 0,
+             device: str | torch.device | None = None) -> dict:
+    """Table 1 and diagnostics for ``checkpoint`` on ``split``; writes JSON, markdown and PNGs to ``out``.
+
+    ``device``: where the model, the spectrograms and Griffin-Lim run (``weaktok.device.resolve_device``: default
+    cuda when available, else cpu; DeviceError when CUDA is asked for and absent)."""
+    from weaktok.device import resolve_device
     from weaktok.manifest import load_manifest
 
     t0 = time.time()
+    device = resolve_device(device)  # before anything is loaded or written: a missing GPU fails fast
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = G.load_model(checkpoint)
+    loaded = G.load_model(checkpoint, device)
     cfg, sr = loaded.cfg, loaded.cfg.audio.sample_rate
     shards = shards or cfg.data.shards
     target = load_manifest(shards)["lscore_target"]
-    torch.manual_seed(seed)  # Griffin-Lim's random phase init draws from the global generator
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # Griffin-Lim's random phase init draws from the global generator (every device's)
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     stats = G.cached_spectrum(loaded, shards)
     seconds = seconds or max(EVAL_SECONDS, cfg.audio.clip_seconds)
@@ -267,7 +278,8 @@ def evaluate(checkpoint: str | Path, out: str | Path, split: str = "test", max_i
              "recon_l1": float(np.mean(items["l1"])), "chunks": chunks,
              "target_ratio": cfg.model.chunking.target_ratio, "seconds": seconds, "guidance_steps": guidance_steps}
     t.update({"split": split, "clip_seconds": seconds, "recon_l1": extra["recon_l1"], "chunks": chunks,
-              "checkpoint": str(loaded.path), "chunking": cfg.model.chunking.kind, "lscore_mode": cfg.lscore.mode,
+              "checkpoint": str(loaded.path), "device": str(device), "chunking": cfg.model.chunking.kind,
+              "lscore_mode": cfg.lscore.mode,
               "generation": {"mask_fraction": mask_fraction, "steps": steps, "seed": seed,
                              "guidance_steps": guidance_steps},
               "seconds": round(time.time() - t0, 1)})

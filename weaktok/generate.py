@@ -2,6 +2,7 @@
 
     weaktok generate --checkpoint runs/demo/train --seed-audio loop.wav --out gen/    # seed-based
     weaktok generate --checkpoint runs/demo/train --unconditional --n 8 --out gen/    # unconditional
+    weaktok generate ... --device cuda:1    # default: cuda when torch sees a GPU, else cpu
 
 The paper's model is a reconstructing U-Net and never says what "unconditional" and "seed-based" generation are
 (DESIGN.md section 6). weaktok defines both as one procedure, in-painting a *hole* by iterative refinement: the
@@ -35,9 +36,15 @@ generated textures (measured on the demo model, 16 unconditional outputs, per-bi
 surrogate density 3.9 onsets/s = the target, librosa 5.9, +43 %). Guidance is control at generation time, not a
 property of the model: evaluate reports outputs with and without it.
 
-Waveforms come from Griffin-Lim (``SpecFrontEnd.inverse``). Per output the command writes ``<name>.wav`` and
-``<name>.png`` (the spectrogram with the chunk boundaries of the final pass: vertical lines at chunk starts,
-bottleneck frames x 8 -> spectrogram frames), and ``generate.json`` lists them.
+Waveforms come from Griffin-Lim (``SpecFrontEnd.inverse``), ``GL_BATCH`` outputs at a time. Per output the command
+writes ``<name>.wav`` and ``<name>.png`` (the spectrogram with the chunk boundaries of the final pass: vertical lines
+at chunk starts, bottleneck frames x 8 -> spectrogram frames), and ``generate.json`` lists them.
+
+Device (``device=`` / ``--device``; ``weaktok.device.resolve_device``: default cuda when available, else cpu): the
+model, the spectrogram front end, the prior noise (a generator on that device), refinement, guidance and Griffin-Lim
+all run there, in fp32; only the finished waveforms come back to the CPU to be written. The same seed gives the same
+outputs on the same device; CPU and CUDA draw different random numbers. Statistics cached beside model.pt are stored
+on the CPU, so a run folder works on either.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ MASK_FRACTION = 0.5  # seed-based: the last half of the seed is in-painted
 GUIDE_TERMS = (0, 3)  # L-Score guidance steers timbral and structural (see the module docstring)
 GUIDE_LR = 0.05  # Adam step on the log1p gain (log1p units ~ 0-6)
 SURROGATE_ITEMS = 96  # training items behind the guidance target
+GL_BATCH = 16  # outputs per Griffin-Lim call (bounds its memory: 16 x 8 s at n_fft 1024 ~ 0.5 GB)
 
 
 class CheckpointError(FileNotFoundError):
@@ -74,6 +82,7 @@ class Loaded:
     cfg: Config
     front: torch.nn.Module  # SpecFrontEnd
     path: Path  # the model.pt read
+    device: torch.device = torch.device("cpu")  # where model and front end live
 
 
 def model_path(checkpoint: str | Path) -> Path:
@@ -86,10 +95,13 @@ def model_path(checkpoint: str | Path) -> Path:
                           f"final/model.pt (train one with `weaktok train --config demo --out {p}`)")
 
 
-def load_model(checkpoint: str | Path, device: str = "cpu") -> Loaded:
+def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Loaded:
+    """The model and its front end on ``device`` (``resolve_device``: default cuda when available, else cpu)."""
     from weaktok.audio import SpecFrontEnd
+    from weaktok.device import resolve_device
     from weaktok.model import build_model
 
+    device = resolve_device(device)
     path = model_path(checkpoint)
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
@@ -102,7 +114,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> Loaded:
     model = build_model(cfg.model, front.n_freqs).to(device)
     model.load_state_dict(blob["model"])
     model.eval()
-    return Loaded(model, cfg, front, path)
+    return Loaded(model, cfg, front, path, device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,18 +123,17 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> Loaded:
 
 def cached_beside(loaded: Loaded, name: str, compute, valid=lambda stats: True) -> dict:
     """Statistics cached as ``name`` beside the model's model.pt: loaded when present and ``valid``, else computed
-    and saved (a read-only run folder is fine: they are recomputed next time)."""
+    and saved (a read-only run folder is fine: they are recomputed next time). Stored on the CPU, returned on the
+    model's device."""
     cache = loaded.path.parent / name
-    if cache.is_file():
-        stats = torch.load(cache, weights_only=True)
-        if valid(stats):
-            return stats
-    stats = compute()
-    try:
-        torch.save(stats, cache)
-    except OSError:
-        pass
-    return stats
+    stats = torch.load(cache, map_location="cpu", weights_only=True) if cache.is_file() else None
+    if stats is None or not valid(stats):
+        stats = {k: v.cpu() for k, v in compute().items()}
+        try:
+            torch.save(stats, cache)
+        except OSError:
+            pass
+    return {k: v.to(loaded.device) for k, v in stats.items()}
 
 
 def cached_spectrum(loaded: Loaded, shards: str | Path | None = None, components: int = PRIOR_COMPONENTS) -> dict:
@@ -152,13 +163,13 @@ class Guidance:
 def surrogate_target(loaded: Loaded, lscore: torch.nn.Module, shards: str | Path, seconds: float,
                      max_items: int = SURROGATE_ITEMS) -> dict:
     """Mean and std of the differentiable L-Score (``lscore``) over training-split crops of ``seconds``, cached
-    beside model.pt (surrogate_<seconds>s.pt)."""
+    beside model.pt (surrogate_<seconds>s.pt). ``lscore`` must be on the model's device."""
     from weaktok.data import eval_loader
 
     def compute() -> dict:
         front, scores = loaded.front, []
         for batch in eval_loader(str(shards), "train", 16, seconds):
-            scores.append(lscore(front.power(front(batch["audio"]))))  # (B, 4)
+            scores.append(lscore(front.power(front(batch["audio"].to(loaded.device)))))  # (B, 4)
             if sum(len(s) for s in scores) >= max_items:
                 break
         if not scores:
@@ -175,17 +186,18 @@ def make_guidance(loaded: Loaded, shards: str | Path, seconds: float, steps: int
     from weaktok.lscore.differentiable import DifferentiableLScore
 
     cfg = loaded.cfg
-    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
+    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length).to(loaded.device)
     t = surrogate_target(loaded, dl, shards, seconds)
     return Guidance(dl, loaded.front, t["mean"], t["std"], steps)
 
 
 def guide(y: torch.Tensor, hole: torch.Tensor, g: Guidance) -> torch.Tensor:
-    """y (B, F, T) -> y with a fitted per-item, per-frequency log1p gain added inside the hole (T,)."""
+    """y (B, F, T) -> y with a fitted per-item, per-frequency log1p gain added inside the hole (T,); on y's device
+    (``g`` must be there too: make_guidance puts it on the model's)."""
     from weaktok.lscore.loss import distribution_loss
 
-    y, terms = y.detach(), list(GUIDE_TERMS)
-    gain = torch.zeros(y.shape[0], y.shape[1], 1, requires_grad=True)  # (B, F, 1)
+    y, hole, terms = y.detach(), hole.to(y.device), list(GUIDE_TERMS)
+    gain = torch.zeros(y.shape[0], y.shape[1], 1, device=y.device, requires_grad=True)  # (B, F, 1)
     opt = torch.optim.Adam([gain], lr=GUIDE_LR)
     with torch.enable_grad():
         for _ in range(g.steps):
@@ -210,8 +222,11 @@ def sigmas(steps: int) -> list[float]:
 @torch.no_grad()
 def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: int = STEPS,
            gen: torch.Generator | None = None, guidance: Guidance | None = None):
-    """known (B, F, T) spectrograms, hole (T,) bool -> (output (B, F, T), ModelOutput of the last pass)."""
+    """known (B, F, T) spectrograms, hole (T,) bool -> (output (B, F, T), ModelOutput of the last pass).
+
+    Runs on known's device (the model and ``stats`` must be there; ``gen`` may be on any device)."""
     B, _, T = known.shape
+    hole = hole.to(known.device)
     ss = sigmas(steps) + [0.0]
     x = torch.where(hole, sample_prior(stats, B, T, gen), known)  # (B, F, T)
     for k in range(steps):
@@ -230,18 +245,19 @@ def seed_based(model, spec: torch.Tensor, stats: dict, mask_fraction: float = MA
     return refine(model, spec, seed_hole(spec.shape[-1], mask_fraction), stats, steps, gen, guidance)
 
 
-def seed_hole(frames: int, mask_fraction: float = MASK_FRACTION) -> torch.Tensor:
+def seed_hole(frames: int, mask_fraction: float = MASK_FRACTION, device: torch.device | str = "cpu") -> torch.Tensor:
     """(frames,) bool: the last ``mask_fraction`` of the frames."""
-    hole = torch.zeros(frames, dtype=torch.bool)
+    hole = torch.zeros(frames, dtype=torch.bool, device=device)
     hole[frames - int(round(mask_fraction * frames)):] = True
     return hole
 
 
 def unconditional(model, stats: dict, n: int, frames: int, steps: int = STEPS, gen: torch.Generator | None = None,
                   guidance: Guidance | None = None):
-    """n outputs of ``frames`` frames: the whole clip is the hole."""
-    known = torch.zeros(n, stats["mean"].shape[0], frames)
-    return refine(model, known, torch.ones(frames, dtype=torch.bool), stats, steps, gen, guidance)
+    """n outputs of ``frames`` frames: the whole clip is the hole (on the device of ``stats``)."""
+    dev = stats["mean"].device
+    known = torch.zeros(n, stats["mean"].shape[0], frames, device=dev)
+    return refine(model, known, torch.ones(frames, dtype=torch.bool, device=dev), stats, steps, gen, guidance)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,7 +272,8 @@ def chunk_start_frames(out, i: int) -> np.ndarray:
 
 def save_outputs(loaded: Loaded, specs: torch.Tensor, out, names: list[str], folder: str | Path,
                  title: str) -> list[dict]:
-    """Griffin-Lim each spectrogram to <folder>/<name>.wav and draw <name>.png; returns one record per output."""
+    """Griffin-Lim the spectrograms (``GL_BATCH`` at a time, on their device) to <folder>/<name>.wav and draw
+    <name>.png; returns one record per output."""
     from tqdm import tqdm
 
     from weaktok.audio import write_wav
@@ -265,16 +282,21 @@ def save_outputs(loaded: Loaded, specs: torch.Tensor, out, names: list[str], fol
     folder = Path(folder)
     front, sr = loaded.front, loaded.cfg.audio.sample_rate
     records = []
-    for i, name in enumerate(tqdm(names, desc="griffin-lim", unit="clip", leave=False)):
-        wave = front.inverse(specs[i : i + 1])[0].cpu().numpy()  # (N,)
-        peak = float(np.abs(wave).max())
-        if peak > 0.99:  # GL can overshoot: scale rather than clip
-            wave = wave * (0.99 / peak)
-        write_wav(folder / f"{name}.wav", wave, sr)
-        starts = chunk_start_frames(out, i)
-        plot_spectrogram(specs[i], starts, folder / f"{name}.png", front.frame_seconds, sr, f"{title} {name}")
-        records.append({"name": name, "wav": f"{name}.wav", "png": f"{name}.png", "chunks": int(len(starts)),
-                        "rms": float(np.sqrt(np.mean(wave ** 2)))})
+    bar = tqdm(total=len(names), desc="griffin-lim", unit="clip", leave=False)
+    for first in range(0, len(names), GL_BATCH):
+        waves = front.inverse(specs[first : first + GL_BATCH]).cpu().numpy()  # (b, N)
+        for i, wave in enumerate(waves, first):
+            name, peak = names[i], float(np.abs(wave).max())
+            if peak > 0.99:  # GL can overshoot: scale rather than clip
+                wave = wave * (0.99 / peak)
+            write_wav(folder / f"{name}.wav", wave, sr)
+            starts = chunk_start_frames(out, i)
+            plot_spectrogram(specs[i].cpu(), starts, folder / f"{name}.png", front.frame_seconds, sr,
+                             f"{title} {name}")
+            records.append({"name": name, "wav": f"{name}.wav", "png": f"{name}.png", "chunks": int(len(starts)),
+                            "rms": float(np.sqrt(np.mean(wave ** 2)))})
+            bar.update(1)
+    bar.close()
     return records
 
 
@@ -282,14 +304,19 @@ def save_outputs(loaded: Loaded, specs: torch.Tensor, out, names: list[str], fol
 # Seeds from files
 
 
-def seed_spectrogram(path: str | Path, loaded: Loaded, seconds: float) -> torch.Tensor:
-    """A seed audio file -> (1, F, T) log1p spectrogram of ``seconds`` (loop-tiled if shorter)."""
+def seed_wave(path: str | Path, sr: int, seconds: float) -> np.ndarray:
+    """A seed audio file -> (N,) waveform of ``seconds`` at ``sr`` (loop-tiled if shorter, cropped if longer)."""
     from weaktok.audio import load_audio
 
-    sr = loaded.cfg.audio.sample_rate
     y = load_audio(path, sr)  # AudioError names the file
-    y = np.resize(y, int(round(seconds * sr)))  # tiles a short loop, crops a long one
-    return loaded.front(torch.from_numpy(y))
+    return np.resize(y, int(round(seconds * sr)))  # tiles a short loop, crops a long one
+
+
+def seed_spectrogram(path: str | Path, loaded: Loaded, seconds: float) -> torch.Tensor:
+    """A seed audio file -> (1, F, T) log1p spectrogram of ``seconds`` (loop-tiled if shorter), on the model's
+    device."""
+    y = seed_wave(path, loaded.cfg.audio.sample_rate, seconds)
+    return loaded.front(torch.from_numpy(y).to(loaded.device))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,22 +325,29 @@ def seed_spectrogram(path: str | Path, loaded: Loaded, seconds: float) -> torch.
 
 def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | None = None, n: int = 8,
              seconds: float | None = None, steps: int | None = None, mask_fraction: float = MASK_FRACTION,
-             seed: int = 0, shards: str | None = None, guidance_steps: int = 0) -> dict:
-    """Write seed-based outputs (one per ``seed_audio`` file) or ``n`` unconditional ones to ``out``."""
+             seed: int = 0, shards: str | None = None, guidance_steps: int = 0,
+             device: str | torch.device | None = None) -> dict:
+    """Write seed-based outputs (one per ``seed_audio`` file) or ``n`` unconditional ones to ``out``, computed in
+    one batch on ``device`` (``weaktok.device.resolve_device``: default cuda when available, else cpu; DeviceError
+    when CUDA is asked for and absent)."""
+    from weaktok.device import resolve_device
+
     if (steps is not None and steps < 1) or not 0 < mask_fraction <= 1 or n < 1 or guidance_steps < 0:
         raise ValueError(f"need steps >= 1, 0 < mask_fraction <= 1, n >= 1 and guidance_steps >= 0 (got {steps}, "
                          f"{mask_fraction}, {n}, {guidance_steps})")
-    loaded = load_model(checkpoint)
+    device = resolve_device(device)  # before anything is loaded: a missing GPU fails fast
+    loaded = load_model(checkpoint, device)
     cfg = loaded.cfg
     seconds = seconds or cfg.audio.clip_seconds
-    torch.manual_seed(seed)  # Griffin-Lim's random phase init draws from the global generator
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # Griffin-Lim's random phase init draws from the global generator (every device's)
+    gen = torch.Generator(device=device).manual_seed(seed)
     out = Path(out)
     stats = cached_spectrum(loaded, shards)
     steps = steps or STEPS
     guidance = make_guidance(loaded, shards or cfg.data.shards, seconds, guidance_steps)
     if seed_audio:
-        specs = torch.cat([seed_spectrogram(p, loaded, seconds) for p in seed_audio])  # (S, F, T)
+        waves = np.stack([seed_wave(p, cfg.audio.sample_rate, seconds) for p in seed_audio])  # (S, N)
+        specs = loaded.front(torch.from_numpy(waves).to(device))  # (S, F, T)
         y, mo = seed_based(loaded.model, specs, stats, mask_fraction, steps, gen, guidance)
         names = [f"seed_{i:02d}_{Path(p).stem}" for i, p in enumerate(seed_audio)]
         mode = "seed"
@@ -323,7 +357,7 @@ def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | No
         names = [f"uncond_{i:02d}" for i in range(n)]
         mode = "unconditional"
     records = save_outputs(loaded, y, mo, names, out, mode)
-    summary = {"mode": mode, "checkpoint": str(loaded.path), "seconds": seconds, "steps": steps,
+    summary = {"mode": mode, "checkpoint": str(loaded.path), "device": str(device), "seconds": seconds, "steps": steps,
                "mask_fraction": mask_fraction if seed_audio else None, "seed": seed, "guidance_steps": guidance_steps,
                "seed_audio": [str(p) for p in seed_audio or []], "outputs": records}
     (out / "generate.json").write_text(json.dumps(summary, indent=2))

@@ -23,14 +23,15 @@ def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: 
     """Second-order statistics of the log1p spectrogram frames of a split (the prior noise).
 
     Returns mean (F,), the top ``components`` principal spectral shapes (k, F) with their std (k,) and
-    frame-to-frame (lag-1) correlation (k,), and the per-frequency std they leave unexplained (F,)."""
+    frame-to-frame (lag-1) correlation (k,), and the per-frequency std they leave unexplained (F,); computed on
+    the front end's device, and returned there."""
     from weaktok.data import eval_loader
 
-    F = front.n_freqs
-    s1, s2 = torch.zeros(F, dtype=torch.float64), torch.zeros(F, F, dtype=torch.float64)
-    lag, n, n_lag, items = torch.zeros(F, F, dtype=torch.float64), 0, 0, 0
+    F, dev = front.n_freqs, front.device
+    s1, s2 = torch.zeros(F, dtype=torch.float64, device=dev), torch.zeros(F, F, dtype=torch.float64, device=dev)
+    lag, n, n_lag, items = torch.zeros(F, F, dtype=torch.float64, device=dev), 0, 0, 0
     for batch in eval_loader(str(shards), split, 16, clip_seconds):
-        x = front(batch["audio"]).transpose(1, 2).double()  # (B, T, F)
+        x = front(batch["audio"].to(dev)).transpose(1, 2).double()  # (B, T, F)
         flat = x.reshape(-1, F)  # (B*T, F)
         s1 += flat.sum(0)
         s2 += flat.T @ flat
@@ -45,7 +46,7 @@ def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: 
     cov1 = lag / n_lag - torch.outer(mean, mean)  # (F, F) lag-1 cross-covariance
     var, vecs = torch.linalg.eigh(cov)  # ascending
     k = min(components, F)
-    u = vecs[:, -k:].flip(1).T if k else torch.zeros(0, F, dtype=torch.float64)  # (k, F)
+    u = vecs[:, -k:].flip(1).T if k else torch.zeros(0, F, dtype=torch.float64, device=dev)  # (k, F)
     comp_var = var.flip(0)[:k].clamp_min(1e-12)  # (k,)
     rho = (torch.einsum("kf,fg,kg->k", u, cov1, u) / comp_var).clamp(0, 0.999)  # (k,)
     resid = (cov.diagonal() - (comp_var[:, None] * u ** 2).sum(0)).clamp_min(0)  # (F,)
@@ -55,11 +56,14 @@ def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: 
 
 def sample_prior(stats: dict, n: int, frames: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """(n, F, frames) log1p spectrograms of noise shaped like the corpus: mean + principal shapes whose
-    coefficients follow an AR(1) in time with the corpus' std and lag-1 correlation + independent residual."""
+    coefficients follow an AR(1) in time with the corpus' std and lag-1 correlation + independent residual.
+
+    On the device of ``stats``; the random draws come from ``gen`` on its own device (moved if that differs)."""
     u, sd, rho = stats["components"], stats["comp_std"], stats["comp_rho"]  # (k, F), (k,), (k,)
     k = u.shape[0]
     dev = u.device
-    eps = torch.randn(n, k, frames, generator=gen, device=dev)  # (n, k, T)
+    draw = gen.device if gen is not None else dev  # torch.randn needs the generator's device
+    eps = torch.randn(n, k, frames, generator=gen, device=draw).to(dev)  # (n, k, T)
     c = torch.empty_like(eps)
     c[..., 0] = eps[..., 0]
     a, b = rho[None, :], (1 - rho ** 2).sqrt()[None, :]
@@ -67,5 +71,5 @@ def sample_prior(stats: dict, n: int, frames: int, gen: torch.Generator | None =
         c[..., t] = a * c[..., t - 1] + b * eps[..., t]
     shaped = torch.einsum("kf,nkt->nft", u, c * sd[None, :, None])  # (n, F, T)
     resid = stats["resid_std"][None, :, None] * torch.randn(n, u.shape[1], frames, generator=gen,
-                                                            device=dev)
+                                                            device=draw).to(dev)
     return (stats["mean"][None, :, None] + shaped + resid).clamp_min(0)

@@ -6,6 +6,10 @@ epoch every worker calls ``ray.train.report`` (Ray requires all to): metrics fro
 the epoch's DeepSpeed checkpoint from one worker per node, so Ray's storage holds a complete copy. After a worker
 failure Ray restarts the group (``max_failures``) and the loop resumes from the newest checkpoint: the local one in
 ``<out>/checkpoints`` or, where that is missing (a fresh node), the last one Ray persisted.
+
+GPUs: ``gpus_per_worker`` ``auto`` (default: 1 when the Ray cluster reports GPU resources, else 0), 0 or 1. With a
+GPU each worker requests ``{"CPU": cpus_per_worker, "GPU": 1}`` (``use_gpu``) and the process group is NCCL (bf16
+under ``train.precision: auto``); without, CPUs only and gloo (``worker_resources``).
 """
 
 from __future__ import annotations
@@ -64,25 +68,43 @@ def train_loop_per_worker(config: dict) -> None:
     train(cfg, out, hooks=[RayReport(config.get("lscore_weight"))])
 
 
-def run_ray_train(config: str, overrides: list[str], out: str, workers: int = 2, use_gpu: bool = False,
+def worker_resources(cpus_per_worker: float, gpus_per_worker: float) -> dict:
+    """Ray Train settings for workers with these resources: ``use_gpu``, ``resources_per_worker`` (GPU left out
+    when 0) and the process-group ``backend`` (nccl with GPUs, gloo without)."""
+    use_gpu = gpus_per_worker > 0
+    return {"use_gpu": use_gpu, "backend": "nccl" if use_gpu else "gloo",
+            "resources_per_worker": {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}}
+
+
+def run_ray_train(config: str, overrides: list[str], out: str, workers: int = 2, use_gpu: bool | None = None,
                   cpus_per_worker: float = 1.0, max_failures: int = 0, storage_path: str | None = None,
-                  address: str | None = None):
-    """Validate the config, connect to Ray, run a TorchTrainer with ``workers`` workers; returns the Result."""
+                  address: str | None = None, gpus_per_worker: float | str = "auto"):
+    """Validate the config, connect to Ray, run a TorchTrainer with ``workers`` workers; returns the Result.
+
+    ``gpus_per_worker``: "auto" (1 if the cluster reports GPUs, else 0), 0 or 1; ``use_gpu`` (True/False), when
+    given, wins (the older spelling)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
+
     cfg: Config = load_config(config, overrides)  # fail fast, before any worker starts
+    setting = gpus_setting(int(use_gpu) if use_gpu is not None else gpus_per_worker, "gpus_per_worker", whole=True)
     out_path = Path(out).resolve()
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
+    cluster = ray.cluster_resources()
+    w = worker_resources(cpus_per_worker, resolve_gpus(setting, cluster))
+    print(f"[weaktok] ray train: {describe_gpus(setting, w['resources_per_worker'].get('GPU', 0), cluster)}; "
+          f"{workers} workers x {w['resources_per_worker']}, {w['backend']}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "overrides": list(overrides), "out": str(out_path),
-                           "use_gpu": use_gpu, "resolved": to_dict(cfg)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", init_method="env",
+                           "use_gpu": w["use_gpu"], "resolved": to_dict(cfg)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=w["use_gpu"],
+                                     resources_per_worker=w["resources_per_worker"]),
+        torch_config=TorchConfig(backend=w["backend"], init_method="env",
                                  timeout_s=int(cfg.train.dist_timeout_s)),  # Ray makes the group: pass the bound
         run_config=RunConfig(name=f"weaktok-{out_path.name}",
                              storage_path=str(Path(storage_path).resolve()) if storage_path else str(out_path / "ray"),

@@ -10,6 +10,11 @@ ASHA (time attribute: epoch) stops bad trials early. Each trial's placement grou
 the CPUs of its L-Score actors, so trials never starve each other. An interrupted sweep resumes with
 ``--resume`` (``Tuner.restore``). At the end: ``results.csv`` (every trial's config and last metrics),
 ``best_config.yaml`` (ready for ``weaktok train --config``), ``objective_vs_params.png``.
+
+GPUs: ``resources.gpus_per_worker`` in the space file, ``auto`` (default: 1 when the Ray cluster reports GPU
+resources, else 0) or a number (single-process trials: 0 to 1, fractions share a GPU; multi-worker trials: 0 or 1).
+A single-process trial requests ``{"CPU": cpus_per_worker, "GPU": g}``; a multi-worker trial's Ray Train workers
+request the same each (``use_gpu``, NCCL) or CPUs only (gloo). ``trial_resources`` resolves it, without Ray.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class SweepSpec:
     workers: int = 1
     cpus_per_worker: float = 1.0
     pool_actors: int = 1
+    gpus_per_worker: float | str = "auto"  # "auto": 1 if the Ray cluster has GPUs, else 0 (weaktok.device)
     extra: dict = field(default_factory=dict)
 
 
@@ -47,7 +53,12 @@ class SweepSpec:
 # The search space: YAML -> SweepSpec, checked against the config schema before anything runs
 
 
+RESOURCE_KEYS = ("workers", "cpus_per_worker", "pool_actors", "gpus_per_worker")
+
+
 def load_space(path: str | Path, num_samples: int | None = None) -> SweepSpec:
+    from weaktok.device import gpus_setting
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"search space file not found: {path}")
@@ -65,6 +76,10 @@ def load_space(path: str | Path, num_samples: int | None = None) -> SweepSpec:
     for key, dist in space.items():
         _check_distribution(path, key, dist)
     res, asha, obj = raw.get("resources") or {}, raw.get("asha") or {}, raw.get("objective") or {}
+    unknown = set(res) - set(RESOURCE_KEYS) if isinstance(res, dict) else {"(not a mapping)"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown resources key(s) {', '.join(sorted(unknown))}; allowed: "
+                          f"{', '.join(RESOURCE_KEYS)}")
     spec = SweepSpec(space=space, num_samples=int(num_samples or raw.get("num_samples", 8)),
                      max_concurrent=int(raw.get("max_concurrent", 0)),
                      lscore_weight=float(obj.get("lscore_weight", 0.1)),
@@ -74,7 +89,25 @@ def load_space(path: str | Path, num_samples: int | None = None) -> SweepSpec:
     if spec.num_samples < 1 or spec.workers < 1 or spec.grace_period < 1 or spec.reduction_factor < 2:
         raise ConfigError(f"{path}: need num_samples >= 1, resources.workers >= 1, asha.grace_period >= 1, "
                           "asha.reduction_factor >= 2")
+    spec.gpus_per_worker = gpus_setting(res.get("gpus_per_worker", "auto"), f"{path}: resources.gpus_per_worker",
+                                        whole=spec.workers > 1)
     return spec
+
+
+def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> tuple[list[dict], float]:
+    """(placement-group bundles of one trial, GPUs per training worker) on a cluster with these resources
+    (``ray.cluster_resources()``). Single-process trials: the first bundle is the training process,
+    ``{"CPU": cpus_per_worker, "GPU": g}`` (GPU left out when 0); multi-worker trials: it is the Ray Train driver
+    (half a CPU), the workers are placed by Ray Train (``weaktok.ray_train.worker_resources``). Then one CPU per
+    L-Score actor."""
+    from weaktok.device import resolve_gpus
+
+    gpus = resolve_gpus(spec.gpus_per_worker, cluster)
+    if spec.workers == 1:
+        first = {"CPU": spec.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
+    else:
+        first = {"CPU": 0.5}
+    return [first] + [{"CPU": 1.0}] * spec.pool_actors, gpus
 
 
 def _check_distribution(path: Path, key: str, dist: Any) -> None:
@@ -157,8 +190,9 @@ class TuneReport:
 
 
 def run_trial(params: dict, config: str, overrides: list[str], lscore_weight: float, workers: int,
-              cpus_per_worker: float) -> None:
-    """The Tune trainable: one real training run with this trial's parameters."""
+              cpus_per_worker: float, gpus_per_worker: float = 0.0) -> None:
+    """The Tune trainable: one real training run with this trial's parameters (``gpus_per_worker``: resolved,
+    see trial_resources; a single-process trial trains on the GPU Ray gave it, if any)."""
     from ray import tune
 
     ctx = tune.get_context()
@@ -177,23 +211,26 @@ def run_trial(params: dict, config: str, overrides: list[str], lscore_weight: fl
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         train(load_config(config, trial_overrides), out, hooks=[TuneReport(lscore_weight)])
         return
-    _run_trial_on_ray_train(config, trial_overrides, out, lscore_weight, workers, cpus_per_worker)
+    _run_trial_on_ray_train(config, trial_overrides, out, lscore_weight, workers, cpus_per_worker, gpus_per_worker)
 
 
-def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus_per_worker) -> None:
-    """A multi-worker trial: Ray Train nested in Tune (driver function + TuneReportCallback)."""
+def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus_per_worker,
+                            gpus_per_worker: float = 0.0) -> None:
+    """A multi-worker trial: Ray Train nested in Tune (driver function + TuneReportCallback); NCCL on GPUs."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from weaktok.ray_train import train_loop_per_worker
+    from weaktok.ray_train import train_loop_per_worker, worker_resources
 
+    w = worker_resources(cpus_per_worker, gpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "overrides": overrides, "out": str(out), "use_gpu": False,
+        train_loop_config={"config": config, "overrides": overrides, "out": str(out), "use_gpu": w["use_gpu"],
                            "lscore_weight": lscore_weight},
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
-        torch_config=TorchConfig(backend="gloo", init_method="env",
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=w["use_gpu"],
+                                     resources_per_worker=w["resources_per_worker"]),
+        torch_config=TorchConfig(backend=w["backend"], init_method="env",
                                  timeout_s=int(load_config(config, overrides).train.dist_timeout_s)),
         run_config=RunConfig(name="train", storage_path=str(out / "ray"), callbacks=[TuneReportCallback()]),
     )
@@ -260,6 +297,8 @@ def run_sweep(config: str, space_path: str | Path, out: str | Path, overrides: l
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from weaktok.device import describe_gpus
+
     overrides = list(overrides or [])
     spec = load_space(space_path, num_samples)
     check_against_config(config, overrides, spec)  # fail fast, before Ray starts
@@ -270,10 +309,13 @@ def run_sweep(config: str, space_path: str | Path, out: str | Path, overrides: l
     if not ray.is_initialized():
         addr = address or os.environ.get("RAY_ADDRESS")
         ray.init(address=addr, **({} if addr else {"num_cpus": num_cpus}))
-    bundles = [{"CPU": spec.cpus_per_worker if spec.workers == 1 else 0.5}] + [{"CPU": 1.0}] * spec.pool_actors
+    cluster = ray.cluster_resources()
+    bundles, gpus = trial_resources(spec, cluster)
+    print(f"[weaktok] sweep: {describe_gpus(spec.gpus_per_worker, gpus, cluster)}; trial bundles {bundles}",
+          flush=True)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, config=config, overrides=overrides, lscore_weight=spec.lscore_weight,
-                             workers=spec.workers, cpus_per_worker=spec.cpus_per_worker),
+                             workers=spec.workers, cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=gpus),
         tune.PlacementGroupFactory(bundles, strategy="PACK"))
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
