@@ -21,7 +21,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from weaktok.bench import run_sections
 
-    return run_sections(args.sections, out_dir=args.out, quick=args.quick)
+    return run_sections(args.sections, out_dir=args.out, quick=args.quick, shards=args.shards,
+                        compile_backend=args.compile_backend, no_compile=args.no_compile, overrides=args.overrides)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -98,11 +99,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         s = generate(args.checkpoint, args.out, seed_audio=args.seed_audio, n=args.n, seconds=args.seconds,
                      steps=args.steps, mask_fraction=args.mask_fraction, seed=args.seed, shards=args.shards,
-                     guidance_steps=args.guidance_steps)
+                     guidance_steps=args.guidance_steps, device=args.device)
     except _user_errors() as e:
         print(f"weaktok generate: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(s['outputs'])} {s['mode']} outputs (WAV + PNG) to {args.out}")
+    print(f"wrote {len(s['outputs'])} {s['mode']} outputs (WAV + PNG) to {args.out} (device {s['device']})")
     return 0
 
 
@@ -112,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_uncond=args.n_uncond,
                  seconds=args.seconds, shards=args.shards, workers=args.workers, seed=args.seed,
-                 guidance_steps=args.guidance_steps)
+                 guidance_steps=args.guidance_steps, device=args.device)
     except _user_errors() as e:
         print(f"weaktok evaluate: {e}", file=sys.stderr)
         return 2
@@ -149,6 +150,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"weaktok demo: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="cpu, cuda or cuda:N: where the model, the spectrograms and Griffin-Lim run (default: cuda "
+                        "when torch sees a GPU, else cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"sections to run (default: all): {', '.join(SECTIONS)}")
     p.add_argument("--out", default="bench_results", help="folder for <section>.json (default: bench_results)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (smoke test)")
+    p.add_argument("--shards", default=None, help="shard folder for the end-to-end runs (train, gpu; default: a "
+                   "small set built once under bench_results/)")
+    p.add_argument("--compile-backend", default="inductor",
+                   choices=["inductor", "aot_eager", "eager", "cudagraphs"],
+                   help="torch.compile backend of gpu's compiled bare step (default inductor)")
+    p.add_argument("--no-compile", action="store_true", help="gpu: skip the torch.compile'd bare step")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="gpu: config override for the end-to-end run, repeatable (e.g. --set data.batch_size=128)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("generate", help="seed-based in-painting or unconditional generation: WAVs + spectrogram PNGs "
@@ -226,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-steps", type=int, default=0,
                    help="L-Score guidance: Adam steps fitting the outputs' timbral/structural terms to real audio "
                         "(default 0 = off; 60 is a good value; see generate.py)")
+    _device_argument(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="the paper's Table 1 (L-Score of generated outputs vs target), recon loss, "
@@ -243,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-steps", type=int, default=0,
                    help="also score outputs with L-Score guidance of this many steps (Uncond+G, Seed+G columns; "
                         "default 0 = off)")
+    _device_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="train + evaluate variants: dynamic vs fixed chunking, surrogate vs paper "
