@@ -63,9 +63,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from weaktok.launch import single_process_env
     from weaktok.train import train
 
+    from weaktok.manifest import ShardsError
+    from weaktok.train import CheckpointError
+
     cfg = load_config(args.config, args.overrides)  # validated before anything starts
     os.environ.update(single_process_env(os.environ))
-    train(cfg, args.out)
+    try:
+        train(cfg, args.out)
+    except (CheckpointError, ShardsError) as e:  # ConfigMismatchError is a ConfigError too: exit 2 in main()
+        if isinstance(e, ConfigError):
+            raise
+        print(f"weaktok train: {'checkpoint' if isinstance(e, CheckpointError) else 'shards'} error: {e}",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from weaktok.config import Config, ConfigError
 from weaktok.lscore.exact import LSCORE_NAMES
+from weaktok.train.hooks import TrainHooks
 
 FALLBACK_TRIES = 20
 URL_FILE = "metrics_url.txt"
@@ -91,7 +92,7 @@ class MetricsPortInUse(ConfigError):
     """The metrics port (``metrics.port``) is taken: a clear, user-fixable error raised before training starts."""
 
 
-class MetricsExporter:
+class MetricsExporter(TrainHooks):
     """A train hook that keeps the run's Prometheus metrics and serves them (see the module docstring)."""
 
     def __init__(self, cfg: Config, out: str | Path, rank: int = 0, local_rank: int = 0, world: int = 1,

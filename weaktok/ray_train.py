@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 
 from weaktok.config import Config, load_config, to_dict
+from weaktok.train.hooks import TrainHooks
 
 
-class RayReport:
+class RayReport(TrainHooks):
     """Train-loop hook: report each epoch's validation record and checkpoint to Ray Train.
 
     ``lscore_weight``: inside a sweep, also report the sweep's objective (see weaktok.sweep.sweep_metrics)."""
