@@ -359,16 +359,10 @@ def test_real_prometheus_scrapes_a_real_training_run(shards, tmp_path):
     run_dir, train_log, prom_log = tmp_path / "run", tmp_path / "train.log", tmp_path / "prometheus.log"
     trainer = prom = None
     try:
-        with open(train_log, "w") as f:
-            trainer = subprocess.Popen(_train_cmd(run_dir, shards), cwd=REPO, env=cpu_env(), stdout=f,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        url_file = run_dir / URL_FILE
-        metrics_url = _wait_for(lambda: url_file.is_file() and url_file.read_text().strip(), 120, URL_FILE,
-                                trainer, train_log)
-        assert metrics_url.startswith("http://127.0.0.1:") and f"metrics at {metrics_url}" in train_log.read_text()
-        target = urllib.parse.urlparse(metrics_url).netloc
-
-        prom_port = free_port()
+        # Prometheus first, scraping the port the trainer will serve on: it sees the whole run, however fast the
+        # run is (started after the trainer, it could miss a short run on an idle machine: a race, not a test)
+        metrics_port, prom_port = free_port(), free_port()
+        target = f"127.0.0.1:{metrics_port}"
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "500ms", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "weaktok", "static_configs": [{"targets": [target]}]}]}))
@@ -379,6 +373,14 @@ def test_real_prometheus_scrapes_a_real_training_run(shards, tmp_path):
                                     stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{prom_port}"
         _wait_for(lambda: _ready(f"{base}/-/ready"), 60, "prometheus ready", prom, prom_log)
+
+        with open(train_log, "w") as f:
+            trainer = subprocess.Popen(_train_cmd(run_dir, shards, f"metrics.port={metrics_port}"), cwd=REPO,
+                                       env=cpu_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        url_file = run_dir / URL_FILE
+        metrics_url = _wait_for(lambda: url_file.is_file() and url_file.read_text().strip(), 120, URL_FILE,
+                                trainer, train_log)
+        assert metrics_url == f"http://{target}/metrics" and f"metrics at {metrics_url}" in train_log.read_text()
 
         live = _wait_for(lambda: _logged(metrics_url), 240, "a logged step", trainer, train_log)
         assert value(live, "weaktok_loss", term="recon") > 0  # the live endpoint of the running trainer

@@ -157,3 +157,17 @@ def test_nan_loss_steps_are_skipped_and_counted(shards, tmp_path):
     assert all(r["loss"] == r["loss"] for r in train)  # no NaN was ever applied or logged as the step loss
     val = [r for r in m if r["kind"] == "val"][-1]
     assert val["step"] == 4 and val["val_recon"] == val["val_recon"]  # 6 batches - 2 skipped = 4 steps, finite
+
+
+def test_compiled_training_runs_through_deepspeed(shards, tmp_path):
+    """train.compile=true: the model is compiled by DeepSpeed's engine.compile and trains, checkpoints and exports.
+    aot_eager traces the same graphs inductor would compile (inductor's C++ build takes minutes on 2 cores); the
+    graph-level properties (no graph break, no recompile across batches) are checked in tests/test_compile.py."""
+    out = tmp_path / "run"
+    run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
+         "train.epochs=1", "data.samples_per_epoch=16", "train.compile=true", "train.compile_backend=aot_eager",
+         *FAST], env=cpu_env(), cwd=REPO)
+    train = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert train and all(r["loss"] == r["loss"] for r in train)
+    weights = torch.load(out / "final" / "model.pt", weights_only=True)["model"]
+    assert "chunker.q_proj.weight" in weights  # compiling in place keeps the parameter names
