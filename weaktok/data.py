@@ -237,7 +237,8 @@ def train_loader(shards: str, batch_size: int, clip_seconds: float, samples_per_
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed + 1_000_003 * epoch, deterministic=True),
         partial(tar_samples, tally=tally, max_barren=max_barren),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64)),
+        # seeded: without a seed webdataset seeds from pid and time, and a run could not be repeated
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64), seed=seed + 7_919 * epoch),
         partial(decode_samples, tally=tally, sample_rate=sr),
         partial(random_crops, n=n, seed=seed + epoch),
         partial(batched, tally=tally, batch_size=batch_size, partial_last=False, lookahead=False),
