@@ -21,7 +21,7 @@ def test_ablation_compares_chunking_and_lscore_mode(tmp_path, monkeypatch):
     v = summary["variants"]
     assert set(v) == {"dynamic", "fixed", "paper"}
     for name, r in v.items():
-        assert (out / name / "final" / "model.pt").is_file() and len(r["table1"]["seed"]) == 4
+        assert (out / name / "final" / "model.pt").is_file() and len(r["table1"]["seed"]["pooled"]["mean"]) == 4
     cfgs = {n: yaml.safe_load((out / n / "config.yaml").read_text()) for n in v}
     assert cfgs["fixed"]["model"]["chunking"]["kind"] == "fixed"
     assert cfgs["fixed"]["model"]["chunking"]["fixed_stride"] == 3  # tiny: target_ratio 3

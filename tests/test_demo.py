@@ -28,11 +28,15 @@ def test_quick_demo_end_to_end_then_reuse(tmp_path):
     timings = json.loads((out / "timings.json").read_text())["timings"]
     assert set(timings) >= {"corpus", "shards", "train", "evaluate", "generate", "report", "total"}
     table = json.loads((out / "eval" / "table1.json").read_text())
-    assert len(table["uncond"]) == len(table["seed"]) == len(table["target"]) == 4
+    for mode in ("uncond", "seed"):  # Table 1 on the held-out eval split, with its baselines
+        assert len(table[mode]["pooled"]["mean"]) == len(table["target"][mode]["mean"]) == 4
+        assert table["baselines"]["data"][mode]["n"] == 24  # the quick demo's eval corpus: every item scored
+    assert table["split"] == "eval" and table["eval_shards"].endswith("shards-eval")
     assert len(list((out / "generate" / "unconditional").glob("*.wav"))) == 2
     assert len(list((out / "generate" / "seed").glob("*.png"))) == 1
 
     again = run([venv_bin("weaktok"), "demo", "--quick", "--out", str(out)], env=cpu_env(), cwd=REPO, timeout=300)
     for what in ("the corpus", "the shards", "the finished run"):
         assert f"reusing {what}" in again.stdout
+    assert again.stdout.count("reusing the corpus") == again.stdout.count("reusing the shards") == 2  # train + eval
     assert "DeepSpeed ranks" not in again.stdout  # no training the second time

@@ -89,8 +89,10 @@ def test_exporter_serves_what_the_hooks_feed(tmp_path):
                   "pool": {"queue_depth": 2, "max_in_flight": 4, "num_actors": 2, "submitted": 3, "dropped": 1,
                            "clips_scored": 4, "turnaround_s_per_clip": 1.5, "worker_s_per_clip": 0.5}})
         e.on_validation({"kind": "val", "step": 4, "epoch": 1, "val_recon": 0.9, "val_boundary_rate": 0.25,
-                         "val_mean_chunk_len": 4.0, "val_items": 8, "val_lscore_exact": [1, 2, 3, 4],
-                         "val_lscore_target": [0.5, 2.0, 0.3, 0.7], "val_lscore_rel_err": [1, 0, 9, 4.7]})
+                         "val_mean_chunk_len": 4.0, "val_items": 8, "val_gen_uncond_lscore": [1, 2, 3, 4],
+                         "val_gen_seed_lscore": [5, 6, 7, 8], "val_gen_target": [0.5, 2.0, 0.3, 0.7],
+                         "val_gen_uncond_rel_err": [1, 0, 9, 4.7], "val_gen_seed_rel_err": [2, 1, 3, 0.5],
+                         "val_gen_std_dist_total": 2.5, "val_gen_rel_err_mean": 2.65})
         e.on_checkpoint(tmp_path / "ck", {"step": 4})
         e.on_epoch_end({}, tmp_path / "ck")
         s = scrape(e.url)
@@ -120,7 +122,10 @@ def test_exporter_serves_what_the_hooks_feed(tmp_path):
     assert value(s, "weaktok_lscore_pool_dropped_total") == 1 and value(s, "weaktok_lscore_pool_submitted_total") == 3
     assert value(s, "weaktok_lscore_pool_seconds_per_clip", kind="turnaround") == 1.5
     assert value(s, "weaktok_val_recon") == 0.9 and value(s, "weaktok_val_mean_chunk_length") == 4.0
-    assert value(s, "weaktok_val_lscore_rel_err", term="irregularity") == 9
+    assert value(s, "weaktok_val_gen_rel_err", mode="uncond", term="irregularity") == 9
+    assert value(s, "weaktok_val_gen_rel_err", mode="seed", term="irregularity") == 3
+    assert [value(s, "weaktok_val_gen_lscore", mode="seed", term=t) for t in TERMS] == [5, 6, 7, 8]
+    assert value(s, "weaktok_val_gen_std_dist_total") == 2.5 and value(s, "weaktok_val_gen_rel_err_mean") == 2.65
     assert value(s, "weaktok_validations_total") == 1 and value(s, "weaktok_checkpoints_total") == 1
     assert 0 <= value(s, "weaktok_seconds_since_checkpoint") < 10
     assert value(s, "weaktok_rank_batches_total") == 1 and value(s, "weaktok_rank_samples_total") == 4
@@ -224,8 +229,10 @@ def _registry_names(tmp_path) -> set[str]:
     e.on_log({"kind": "lscore_exact", "step": 2, "from_step": 2, "lscore_exact": [1, 1, 1, 1],
               "pool": {"queue_depth": 0, "max_in_flight": 2, "num_actors": 1, "dropped": 0,
                        "turnaround_s_per_clip": 1.0}})
-    e.on_validation({"val_recon": 1, "val_boundary_rate": 1, "val_mean_chunk_len": 1, "val_lscore_exact": [1] * 4,
-                     "val_lscore_rel_err": [1] * 4, "val_lscore_rel_err_mean": 1})
+    e.on_validation({"val_recon": 1, "val_boundary_rate": 1, "val_mean_chunk_len": 1,
+                     **{f"val_gen_{m}_{k}": [1] * 4 for m in ("uncond", "seed") for k in ("lscore", "rel_err",
+                                                                                          "std_dist")},
+                     "val_gen_rel_err_mean": 1, "val_gen_std_dist_total": 1})
     e.on_checkpoint("x", {})
     return {s.name for fam in e.registry.collect() for s in fam.samples}
 

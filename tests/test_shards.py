@@ -174,3 +174,21 @@ def test_cli_builds_and_reports(built, tmp_path):
     r = subprocess.run([sys.executable, "-m", "weaktok", "shards", "--source", str(tmp_path / "nowhere"), "--out",
                         str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_single_split_build_for_a_held_out_eval_set(built, pool, tmp_path):
+    """--split eval: every item in one split (read by the eval loader), the manifest's target is that split's
+    mean; a split name that cannot name shard files is refused before any work."""
+    from weaktok.data import eval_loader
+
+    out = tmp_path / "eval"
+    m = build_shards(built["fsld"], out, split="eval", shard_size=2, min_shards=2, pool=pool, progress=False)
+    total = sum(s["count"] for s in built["m_fsld"]["splits"].values())
+    assert list(m["splits"]) == ["eval"] and m["splits"]["eval"]["count"] == total
+    assert all(p.name.startswith("eval-") for p in out.glob("*.tar"))
+    keys = [k for b in eval_loader(str(out), "eval", 4, 1.0) for k in b["keys"]]
+    assert len(keys) == total
+    assert m["lscore_target"]["count"] == total
+    with pytest.raises(ValueError, match="split name"):
+        build_shards(built["fsld"], tmp_path / "bad", split="../x", pool=pool, progress=False)
+    assert not (tmp_path / "bad").exists()

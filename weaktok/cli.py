@@ -47,7 +47,8 @@ def cmd_shards(args: argparse.Namespace) -> int:
     try:
         manifest = build_shards(args.source, args.out, tags=tags, sr=args.sr, shard_size=args.shard_size,
                                 min_shards=args.min_shards, segment_seconds=args.segment_seconds,
-                                num_actors=args.num_actors, command=" ".join(sys.argv), progress=not args.quiet)
+                                num_actors=args.num_actors, command=" ".join(sys.argv), progress=not args.quiet,
+                                split=args.split)
     except (FileNotFoundError, ValueError) as e:
         print(f"weaktok shards: {e}", file=sys.stderr)
         return 2
@@ -121,9 +122,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from weaktok.evaluate import evaluate
 
     try:
-        evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_uncond=args.n_uncond,
-                 seconds=args.seconds, shards=args.shards, workers=args.workers, seed=args.seed,
-                 guidance_steps=args.guidance_steps, device=args.device)
+        evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_gen=args.n_gen,
+                 seconds=args.seconds, shards=args.shards, train_shards=args.train_shards, workers=args.workers,
+                 seed=args.seed, guidance_steps=args.guidance_steps, device=args.device, n_boot=args.n_boot)
     except _user_errors() as e:
         print(f"weaktok evaluate: {e}", file=sys.stderr)
         return 2
@@ -208,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at least this many shards per split, >= ranks x loader workers (default 4)")
     p.add_argument("--segment-seconds", type=float, default=10.0, help="longer files become several items")
     p.add_argument("--num-actors", type=int, default=None, help="L-Score actors (default: one per CPU)")
+    p.add_argument("--split", default=None,
+                   help="put every item in this split (e.g. eval: a held-out evaluation set) instead of 70/15/15")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shards)
 
@@ -254,16 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     _device_argument(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("evaluate", help="the paper's Table 1 (L-Score of generated outputs vs target), recon loss, "
-                       "chunk stats, plots")
-    p.add_argument("--checkpoint", required=True, help="run folder (uses final/model.pt) or a model.pt file")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p = sub.add_parser("evaluate", help="Table 1 on generated audio with baselines, 95 %% intervals and training "
+                       "seeds; Fréchet/KID, two-sample test, memorisation, bypass ablation, rulers, plots")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="run folder(s) (final/model.pt) or model.pt file(s); several = runs of different training "
+                        "seeds, aggregated (mean ± sd across seeds, pooled intervals)")
+    p.add_argument("--split", default="test", help="split to evaluate (default test; eval for a --split eval build)")
     p.add_argument("--out", required=True, help="output folder: table1.json, table1.md, PNGs")
-    p.add_argument("--max-items", type=int, default=0, help="at most this many items (default 0 = all)")
-    p.add_argument("--n-uncond", type=int, default=0, help="unconditional outputs (default: as many as items)")
+    p.add_argument("--max-items", type=int, default=0, help="items of the data floor (default 0 = the whole split)")
+    p.add_argument("--n-gen", type=int, default=64,
+                   help="outputs per mode per checkpoint, on the split's first items (default 64)")
     p.add_argument("--seconds", type=float, default=None,
                    help="clip and output length (default 8 s or the training crop if longer; see evaluate.py)")
-    p.add_argument("--shards", default=None, help="shard folder (default: the model's data.shards)")
+    p.add_argument("--shards", default=None, help="shards holding --split (default: the model's data.shards)")
+    p.add_argument("--train-shards", default=None,
+                   help="training shards behind the target and the memorisation bank (default: data.shards)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     p.add_argument("--workers", type=int, default=0, help="Ray actors for the exact L-Score (default 0 = serial)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--guidance-steps", type=int, default=0,

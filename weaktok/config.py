@@ -196,7 +196,8 @@ class LScoreConfig:
     pool_every: int = 50  # steps between async exact L-Score checks of generated outputs (0 = off)
     pool_items: int = 2  # outputs sent to the pool each time
     pool_actors: int = 0  # 0 = one per free CPU
-    val_items: int = 16  # reconstructions per validation scored exactly (0 = off)
+    val_items: int = 16  # validation: generated outputs per mode (unconditional, seed-based) scored exactly
+    #                      (weaktok/train/validation.py; 0 = off, sweeps then optimise val_recon only)
     griffin_lim_iters: int = 32
 
     def check(self) -> None:

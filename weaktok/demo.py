@@ -1,6 +1,10 @@
 """The end-to-end demo (``make demo`` -> ``weaktok demo``): corpus -> shards -> 2-rank DeepSpeed training ->
 evaluation (Table 1) -> generation -> runs/demo/report.md, with the time each stage took.
 
+Evaluation runs on a separate held-out set: a second corpus (another seed, ``eval_n`` items) sharded as one ``eval``
+split, large enough that the data floor's 95 % intervals are narrow (docs/evaluation.md). The training shards' own
+test split stays for the loop's quick checks.
+
     weaktok demo                 # the full job: config demo, 2 CPU ranks, ZeRO-2 (~10-15 min on 2 cores)
     weaktok demo --quick         # smoke-test scale: 48 loops, the tiny config, 1 epoch (~2 min)
 
@@ -30,10 +34,14 @@ class Plan:
     corpus_n: int
     ranks: int
     overrides: list[str]
-    max_items: int = 0  # evaluation items (0 = the whole test split)
+    eval_corpus: Path | None = None  # the held-out evaluation corpus (a different seed) and its shards
+    eval_shards: Path | None = None
+    eval_n: int = 640  # items in the evaluation corpus
+    max_items: int = 0  # evaluation items of the data floor (0 = the whole eval split)
+    n_gen: int = 64  # outputs per mode scored in Table 1
     n_uncond: int = 8
     n_seeds: int = 3
-    guidance_steps: int = 60  # evaluate also scores the outputs after L-Score guidance (generate.guide)
+    guidance_steps: int = 0  # > 0: evaluate also scores the outputs after L-Score guidance (generate.guide)
     timings: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     earlier: dict = field(default_factory=dict)  # timings of the run that built what this one reuses
@@ -49,9 +57,12 @@ def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bo
         root = Path(out or "runs/demo-quick")
         return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), "tiny", 48, 2,
                     ["train.epochs=1", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=0",
-                     *(overrides or [])], max_items=8, n_uncond=2, n_seeds=1, guidance_steps=5)
-    return Plan(Path(out or "runs/demo"), Path(corpus or "corpus/demo"), Path(shards or "shards/demo"), "demo", 300,
-                2, list(overrides or []))
+                     *(overrides or [])], eval_corpus=root / "corpus-eval", eval_shards=root / "shards-eval",
+                    eval_n=24, n_gen=8, n_uncond=2, n_seeds=1, guidance_steps=0)
+    corpus_dir, shards_dir = Path(corpus or "corpus/demo"), Path(shards or "shards/demo")
+    return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, "demo", 300, 2, list(overrides or []),
+                eval_corpus=corpus_dir.with_name(corpus_dir.name + "-eval"),
+                eval_shards=shards_dir.with_name(shards_dir.name + "-eval"))
 
 
 def stage(plan: Plan, k: int, n: int, name: str):
@@ -73,33 +84,43 @@ def stage(plan: Plan, k: int, n: int, name: str):
 
 
 def stage_corpus(plan: Plan) -> None:
+    """The training corpus (seed 0) and the held-out evaluation corpus (seed 1)."""
     from weaktok.corpus import build_corpus, print_summary
 
-    if (plan.corpus / "metadata.json").is_file():
-        print(f"reusing the corpus in {plan.corpus} (delete it to rebuild)")
+    built = False
+    for folder, n, seed in ((plan.corpus, plan.corpus_n, 0), (plan.eval_corpus, plan.eval_n, 1)):
+        if (folder / "metadata.json").is_file():
+            print(f"reusing the corpus in {folder} (delete it to rebuild)")
+            continue
+        print_summary(build_corpus(folder, n=n, seed=seed))
+        built = True
+    if not built:
         plan.reuse("corpus")
-        return
-    print_summary(build_corpus(plan.corpus, n=plan.corpus_n, seed=0))
 
 
 def stage_shards(plan: Plan) -> None:
-    from weaktok.shards import build_shards, print_summary
-
-    if (plan.shards / "manifest.json").is_file():
-        print(f"reusing the shards in {plan.shards} (delete the folder to rebuild)")
-        plan.reuse("shards")
-        from weaktok.manifest import load_manifest
-
-        print_summary(load_manifest(plan.shards), plan.shards)
-        return
+    """Training shards (70/15/15 split) and the evaluation shards (every item in split ``eval``)."""
     import os
 
+    from weaktok.manifest import load_manifest
+    from weaktok.shards import build_shards, print_summary
+
+    todo = [(plan.corpus, plan.shards, None), (plan.eval_corpus, plan.eval_shards, "eval")]
+    for source, folder, split in list(todo):
+        if (folder / "manifest.json").is_file():
+            print(f"reusing the shards in {folder} (delete the folder to rebuild)")
+            print_summary(load_manifest(folder), folder)
+            todo.remove((source, folder, split))
+    if not todo:
+        plan.reuse("shards")
+        return
     from weaktok.lscore.pool import LScorePool
 
     # our own Ray cluster (address "local"), unless RAY_ADDRESS names one: "auto" would attach to any on the machine
     with LScorePool(address=os.environ.get("RAY_ADDRESS") or "local", niceness=0) as pool:
-        manifest = build_shards(plan.corpus, plan.shards, min_shards=4, command="weaktok demo", pool=pool)
-    print_summary(manifest, plan.shards)
+        for source, folder, split in todo:
+            manifest = build_shards(source, folder, min_shards=4, command="weaktok demo", pool=pool, split=split)
+            print_summary(manifest, folder)
 
 
 def train_overrides(plan: Plan) -> list[str]:
@@ -137,8 +158,8 @@ def stage_train(plan: Plan, retrain: bool) -> Path:
 def stage_evaluate(plan: Plan, run: Path) -> dict:
     from weaktok.evaluate import evaluate
 
-    t = evaluate(run, plan.out / "eval", split="test", max_items=plan.max_items, n_uncond=plan.max_items,
-                 guidance_steps=plan.guidance_steps)
+    t = evaluate(run, plan.out / "eval", split="eval", shards=str(plan.eval_shards), max_items=plan.max_items,
+                 n_gen=plan.n_gen, guidance_steps=plan.guidance_steps)
     print((plan.out / "eval" / "table1.md").read_text())
     return t
 

@@ -63,15 +63,20 @@ VAL_GAUGES = {
     "val_boundary_rate": ("weaktok_val_boundary_rate", "Validation boundary rate"),
     "val_mean_chunk_len": ("weaktok_val_mean_chunk_length", "Validation mean chunk length (bottleneck frames)"),
     "val_items": ("weaktok_val_items", "Items in the last validation"),
-    "val_lscore_rel_err_mean": ("weaktok_val_lscore_rel_err_mean", "Mean relative error of exact L-Score vs target"),
-    "val_lscore_std_dist_total": ("weaktok_val_lscore_std_dist_total",
-                                  "Sum over terms of |exact - target| / target std (validation)"),
+    "val_gen_rel_err_mean": ("weaktok_val_gen_rel_err_mean",
+                             "Mean relative error of the exact L-Score of validation generations vs target"),
+    "val_gen_std_dist_total": ("weaktok_val_gen_std_dist_total",
+                               ("Sum over terms of |exact - target| / target std of validation generations, "
+                                "mean over modes")),
     "epoch": ("weaktok_epoch", "Completed epochs at the last validation"),
 }
+# validation generations (weaktok/train/validation.py): record key val_gen_<mode>_<what> (per-term list) -> gauge
+# with the labels mode (uncond, seed) and term
+VAL_GEN_MODES = ("uncond", "seed")
 VAL_TERMS = {
-    "val_lscore_exact": ("weaktok_val_lscore_exact", "Exact L-Score of validation reconstructions (mean)"),
-    "val_lscore_rel_err": ("weaktok_val_lscore_rel_err", "Relative error of the exact L-Score vs the target"),
-    "val_lscore_std_dist": ("weaktok_val_lscore_std_dist", "|exact - target| / target std per term (validation)"),
+    "lscore": ("weaktok_val_gen_lscore", "Exact L-Score of validation generations (mean)"),
+    "rel_err": ("weaktok_val_gen_rel_err", "Relative error of validation generations' exact L-Score vs the target"),
+    "std_dist": ("weaktok_val_gen_std_dist", "|exact - target| / target std per term (validation generations)"),
 }
 POOL_GAUGES = {
     "queue_depth": ("weaktok_lscore_pool_queue_depth", "Unfinished L-Score pool batches"),
@@ -160,7 +165,8 @@ class MetricsExporter(TrainHooks):
                                   "Steps between submitting outputs to the pool and receiving their L-Score")
         self.lscore_target = m(Gauge, "weaktok_lscore_target", "Target L-Score (training-set mean)", "term")
         self.val = {k: m(Gauge, n, d) for k, (n, d) in VAL_GAUGES.items()}
-        self.val_terms = {k: m(Gauge, n, d, "term") for k, (n, d) in VAL_TERMS.items()}
+        self.val_terms = {k: Gauge(n, d, ("run", "rank", "mode", "term"), registry=self.registry)
+                          for k, (n, d) in VAL_TERMS.items()}
         self.validations = m(Counter, "weaktok_validations", "Validations run")
 
     def _define_pool(self) -> None:
@@ -253,16 +259,17 @@ class MetricsExporter(TrainHooks):
             self._on_train(record)
 
     def on_validation(self, record: dict) -> None:
-        """Rank 0, each epoch end: validation metrics (exact L-Score only when the pool scored some)."""
+        """Rank 0, each epoch end: validation metrics (the generations' exact L-Score only when the pool scored)."""
         self._lab(self.validations).inc()
         for key, gauge in self.val.items():
             if key in record:
                 self._lab(gauge).set(record[key])
-        for key, metric in self.val_terms.items():
-            if key in record:
-                self._set_terms(metric, record[key])
-        if "val_lscore_target" in record:
-            self._set_terms(self.lscore_target, record["val_lscore_target"])
+        for what, metric in self.val_terms.items():
+            for mode in VAL_GEN_MODES:
+                if f"val_gen_{mode}_{what}" in record:
+                    self._set_terms(metric, record[f"val_gen_{mode}_{what}"], mode=mode)
+        if "val_gen_target" in record:
+            self._set_terms(self.lscore_target, record["val_gen_target"])
 
     def on_checkpoint(self, path, state: dict) -> None:
         """Rank 0, each complete checkpoint."""
@@ -326,9 +333,9 @@ class MetricsExporter(TrainHooks):
             self._lab(counter).inc(delta)
         return delta
 
-    def _set_terms(self, metric, values) -> None:
+    def _set_terms(self, metric, values, **labels) -> None:
         for name, v in zip(LSCORE_NAMES, values):
-            self._lab(metric, term=name).set(float(v))
+            self._lab(metric, **labels, term=name).set(float(v))
 
 
 def _is_loopback(address: str) -> bool:

@@ -14,6 +14,7 @@ place on the time axis.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -96,6 +97,9 @@ class ChunkedUNet(nn.Module):
         self.chunk_norm = nn.LayerNorm(d)
         self.up3, self.up2, self.up1 = Up(d, c2), Up(c2, c1), Up(c1, c0)
         self.out_conv = nn.Conv1d(c0, n_freqs, kernel_size=3, padding=1)
+        # the bypass ablation (evaluate.py): when True the bottleneck returns its input, so nothing passes through
+        # chunking -> Transformer -> un-chunking; the chunker still runs so chunk statistics stay comparable
+        self.cut_chunk_path = False
 
     def set_tau(self, tau: float) -> None:
         if hasattr(self.chunker, "tau"):
@@ -110,6 +114,8 @@ class ChunkedUNet(nn.Module):
         a key there: softmax over no keys is NaN on some attention kernels, and 0 * NaN would reach the frames.
         """
         co = self.chunker(h, mask)
+        if self.cut_chunk_path:
+            return h, co
         C = co.chunks.shape[1]
         z = co.chunks + sinusoidal_positions(co.chunk_starts, h.shape[-1]).to(h.dtype)  # (B, C, D)
         if self.transformer is not None:
@@ -151,6 +157,17 @@ def chunk_stats(co: ChunkOutput) -> dict[str, torch.Tensor]:
         "mean_chunk_len": n_frames / co.num_chunks.sum().clamp_min(1),
         "ratio_loss": co.ratio_loss,
     }
+
+
+@contextmanager
+def chunk_path_cut(model: ChunkedUNet):
+    """Within the block the model's bottleneck is the identity (the bypass ablation): what the model does without
+    its chunk path, with the same weights."""
+    model.cut_chunk_path = True
+    try:
+        yield model
+    finally:
+        model.cut_chunk_path = False
 
 
 def build_model(cfg: ModelConfig, n_freqs: int) -> ChunkedUNet:

@@ -96,7 +96,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(metrics_path: str | Path, path: str | Path) -> Path | None:
-    """Loss terms, validation recon, boundary rate and validation L-Score error from a run's metrics.jsonl."""
+    """Loss terms, validation recon, boundary rate and the L-Score error of validation's generations (unconditional
+    and seed-based) from a run's metrics.jsonl."""
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():
         return None
@@ -123,18 +124,21 @@ def plot_training_curves(metrics_path: str | Path, path: str | Path) -> Path | N
         axes[2].plot([r["step"] for r in val], [r["val_boundary_rate"] for r in val], "o-", label="val")
     axes[2].set(title="boundary rate (bottleneck)", xlabel="step")
     axes[2].legend(fontsize=7)
-    errs = [r for r in val if "val_lscore_rel_err" in r]
-    if errs:
-        names = errs[0].get("lscore_names", [f"term {i}" for i in range(4)])
-        for j, name in enumerate(names):
-            axes[3].plot([r["step"] for r in errs], [r["val_lscore_rel_err"][j] for r in errs], "o-", label=name)
+    scored = False
+    for mode, style in (("uncond", "o-"), ("seed", "s--")):  # one line per term and generation mode
+        errs = [r for r in val if f"val_gen_{mode}_rel_err" in r]
+        for j, name in enumerate(errs[0].get("lscore_names", [f"term {i}" for i in range(4)]) if errs else []):
+            axes[3].plot([r["step"] for r in errs], [r[f"val_gen_{mode}_rel_err"][j] for r in errs], style,
+                         color=f"C{j}", label=f"{name} ({mode})")
+        scored = scored or bool(errs)
+    if scored:
         axes[3].axhline(0.15, color="k", ls="--", lw=0.8)
-        axes[3].legend(fontsize=7)
+        axes[3].legend(fontsize=6)
     if train and "w_L" in train[0]:
         ax2 = axes[3].twinx()
         ax2.plot(step, [r["w_L"] for r in train], color="gray", lw=0.8, alpha=0.6)
         ax2.set_ylabel("w_L (curriculum)", color="gray")
-    axes[3].set(title="val |rel. error| of exact L-Score (recon)", xlabel="step")
+    axes[3].set(title="val |rel. error| of exact L-Score (generations)", xlabel="step")
     return _save(fig, path)
 
 
@@ -197,11 +201,12 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
     goal = "**met**" if table["goal_met"] else "**not met**"
 
     def misses(kinds) -> list[str]:  # terms outside the goal, e.g. "density (uncond +40.0 %)"
-        return [f"{n} ({kind.removesuffix('_g')} {pct(table[f'{kind}_rel_err'][j])})" for kind in kinds
+        return [f"{n} ({kind} {pct(table[kind]['pooled']['rel_err'][j])})" for kind in kinds
                 for j, n in enumerate(table["names"]) if not table["within_goal"][kind][j]]
 
     alone = misses(("uncond", "seed"))
-    t1 = (ev / "table1.md").read_text().split("\n", 2)[2].replace("## Diagnostics", "### Diagnostics")
+    t1 = (ev / "table1.md").read_text().split("\n", 2)[2].replace("\n## ", "\n### ")
+    bp = table["bypass"]
     lines = [
         "# weaktok demo report", "",
         f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} CPU cores, torch "
@@ -223,24 +228,12 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
         f"![training curves]({_rel(ev / 'training_curves.png', base)})", "",
         "## Table 1", "", t1,
         f"Research goal (every L-Score term of Uncond and Seed within ±15 % of the target), the model alone: {goal}."
-        + (f" Outside: {', '.join(alone)}." if alone else "")
-        + (f" With L-Score guidance (+G): {'**met**' if table['goal_met_guided'] else '**not met**'}; outside: "
-           f"{', '.join(misses(('uncond_g', 'seed_g'))) or 'none'}." if "goal_met_guided" in table else ""), "",
-        "How to read it. A seed-based output is half seed (the model's rendering of the test clip) and half "
-        "in-painting, so real audio carries part of its L-Score; the in-painted half is, at demo scale, a blurry "
-        "texture that keeps the seed's timbre but not its rhythm (see the examples). Unconditional outputs are "
-        "textures refined from the prior noise: the model does not invent rhythm or harmony from noise. Depending "
-        "on the run, onset detection on their smooth fluctuations finds too many, too regular onsets (density up, "
-        "irregularity down), or their spectrum narrows to a few tonal bands (timbral and structural complexity "
-        "down). "
-        "`Data` is the "
-        "floor: real test audio of the same length. The numbers vary from run to run (seeds, a 46-item test "
-        "split): compare runs, not single cells.", "",
-        "A longer run: `weaktok demo --out runs/long train.epochs=60 curriculum.warmup_epochs=12 "
-        "curriculum.anneal_epochs=48` (1440 steps, 27 min of training on this machine's 2 CPU ranks) measured "
-        "Uncond +3 / +40 / −6 / −11 % and Seed −5 / +20 / −10 / −0 % (timbral / density / irregularity / "
-        "structural), reconstruction L1 0.247: only rhythmic density misses the goal. README, 'What the demo "
-        "reaches', has every run and why density is the hard term.", "",
+        + (f" Outside: {', '.join(alone)}." if alone else ""), "",
+        f"Is the chunk path load-bearing? Cutting it (bottleneck = identity) changes reconstruction L1 by "
+        f"{pct(bp['recon']['rel_change'])} and in-painting L1 by {pct(bp['inpaint']['rel_change'])}; predicting "
+        f"the corpus mean spectrum in the hole scores {bp['mean_spectrum']['inpaint_l1']:.4f} vs the model's "
+        f"{bp['inpaint']['intact']:.4f}.", "",
+        f"![relative errors with 95 % intervals]({_rel(ev / 'rel_err.png', base)})", "",
         f"![L-Score histograms]({_rel(ev / 'lscore_hist.png', base)})", "",
         "Examples (data with the model's chunk boundaries, its seed-based continuation, an unconditional output):",
         "", *[f"![example]({_rel(p, base)})" for p in sorted(ev.glob("examples_*.png"))], "",

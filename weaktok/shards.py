@@ -9,7 +9,9 @@ Sources: the Freesound Loop Dataset layout (``audio/wav/<soundid>_<userid>.wav``
 Each item is ``<key>.flac`` (mono, resampled, peak-normalised, PCM16 FLAC) + ``<key>.json`` (id, source path,
 tags, license, duration, sample rate, bpm, the exact L-Score). Items are split 70/15/15 by a stable hash of the
 track id, so adding tracks never moves old ones. Files longer than ``segment_seconds`` become several items (all
-in the track's split).
+in the track's split). ``--split eval`` puts every item in one split instead: a held-out evaluation set built from a
+separate source (``make demo`` builds one from a second corpus seed, so Table 1 has enough items for narrow
+intervals; docs/evaluation.md); its manifest's ``lscore_target`` is then that split's mean, not a training target.
 
 Bad input never stops the build: each file that cannot be used is skipped with a reason in the manifest. The build
 writes into a temporary folder and swaps it in at the end; ``manifest.json`` goes last, so a manifest that exists
@@ -196,8 +198,8 @@ class SplitWriters:
     def __init__(self, folder: Path, maxcount: dict[str, int]):
         self.folder, self.maxcount = folder, maxcount
         self.writers: dict[str, wds.ShardWriter] = {}
-        self.items = {s: 0 for s in SPLITS}
-        self.seconds = {s: 0.0 for s in SPLITS}
+        self.items = {s: 0 for s in maxcount}
+        self.seconds = {s: 0.0 for s in maxcount}
 
     def write(self, item: Item, flac: bytes) -> None:
         if item.split not in self.writers:
@@ -214,7 +216,7 @@ class SplitWriters:
 
 def _split_summary(folder: Path, writers: SplitWriters) -> dict:
     splits = {}
-    for split in SPLITS:
+    for split in writers.maxcount:
         shards = []
         for path in sorted(folder.glob(f"{split}-*.tar")):
             n = sum(1 for name in _tar_names(path) if name.endswith(".flac"))
@@ -241,17 +243,20 @@ def lscore_target(scores: np.ndarray) -> dict:
 def _maxcount(counts: dict[str, int], shard_size: int, min_shards: int) -> dict[str, int]:
     """Items per shard: at most ``shard_size``, and small enough that each split has >= ``min_shards`` shards
     (so world_size x workers readers all get a shard)."""
-    return {s: max(1, min(shard_size, -(-counts[s] // min_shards))) for s in SPLITS}
+    return {s: max(1, min(shard_size, -(-n // min_shards))) for s, n in counts.items()}
 
 
 def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = None, sr: int = 22050,
                  shard_size: int = 64, min_shards: int = 4, segment_seconds: float = 10.0,
                  min_seconds: float = 0.5, batch_items: int = 64, num_actors: int | None = None,
-                 command: str | None = None, progress: bool = True, pool=None) -> dict:
+                 command: str | None = None, progress: bool = True, pool=None, split: str | None = None) -> dict:
     """Build shards in ``out`` and return the manifest (also written to ``out/manifest.json``).
 
     ``pool``: an open ``LScorePool`` to use; by default one is started (and closed) for this build.
+    ``split``: put every item in this one split (e.g. ``eval``) instead of the 70/15/15 hash split.
     """
+    if split is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", split):
+        raise ValueError(f"split name {split!r}: use lower-case letters, digits and '_' (it names shard files)")
     from contextlib import nullcontext
 
     from weaktok.lscore.pool import LScorePool
@@ -263,9 +268,9 @@ def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = N
     tracks = filter_tags(tracks, tags)
     if not tracks:
         raise ValueError(f"no audio to shard in {source}: {n_found} files found, 0 left after tag filter {tags}")
-    split_of = {t.track_id: assign_split(t.track_id) for t in tracks}
+    split_of = {t.track_id: split or assign_split(t.track_id) for t in tracks}
     # estimate per-split counts up front to size shards (one item per track; long files add a few more)
-    est = {s: sum(1 for t in tracks if split_of[t.track_id] == s) for s in SPLITS}
+    est = {s: sum(1 for t in tracks if split_of[t.track_id] == s) for s in ((split,) if split else SPLITS)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -293,7 +298,7 @@ def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = N
             for item, score in zip(batch, scores):
                 item.meta["lscore"] = [float(v) for v in score]
                 writers.write(item, encode_flac(item.audio, sr))
-                if item.split == "train":
+                if item.split == (split or "train"):
                     train_scores.append(score)
     bar.close()
     writers.close()

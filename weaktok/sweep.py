@@ -4,12 +4,16 @@
 
 Each trial is a real training run of the same loop: one process (``resources.workers: 1``) or a Ray Train
 ``TorchTrainer`` with DeepSpeed workers, nested in Tune through a driver function and ``TuneReportCallback``.
-Trials report once per epoch: validation reconstruction loss, the exact L-Score distance to the target
-(standardised L1 of the means, per term and total) and ``objective = val_recon + lscore_weight * distance``;
-ASHA (time attribute: epoch) stops bad trials early. Each trial's placement group holds its training CPUs plus
-the CPUs of its L-Score actors, so trials never starve each other. An interrupted sweep resumes with
-``--resume`` (``Tuner.restore``). At the end: ``results.csv`` (every trial's config and last metrics),
-``best_config.yaml`` (ready for ``weaktok train --config``), ``objective_vs_params.png``.
+Trials report once per epoch: validation reconstruction loss, the exact L-Score distance of validation's
+*generations* to the target (weaktok/train/validation.py: ``lscore.val_items`` unconditional and seed-based outputs,
+standardised L1 of the means, per term and total, averaged over the two modes) and
+``objective = val_recon + lscore_weight * distance``: its L-Score part judges what a trial generates, not its
+reconstructions (which sit near their inputs whatever the model generates). A validation whose L-Score pool failed
+scores ``inf`` (when ``lscore_weight`` > 0), never the best. ASHA (time attribute: epoch) stops bad trials early.
+Each trial's placement group holds its training CPUs plus the CPUs of its L-Score actors, so trials never starve
+each other. An interrupted sweep resumes with ``--resume`` (``Tuner.restore``). At the end: ``results.csv`` (every
+trial's config and last metrics), ``best_config.yaml`` (ready for ``weaktok train --config``),
+``objective_vs_params.png``.
 
 GPUs: ``resources.gpus_per_worker`` in the space file, ``auto`` (default: 1 when the Ray cluster reports GPU
 resources, else 0) or a number (single-process trials: 0 to 1, fractions share a GPU; multi-worker trials: 0 or 1).
@@ -32,6 +36,7 @@ from weaktok.config import ConfigError, load_config, save_config
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
 LSCORE_TERMS = ("timbral", "density", "irregularity", "structural")
+GEN_MODES = ("uncond", "seed")  # validation's generation modes (weaktok.train.validation.MODES)
 
 
 @dataclass
@@ -164,14 +169,17 @@ def tune_space(spec: SweepSpec) -> dict:
 
 
 def sweep_metrics(record: dict, lscore_weight: float) -> dict:
-    """Scalar metrics of a validation record plus the per-term L-Score distance and the objective."""
+    """Scalar metrics of a validation record plus the generations' L-Score distance to the target (per term, mean
+    over the generation modes; ``lscore_dist``: ``val_gen_std_dist_total``) and the objective
+    ``val_recon + lscore_weight * lscore_dist`` (inf when the pool failed and the L-Score counts)."""
     out = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    dist = record.get("val_lscore_std_dist")
-    if dist:
-        out.update({f"lscore_dist_{n}": float(d) for n, d in zip(LSCORE_TERMS, dist)})
-        out["lscore_dist"] = float(sum(dist))
+    per_mode = [record[f"val_gen_{m}_std_dist"] for m in GEN_MODES if record.get(f"val_gen_{m}_std_dist")]
+    if per_mode:
+        out.update({f"lscore_dist_{n}": float(sum(d) / len(d)) for n, d in zip(LSCORE_TERMS, zip(*per_mode))})
+    if "val_gen_std_dist_total" in record:
+        out["lscore_dist"] = float(record["val_gen_std_dist_total"])
     out["objective"] = float(record["val_recon"]) + lscore_weight * out.get("lscore_dist", 0.0)
-    if lscore_weight and record.get("val_lscore_error"):  # the pool failed: unscored, so never the best
+    if lscore_weight and record.get("val_gen_error"):  # the pool failed: unscored, so never the best
         out["objective"] = float("inf")
     return out
 

@@ -10,7 +10,8 @@ curriculum's weights for the current (fractional) epoch. A non-finite loss is sk
 
 Every ``lscore.pool_every`` steps rank 0 inverts a few reconstructions to audio (Griffin-Lim) and submits them to
 the Ray L-Score pool; results are logged when they arrive, the step never waits. Each epoch ends with validation
-(reconstruction loss, chunk statistics, exact L-Score of reconstructions vs the target) and a checkpoint.
+(reconstruction loss, chunk statistics, exact L-Score of a few unconditional and seed-based generations vs the
+target) and a checkpoint.
 
 Outputs in ``--out``: config.yaml (resolved), metrics.jsonl (one JSON object per logged step / validation),
 checkpoints/<tag>/ (DeepSpeed, with client state, and the config.yaml it was written under; a tag counts only once
@@ -60,17 +61,17 @@ from weaktok.train.lscore_glue import poll_pool, start_pool, submit_outputs
 from weaktok.train.resume import (Candidate, apply_optimizer_settings, init_from_weights, load_init_weights,
                                   load_resume, log_config_changes, resume_candidates, resume_plan)
 from weaktok.train.step import Losses, PartsWindow, all_finite, compute_loss, corrupt, model_dtype
-from weaktok.train.trainer import LogWindow, MetricsLog, Trainer, TrainState, load_prior, train
+from weaktok.train.trainer import LogWindow, MetricsLog, Trainer, TrainState, corpus_prior, load_prior, train
 from weaktok.train.validation import validate
 
 __all__ = [
     "ABSENT", "COMPLETE", "CONFIG_FILE", "CORRUPT_SUFFIX", "NOT_COMPARED", "SHAPE_KEYS", "Candidate",
-    "CheckpointError", "ConfigMismatchError", "Dist", "HookList", "LogWindow", "Losses", "MetricsLog",
-    "PartsWindow", "TrainHooks", "TrainState", "Trainer", "all_finite", "all_reduce_sum", "apply_optimizer_settings",
+    "CheckpointError", "ConfigMismatchError", "Dist", "HookList", "LogWindow", "Losses", "MetricsLog", "PartsWindow",
+    "TrainHooks", "TrainState", "Trainer", "all_finite", "all_reduce_sum", "apply_optimizer_settings",
     "broadcast_object", "build_engine", "call", "check_precision", "complete_tags", "compute_loss", "config_changes",
-    "corrupt", "deepspeed_config", "export_weights", "gather_objects", "init_from_weights", "load_blockers",
-    "load_init_weights", "load_prior", "load_resume", "log_config_changes", "lr_lambda", "main", "master_weights",
-    "model_dtype", "numpy_rng_globals", "parse_args", "poll_pool", "read_checkpoint_config", "resume_candidates",
-    "resume_plan", "rng_state", "save_checkpoint", "set_rng_state", "setup_distributed", "show_value",
-    "start_pool", "submit_outputs", "train", "unreadable_files", "use_bf16", "validate",
+    "corpus_prior", "corrupt", "deepspeed_config", "export_weights", "gather_objects", "init_from_weights",
+    "load_blockers", "load_init_weights", "load_prior", "load_resume", "log_config_changes", "lr_lambda", "main",
+    "master_weights", "model_dtype", "numpy_rng_globals", "parse_args", "poll_pool", "read_checkpoint_config",
+    "resume_candidates", "resume_plan", "rng_state", "save_checkpoint", "set_rng_state", "setup_distributed",
+    "show_value", "start_pool", "submit_outputs", "train", "unreadable_files", "use_bf16", "validate",
 ]

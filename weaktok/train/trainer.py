@@ -103,9 +103,15 @@ class LogWindow:
 
 
 def load_prior(cfg: Config, front, dist: Dist) -> dict | None:
-    """Generation's prior statistics for ``fill: prior`` (rank 0's share of the training split, broadcast)."""
+    """Generation's prior statistics for ``fill: prior`` (corpus_prior), else None."""
     if cfg.train.corruption.fill != "prior" or not cfg.train.corruption.mask_prob:
         return None
+    return corpus_prior(cfg, front, dist)
+
+
+def corpus_prior(cfg: Config, front, dist: Dist) -> dict:
+    """Generation's prior statistics (weaktok/prior.py) from rank 0's share of the training split, computed on the
+    CPU and broadcast; on every rank's device."""
     stats = corpus_spectrum(cfg.data.shards, front.cpu(), cfg.audio.clip_seconds) if dist.is_main else None
     front.to(dist.device)
     stats = broadcast_object(stats, dist)
@@ -128,7 +134,8 @@ class Trainer:
         self.plan: list = []
         self.front = self.lscore_fn = self.model = self.engine = self.optimizer = self.scheduler = None
         self.target: dict = {}
-        self.prior: dict | None = None
+        self.prior: dict | None = None  # training's prior statistics (fill: prior)
+        self.val_prior: dict | None = None  # validation's, when training has none (validation_prior)
         self.log: MetricsLog | None = None
         self.pool = None
         self.gen: torch.Generator | None = None
@@ -335,16 +342,30 @@ class Trainer:
         self.window = LogWindow(t0=now)
 
     def validate(self) -> dict:
-        """Validation (validation.validate); rank 0 logs it, tells the hooks and prints the epoch line."""
-        val = validate(self.cfg, self.dist, self.engine, self.front, self.lscore_fn, self.target, self.state,
-                       self.pool)
+        """Validation (validation.validate: reconstruction, and the exact L-Score of generations); rank 0 logs it,
+        tells the hooks and prints the epoch line."""
+        val = validate(self.cfg, self.dist, self.engine, self.front, self.target, self.state, self.pool,
+                       self.validation_prior())
         if self.dist.is_main:
             self.log.write(val)
             self.hooks.on_validation(val)
+            dist = val.get("val_gen_std_dist_total")
             print(f"[weaktok] epoch {val['epoch']} step {val['step']}: val recon {val['val_recon']:.4f}, "
-                  f"boundary rate {val['val_boundary_rate']:.3f}, lscore err "
-                  f"{val.get('val_lscore_rel_err_mean', 'n/a')}", flush=True)
+                  f"boundary rate {val['val_boundary_rate']:.3f}, generated L-Score distance "
+                  f"{'n/a' if dist is None else f'{dist:.3f}'}", flush=True)
         return val
+
+    def validation_prior(self) -> dict | None:
+        """The prior statistics validation generates from; None when it generates nothing (``lscore.val_items:
+        0``). Training's own (``fill: prior``), else computed once, at the first validation (rank 0's share,
+        broadcast: every rank calls this), and kept."""
+        if not self.cfg.lscore.val_items:
+            return None
+        if self.prior is not None:
+            return self.prior
+        if self.val_prior is None:
+            self.val_prior = corpus_prior(self.cfg, self.front, self.dist)
+        return self.val_prior
 
     def checkpoint(self) -> Path:
         """A checkpoint of the current step (checkpoint.save_checkpoint); rank 0 tells the hooks. Its folder."""

@@ -1,6 +1,27 @@
 """Validation at each epoch's end: reconstruction loss and chunk statistics over the val split (every rank its
-share, summed), and the exact L-Score (librosa, through the Ray pool on rank 0) of a few reconstructions against
-the corpus target."""
+share, summed), and the exact L-Score (librosa, through the Ray pool on rank 0) of a few *generations* against the
+corpus target.
+
+Why generations: a reconstruction is nearly its input, so its L-Score sits near the target whatever the model
+makes of noise; what weaktok is for (and what ``weaktok evaluate`` reports) is generation. Each validation therefore
+generates, with the procedure of ``weaktok generate`` (weaktok/generate.py, ``STEPS`` refinement passes from the
+prior noise), ``lscore.val_items`` outputs per mode:
+
+* ``uncond``: unconditional outputs of the training clip length, scored whole;
+* ``seed``: seed-based outputs from the first val items, their last ``MASK_FRACTION`` in-painted, scored on the
+  in-painted samples only (the waveform of the whole output, cropped to the hole after Griffin-Lim): the known part
+  is the model's rendering of the seed, a reconstruction again. The target is the train split's, of whole clips.
+
+Per mode the record holds the mean exact L-Score, its relative error and its standardised distance to the target
+per term (|mean - target| / target std); ``val_gen_std_dist_total`` (the sum over terms, averaged over the modes) is
+what sweeps optimise (weaktok/sweep.py).
+
+Repeatable: the prior noise comes from a generator seeded from ``cfg.seed`` and the rank, and Griffin-Lim's random
+phases from the global RNG seeded the same way inside ``torch.random.fork_rng`` (training's RNG streams are left as
+they were), so the same weights give the same record. Ranks: each generates ceil(n / world) outputs per mode with
+the unwrapped model in its own dtype (every rank runs the same passes, which ZeRO-3's parameter gathering needs);
+rank 0 gathers the waveforms, keeps the first n per mode and scores them in one pool call.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +29,30 @@ import numpy as np
 import torch
 
 from weaktok.data import eval_loader
+from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole, unconditional
 from weaktok.lscore.exact import LSCORE_NAMES
 from weaktok.train.distributed import all_reduce_sum, gather_objects
 from weaktok.train.step import model_dtype
 
+MODES = ("uncond", "seed")  # generation modes, in record keys val_gen_<mode>_*
+GEN_SEED = 7907  # validation's generator seed: cfg.seed * 1000 + GEN_SEED + rank (apart from training's streams)
+
 
 @torch.no_grad()
-def validate(cfg, dist, engine, front, lscore_fn, target, state, pool) -> dict:
+def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None = None) -> dict:
     """The ``kind: val`` record (on every rank; the exact L-Score keys only on rank 0, when the pool scored).
-    ``state``: the TrainState (its step and epoch are recorded; a pool error is counted there)."""
+
+    ``state``: the TrainState (its step and epoch are recorded; a pool error is counted there). ``prior``: the
+    prior statistics (weaktok/prior.py) on the device, needed to generate; None generates nothing.
+    Keys: val_items, val_recon, val_boundary_rate, val_mean_chunk_len; with scores, per mode m in MODES
+    val_gen_<m>_items, val_gen_<m>_lscore (4 means), val_gen_<m>_rel_err, val_gen_<m>_std_dist (4 each), and
+    val_gen_std_dist_total, val_gen_rel_err_mean, val_gen_target, val_gen_target_std, val_gen_steps, lscore_names;
+    on a pool error val_gen_error instead."""
+    n_gen = cfg.lscore.val_items if prior is not None else 0
+    share = -(-n_gen // dist.world)  # outputs per mode on this rank
     engine.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # recon L1 sum, items, boundary rate sum, chunk length sum
-    waves: list[np.ndarray] = []
+    seeds: list[torch.Tensor] = []  # (F, T) this rank's first val spectrograms, the seed-based outputs' seeds
     budget = cfg.data.val_max_items or float("inf")
     seen = 0
     for batch in eval_loader(cfg.data.shards, "val", cfg.data.val_batch_size, cfg.audio.clip_seconds):
@@ -33,35 +66,88 @@ def validate(cfg, dist, engine, front, lscore_fn, target, state, pool) -> dict:
         sums[1] += n
         sums[2] += float(out.stats["boundary_rate"]) * n
         sums[3] += float(out.stats["mean_chunk_len"]) * n
-        if len(waves) < cfg.lscore.val_items:
-            take = out.recon.float()[: cfg.lscore.val_items - len(waves)]
-            waves += list(front.inverse(take.clamp_min(0)).cpu().numpy())
+        seeds += list(spec[: share - len(seeds)])
+    if dist.world > 1:  # every rank in-paints as many seeds (ZeRO-3: the same passes on every rank)
+        seeds = seeds[: min(gather_objects([len(seeds)], dist))]
+    waves = generated_waves(cfg, dist, engine.module, front, prior, share, seeds) if share else {}
     engine.train()
     total = all_reduce_sum(sums, dist)
     n = max(total[1], 1)
     record = {"kind": "val", "step": state.step, "epoch": state.epoch, "val_items": int(total[1]),
               "val_recon": total[0] / n, "val_boundary_rate": total[2] / n, "val_mean_chunk_len": total[3] / n}
-    gathered = gather_objects(waves, dist)
-    scores = None
+    gathered = {mode: gather_objects(waves[mode], dist)[:n_gen] for mode in MODES} if share else {}
     if dist.is_main and pool is not None and gathered:
-        # here, not at the top: imports Ray, which only the pool needs
-        from weaktok.lscore.pool import LScorePoolError
+        record.update(score_generations(gathered, cfg.audio.sample_rate, target, state, pool))
+    return record
 
-        try:
-            scores = pool.map(gathered, cfg.audio.sample_rate)  # (N, 4) exact, librosa
-        except LScorePoolError as e:  # actors died past their retries: this validation goes without exact scores
-            state.lscore_pool_errors += 1
-            record["val_lscore_error"] = str(e)
-            print(f"[weaktok] L-Score pool error in validation (step {state.step}, continuing without exact "
-                  f"L-Scores): {e}", flush=True)
-    if scores is not None:
-        mean = scores.mean(0)
-        tmean = target["mean"].cpu().numpy()
-        tstd = target["std"].cpu().numpy()
+
+def generated_waves(cfg, dist, model, front, prior: dict, n: int, seeds: list[torch.Tensor]) -> dict:
+    """This rank's validation generations as waveforms: ``{"uncond": n (N,) arrays, "seed": one (N_hole,) array per
+    seed}``. ``model``: the unwrapped model (engine.module), in eval mode; ``seeds``: (F, T) spectrograms of the
+    training clip length. One batched Griffin-Lim call for both modes; seed-based outputs cropped to the hole."""
+    gen_seed = cfg.seed * 1000 + GEN_SEED + dist.rank
+    gen = torch.Generator(device=dist.device).manual_seed(gen_seed)
+    frames = front.num_frames(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
+    run = in_own_dtype(model)
+    with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+        torch.manual_seed(gen_seed)  # Griffin-Lim's random phase init draws from the global generator
+        specs = [unconditional(run, prior, n, frames, STEPS, gen)[0]]  # (n, F, T)
+        if seeds:
+            specs.append(seed_based(run, torch.stack(seeds), prior, MASK_FRACTION, STEPS, gen)[0])  # (S, F, T)
+        wav = front.inverse(torch.cat(specs)).cpu().numpy()  # (n + S, (T - 1) * hop)
+    start = hole_start(frames) * front.hop_length  # the hole's first sample (frame t is centred on t * hop)
+    return {"uncond": list(wav[:n]), "seed": [w[start:] for w in wav[n:]]}
+
+
+def hole_start(frames: int) -> int:
+    """The first in-painted frame of a seed-based output of ``frames`` frames (generate.seed_hole)."""
+    return int(seed_hole(frames, MASK_FRACTION).int().argmax())
+
+
+def in_own_dtype(model):
+    """``model`` as generate.refine calls it: fp32 in (prior noise), run in the model's dtype (bf16 under DeepSpeed's
+    bf16), ``recon`` back in fp32."""
+    dtype = model_dtype(model)
+
+    def call(x: torch.Tensor):
+        out = model(x.to(dtype))
+        return out._replace(recon=out.recon.float())
+
+    return call
+
+
+def score_generations(waves: dict, sr: int, target: dict, state, pool) -> dict:
+    """Rank 0: the exact L-Score of ``waves`` ({mode: list of (N,) arrays}) in one pool call -> the generation keys
+    of the record (see validate), or ``val_gen_error`` when the pool failed (counted in ``state``)."""
+    # here, not at the top: imports Ray, which only the pool needs
+    from weaktok.lscore.pool import LScorePoolError
+
+    clips = [w for mode in MODES for w in waves[mode]]
+    if not clips:
+        return {}
+    try:
+        scores = pool.map(clips, sr)  # (N, 4) exact, librosa, in input order
+    except LScorePoolError as e:  # actors died past their retries: this validation goes without exact scores
+        state.lscore_pool_errors += 1
+        print(f"[weaktok] L-Score pool error in validation (step {state.step}, continuing without exact "
+              f"L-Scores): {e}", flush=True)
+        return {"val_gen_error": str(e)}
+    tmean = target["mean"].cpu().numpy()
+    tstd = target["std"].cpu().numpy()
+    out = {"val_gen_target": tmean.tolist(), "val_gen_target_std": tstd.tolist(), "val_gen_steps": STEPS,
+           "lscore_names": list(LSCORE_NAMES)}
+    totals, rels, first = [], [], 0
+    for mode in MODES:
+        part, first = scores[first : first + len(waves[mode])], first + len(waves[mode])  # (n_mode, 4)
+        if not len(part):
+            continue
+        mean = part.mean(0)
         rel = np.abs(mean - tmean) / np.maximum(np.abs(tmean), 1e-6)
         std_dist = np.abs(mean - tmean) / np.maximum(tstd, 1e-6)  # standardised L1 distance of the means
-        record.update({"val_lscore_exact": mean.tolist(), "val_lscore_target": tmean.tolist(),
-                       "val_lscore_target_std": tstd.tolist(), "val_lscore_rel_err": rel.tolist(),
-                       "val_lscore_rel_err_mean": float(rel.mean()), "val_lscore_std_dist": std_dist.tolist(),
-                       "val_lscore_std_dist_total": float(std_dist.sum()), "lscore_names": list(LSCORE_NAMES)})
-    return record
+        out.update({f"val_gen_{mode}_items": len(part), f"val_gen_{mode}_lscore": mean.tolist(),
+                    f"val_gen_{mode}_rel_err": rel.tolist(), f"val_gen_{mode}_std_dist": std_dist.tolist()})
+        totals.append(float(std_dist.sum()))
+        rels.append(rel)
+    out["val_gen_std_dist_total"] = float(np.mean(totals))  # sum over terms, averaged over the modes
+    out["val_gen_rel_err_mean"] = float(np.mean(rels))
+    return out
