@@ -148,3 +148,17 @@ def test_evaluate_on_cuda(tmp_path_factory):
                  guidance_steps=2, device="cuda", n_boot=100, target_items=8, rulers=False)
     assert t["device"] == "cuda" and t["seed"]["pooled"]["n"] == 2
     assert all(np.isfinite(t[m]["pooled"]["mean"]).all() for m in ("uncond", "seed", "uncond_guided"))
+
+
+def test_scorer_onset_presets():
+    """--onset clicks scores with the opt-in preset (a 16 Hz click train counted right, where the paper's default
+    undercounts); the Ray pool runs only the paper preset, so asking for both is refused up front."""
+    from weaktok.evaluate import Scorer
+    from weaktok.evaluation.rulers import reference_signals
+
+    y = reference_signals(seconds=4.0)["click_16hz"]
+    paper, clicks = Scorer(22050)([y])[0], Scorer(22050, onset="clicks")([y])[0]
+    assert clicks[1] == pytest.approx(16, rel=0.05) and paper[1] < 12
+    assert clicks[0] == paper[0] and clicks[3] == paper[3]  # only the onset terms differ
+    with pytest.raises(ValueError, match="--onset clicks"):
+        Scorer(22050, workers=2, onset="clicks")

@@ -124,7 +124,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_gen=args.n_gen,
                  seconds=args.seconds, shards=args.shards, train_shards=args.train_shards, workers=args.workers,
-                 seed=args.seed, guidance_steps=args.guidance_steps, device=args.device, n_boot=args.n_boot)
+                 seed=args.seed, guidance_steps=args.guidance_steps, device=args.device, n_boot=args.n_boot,
+                 onset=args.onset)
     except _user_errors() as e:
         print(f"weaktok evaluate: {e}", file=sys.stderr)
         return 2
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-shards", default=None,
                    help="training shards behind the target and the memorisation bank (default: data.shards)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--onset", choices=("paper", "clicks"), default="paper",
+                   help="onset preset of the exact L-Score (default paper = librosa defaults; clicks: counts fast "
+                        "click trains right and drones/noise near 0; docs/evaluation.md)")
     p.add_argument("--workers", type=int, default=0, help="Ray actors for the exact L-Score (default 0 = serial)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--guidance-steps", type=int, default=0,

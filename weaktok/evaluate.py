@@ -88,8 +88,11 @@ class Scorer:
     """Exact L-Score of waveform batches: serial, or on ``workers`` Ray actors (a private local cluster, started
     once). Scores are computed batch by batch, so no waveform outlives its batch (bounded memory on big splits)."""
 
-    def __init__(self, sr: int, workers: int = 0):
-        self.sr, self.pool = sr, None
+    def __init__(self, sr: int, workers: int = 0, onset: str = "paper"):
+        self.sr, self.pool, self.onset = sr, None, onset
+        if onset != "paper" and workers > 1:
+            raise ValueError(f"--onset {onset} is scored serially: the Ray pool runs the paper's preset "
+                             "(drop --workers)")
         if workers > 1:
             from weaktok.lscore.pool import LScorePool
 
@@ -103,11 +106,17 @@ class Scorer:
             return self.pool.map(waves, self.sr)
         from weaktok.lscore.exact import exact_lscore
 
-        return np.stack([exact_lscore(w, self.sr) for w in waves])
+        return np.stack([exact_lscore(w, self.sr, onset=self.onset) for w in waves])
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+def clip_features(waves, sr: int) -> np.ndarray:
+    """(n, d) offline features of peak-normalised clips: Griffin-Lim's output level is arbitrary (model outputs
+    measured up to 16x the RMS of the peak-normalised corpus), so loudness is left out of every distance."""
+    return FT.features([w / max(float(np.abs(w).max()), 1e-9) for w in waves], sr)
 
 
 def rel_err(values: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -165,7 +174,8 @@ def copy_seed(spec: torch.Tensor, hole_frame: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def training_reference(loaded: G.Loaded, shards: str, regions: Regions, score: Scorer, max_items: int) -> dict:
+def training_reference(loaded: G.Loaded, shards: str, regions: Regions, score: Scorer, max_items: int,
+                       onset: str = "paper") -> dict:
     """Exact L-Scores and features of the training split's clips, per mode's region: the length-matched target
     and the memorisation bank. Cached beside the first model (reference_<seconds>s_<hole>.pt)."""
     from weaktok.data import eval_loader
@@ -178,7 +188,7 @@ def training_reference(loaded: G.Loaded, shards: str, regions: Regions, score: S
             for m in MODES:
                 cropped = regions.crop(m, waves)
                 rows[f"lscore_{m}"] += list(score(cropped))
-                rows[f"feat_{m}"] += list(FT.features(cropped, regions.sr))
+                rows[f"feat_{m}"] += list(clip_features(cropped, regions.sr))
             bar.update(len(waves))
             if len(rows["lscore_uncond"]) >= max_items:
                 break
@@ -187,7 +197,7 @@ def training_reference(loaded: G.Loaded, shards: str, regions: Regions, score: S
             raise ValueError(f"no items in the train split of {shards}")
         return {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in rows.items()}
 
-    name = f"reference_{regions.n / regions.sr:g}s_{regions.hole_sample}_{max_items}.pt"
+    name = f"reference_{regions.n / regions.sr:g}s_{regions.hole_sample}_{max_items}_{onset}_v2.pt"
     stats = G.cached_beside(loaded, name, compute)
     return {k: v.cpu().numpy() for k, v in stats.items()}
 
@@ -234,7 +244,7 @@ def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str
         waves = audio.numpy()
         for m in MODES:  # the data floor: every item
             cropped = regions.crop(m, waves)
-            col.add("data", m, score(cropped), FT.features(cropped, sr))
+            col.add("data", m, score(cropped), clip_features(cropped, sr))
         g = min(take, n_gen - seen)  # items of this batch that also carry outputs
         if g > 0:
             spec = front(audio[:g].to(dev))  # (g, F, T)
@@ -274,11 +284,13 @@ def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str
                                          "uncond": y_u[j].cpu(), "data_starts": G.chunk_start_frames(out, j),
                                          "seed_starts": G.chunk_start_frames(mo_s, j),
                                          "uncond_starts": G.chunk_start_frames(mo_u, j)})
-            keys = list(specs)
-            wav = front.inverse(torch.cat([specs[k] for k in keys]), length=regions.n).cpu().numpy()  # one GL call
-            for j, (name, m) in enumerate(keys):
+            unique = list({id(v): v for v in specs.values()}.values())  # data_vocoder serves both modes
+            wav = front.inverse(torch.cat(unique), length=regions.n).cpu().numpy()  # one Griffin-Lim call
+            at = {id(v): j for j, v in enumerate(unique)}
+            for (name, m), v in specs.items():
+                j = at[id(v)]
                 cropped = regions.crop(m, wav[j * g:(j + 1) * g])
-                col.add(name, m, score(cropped), FT.features(cropped, sr))
+                col.add(name, m, score(cropped), clip_features(cropped, sr))
         seen += take
         bar.update(take)
     bar.close()
@@ -329,8 +341,13 @@ def build_table(p: dict, models: list[G.Loaded], ref: dict, manifest_target: dic
                                           "definition": "mean exact L-Score of whole training items (manifest)"}},
                "baselines": {}, "paper": PAPER_TABLE1}
     for m in MODES:
-        tgt = ref[f"lscore_{m}"]
-        t["target"][m] = {"mean": tgt.mean(0).tolist(), "std": tgt.std(0).tolist(), "n": int(len(tgt))}
+        # the target is a fixed number (the mean of *these* training items, which the model was fitted to), like the
+        # paper's predefined targets; its ci95 says how well it estimates the corpus-wide mean, for reference
+        items = ref[f"lscore_{m}"]
+        tgt = items.mean(0)
+        own = summarize(items, tgt, n_boot=n_boot, seed=seed)
+        t["target"][m] = {"mean": tgt.tolist(), "std": items.std(0).tolist(), "n": int(len(items)),
+                          "ci95": own["ci95"]}
         t[m] = summarize_seeds(seeds_of("model", n_models, col, m), tgt, n_boot=n_boot, seed=seed)
         if guided:
             t[f"{m}_guided"] = summarize_seeds([col.get(f"model{i}_guided", m) for i in range(n_models)], tgt,
@@ -510,12 +527,14 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
              mask_fraction: float = G.MASK_FRACTION, steps: int = G.STEPS, seconds: float | None = None,
              shards: str | None = None, train_shards: str | None = None, workers: int = 0, seed: int = 0,
              guidance_steps: int = 0, device: str | torch.device | None = None, n_boot: int = 2000,
-             target_items: int = TARGET_ITEMS, rulers: bool = True) -> dict:
+             target_items: int = TARGET_ITEMS, rulers: bool = True, onset: str = "paper") -> dict:
     """Table 1 and everything beside it for one or more ``checkpoints`` (runs of different training seeds) on
     ``split`` of ``shards``; writes table1.json, table1.md and PNGs to ``out``.
 
     ``shards``: the evaluation items (default: the first model's data.shards); ``train_shards``: the training data
-    behind the target and the memorisation bank (default: the first model's data.shards). ``max_items``: items of
+    behind the target and the memorisation bank (default: the first model's data.shards). ``onset``: the exact
+    L-Score's onset preset for every set, target included (``paper``, the default, or ``clicks``: see
+    weaktok/lscore/exact.py and docs/evaluation.md). ``max_items``: items of
     the data floor (0 = all); ``n_gen``: outputs per mode per checkpoint. ``device``: see
     ``weaktok.device.resolve_device`` (a missing GPU fails before anything is loaded or written)."""
     from weaktok.device import resolve_device
@@ -547,9 +566,9 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
     guidance = G.make_guidance(models[0], train_shards, seconds, guidance_steps)
     total = manifest["splits"][split]["count"]
     n_items = min(total, max_items) if max_items else total
-    score = Scorer(sr, workers)
+    score = Scorer(sr, workers, onset)
     try:
-        ref = training_reference(models[0], train_shards, regions, score, target_items)
+        ref = training_reference(models[0], train_shards, regions, score, target_items, onset)
         p = evaluation_pass(models, stats, shards, split, regions, n_items, n_gen, mask_fraction, steps, score,
                             seed, guidance)
         ruler_rows = None
@@ -559,7 +578,7 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
             ruler_rows = ruler_check(sr=sr, seconds=seconds)
     finally:
         score.close()
-    args = {"split": split, "eval_shards": shards, "train_shards": train_shards, "clip_seconds": seconds,
+    args = {"onset": onset, "split": split, "eval_shards": shards, "train_shards": train_shards, "clip_seconds": seconds,
             "device": str(device), "lscore_mode": cfg.lscore.mode,
             "generation": {"mask_fraction": mask_fraction, "steps": steps, "seed": seed,
                            "guidance_steps": guidance_steps}}

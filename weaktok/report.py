@@ -255,7 +255,7 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
         lines.append("")
     again = "weaktok demo --quick" if plan.config == "tiny" else "make demo"
     lines += ["## Reproduce", "", "```bash", f"{again:43s} # this report (reuses corpus, shards and the run)",
-              f"weaktok evaluate --checkpoint {run} --out {ev}",
+              f"weaktok evaluate --checkpoint {run} --shards {plan.eval_shards} --split eval --out {ev}",
               f"weaktok generate --checkpoint {run} --unconditional --n 8 --out {base}/generate/unconditional",
               f"weaktok ablate --config {plan.config} --out runs/ablate data.shards={plan.shards}   # dynamic vs fixed"
               ", surrogate vs paper", "```", ""]

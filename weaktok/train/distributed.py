@@ -4,10 +4,19 @@ collectives the loop uses. With one rank every collective is a no-op."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
+
+# DeepSpeed's CPU backend JIT-loads its shared-memory all-reduce op (``deepspeed_shm_comm``) in every process, and
+# torch's loader holds a lock *file* in the op's build folder while it checks or builds (FileBaton: no owner pid, no
+# timeout). A process killed inside that window leaves the file behind, and every later DeepSpeed start on the
+# machine waits on it forever (seen here: a sweep SIGKILLed while a trial was starting wedged every later run).
+# A check of an already built op takes ~1 s, a first build under a minute on 2 cores; older locks are stale.
+STALE_LOCK_S = {"built": 30.0, "building": 900.0}
 
 
 @dataclass
@@ -38,6 +47,8 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
     os.environ.setdefault("LOCAL_RANK", "0")
     import deepspeed  # here, not at the top: DeepSpeed picks its accelerator from DS_ACCELERATOR when imported
 
+    if not use_cuda:
+        clear_stale_extension_lock("deepspeed_shm_comm")
     kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False, **kwargs)
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -52,6 +63,31 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
     else:
         device = torch.device("cpu")
     return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
+
+
+def clear_stale_extension_lock(name: str, poll_s: float = 0.5) -> bool:
+    """Wait out a live holder of torch's JIT build lock for extension ``name``; remove the lock once it is older
+    than ``STALE_LOCK_S`` (no live process holds a lock that long). Returns whether a stale lock was removed.
+    Hand-written: torch's FileBaton has neither an owner nor a timeout."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    folder = Path(_get_build_directory(name, verbose=False))
+    lock = folder / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        built = any(folder.glob(f"{name}*.so"))
+        if age > STALE_LOCK_S["built" if built else "building"]:
+            try:
+                lock.unlink()
+            except FileNotFoundError:
+                return False
+            print(f"[weaktok] removed a stale torch extension lock {lock} ({age:.0f} s old: a process was killed "
+                  "while loading DeepSpeed's CPU op)", flush=True)
+            return True
+        time.sleep(poll_s)
 
 
 def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
