@@ -1,55 +1,48 @@
-"""DeepSpeed's CPU op is JIT-loaded under torch's lock file; a process killed meanwhile leaves the file, and every
-later start waited on it forever. setup_distributed clears such stale locks (weaktok/train/distributed.py)."""
-import os
-import threading
+"""DeepSpeed's CPU op is JIT-loaded under torch's lock file; a process killed meanwhile left the file, and every
+later DeepSpeed start waited on it forever. weaktok loads the op itself under an flock the kernel releases when
+its holder dies (weaktok/train/distributed.py): a torch lock found while holding it is removed."""
+import subprocess
+import sys
 import time
 
-import pytest
+from weaktok.train.distributed import FLOCK_NAME, guarded_jit_load
 
-from weaktok.train import distributed as D
-
-
-@pytest.fixture
-def build_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    monkeypatch.setattr(D, "STALE_LOCK_S", {"built": 2.0, "building": 4.0})
-    folder = tmp_path / "fake_op"
-    folder.mkdir()
-    return folder
-
-
-def _age(path, seconds):
-    t = time.time() - seconds
-    os.utime(path, (t, t))
+HOLDER = """
+import fcntl, pathlib, sys, time
+folder = pathlib.Path(sys.argv[1])
+f = open(folder / "{flock}", "a")
+fcntl.flock(f, fcntl.LOCK_EX)
+(folder / "lock").touch()   # torch's FileBaton file, as a loader has it mid-load
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+(folder / "lock").unlink()
+""".format(flock=FLOCK_NAME)
 
 
-def test_no_lock_returns_at_once(build_dir):
-    assert D.clear_stale_extension_lock("fake_op") is False
+def _holder(folder, seconds):
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "holding"
+    return p
 
 
-def test_stale_lock_of_a_built_op_is_removed(build_dir, capsys):
-    (build_dir / "fake_op.so").write_bytes(b"")
-    lock = build_dir / "lock"
-    lock.touch()
-    _age(lock, 3.0)  # older than "built" (2 s), younger than "building" (4 s)
-    assert D.clear_stale_extension_lock("fake_op", poll_s=0.05) is True
-    assert not lock.exists() and "stale torch extension lock" in capsys.readouterr().out
+def test_a_killed_loaders_lock_is_removed_and_the_load_runs(tmp_path, capsys):
+    p = _holder(tmp_path, 60)
+    p.kill()  # SIGKILL mid-load: torch's lock file stays, the flock goes with the process
+    p.wait()
+    assert (tmp_path / "lock").exists()
+    assert guarded_jit_load(tmp_path, lambda: "loaded") == "loaded"
+    assert not (tmp_path / "lock").exists() and "stale torch extension lock" in capsys.readouterr().out
 
 
-def test_a_live_holder_is_waited_for_not_broken(build_dir):
-    """A first build (no .so yet) holding the lock for 1 s: we wait until it lets go and remove nothing."""
-    lock = build_dir / "lock"
-    lock.touch()
-    threading.Timer(1.0, lock.unlink).start()
+def test_a_live_loader_is_waited_for_and_its_lock_left_alone(tmp_path, capsys):
+    p = _holder(tmp_path, 1.0)
     t0 = time.time()
-    assert D.clear_stale_extension_lock("fake_op", poll_s=0.05) is False
-    assert 0.9 < time.time() - t0 < 3.5
+    seen = guarded_jit_load(tmp_path, lambda: (tmp_path / "lock").exists())
+    p.wait()
+    assert time.time() - t0 > 0.5 and seen is False  # it waited until the live loader finished and unlocked
+    assert "stale" not in capsys.readouterr().out
 
 
-def test_an_unfinished_first_build_gets_the_long_grace(build_dir):
-    lock = build_dir / "lock"
-    lock.touch()
-    _age(lock, 3.0)  # no .so: a first build may take minutes, so 3 s is not stale yet; 4 s is
+def test_no_lock_loads_at_once(tmp_path):
     t0 = time.time()
-    assert D.clear_stale_extension_lock("fake_op", poll_s=0.05) is True
-    assert time.time() - t0 > 0.8 and not lock.exists()
+    assert guarded_jit_load(tmp_path / "new", lambda: 7) == 7 and time.time() - t0 < 1

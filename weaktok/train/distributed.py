@@ -4,7 +4,6 @@ collectives the loop uses. With one rank every collective is a no-op."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -12,13 +11,12 @@ from pathlib import Path
 import torch
 
 # DeepSpeed's CPU backend JIT-loads its shared-memory all-reduce op (``deepspeed_shm_comm``) in every process, and
-# torch's loader holds a lock *file* in the op's build folder while it checks or builds (FileBaton: no owner pid, no
+# torch's loader holds a lock *file* in the op's build folder while it checks or builds (FileBaton: no owner, no
 # timeout). A process killed inside that window leaves the file behind, and every later DeepSpeed start on the
-# machine waits on it forever (seen here: a sweep SIGKILLed while a trial was starting wedged every later run).
-# A check of an already built op takes ~1 s, a first build under a minute on 2 cores; older locks are stale.
-STALE_LOCK_S = {"built": 30.0, "building": 900.0}
-
-
+# machine waited on it forever (seen here: a sweep SIGKILLed while a trial was starting wedged every later run).
+# So weaktok loads the op itself, first, under an flock the kernel releases when its holder dies: holding it, a
+# torch lock file can only be a dead process' leftover. (Age is no test: a real rebuild can hold it for minutes.)
+FLOCK_NAME = "weaktok.flock"
 @dataclass
 class Dist:
     rank: int
@@ -48,7 +46,7 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
     import deepspeed  # here, not at the top: DeepSpeed picks its accelerator from DS_ACCELERATOR when imported
 
     if not use_cuda:
-        clear_stale_extension_lock("deepspeed_shm_comm")
+        load_cpu_comm_op()
     kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False, **kwargs)
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -65,29 +63,38 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
     return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
 
 
-def clear_stale_extension_lock(name: str, poll_s: float = 0.5) -> bool:
-    """Wait out a live holder of torch's JIT build lock for extension ``name``; remove the lock once it is older
-    than ``STALE_LOCK_S`` (no live process holds a lock that long). Returns whether a stale lock was removed.
-    Hand-written: torch's FileBaton has neither an owner nor a timeout."""
+def guarded_jit_load(build_dir: str | Path, load):
+    """Run ``load()`` (a torch JIT extension load whose build folder is ``build_dir``) holding an exclusive flock on
+    ``build_dir/weaktok.flock``; a torch ``lock`` file found while holding it is a killed loader's and is removed.
+    Hand-written: torch's FileBaton cannot tell a live holder from a dead one."""
+    import fcntl
+
+    folder = Path(build_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / FLOCK_NAME, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # waits for a live loader; a dead one's flock is gone with its process
+        try:
+            stale = folder / "lock"
+            if stale.exists():
+                stale.unlink()
+                print(f"[weaktok] removed a stale torch extension lock {stale} (left by a process killed while "
+                      "loading the op)", flush=True)
+            return load()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_cpu_comm_op() -> None:
+    """Load DeepSpeed's CPU shared-memory comm op before ``init_distributed`` does (it then finds it loaded), under
+    ``guarded_jit_load``. Nothing happens where DeepSpeed would not use the op."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
     from torch.utils.cpp_extension import _get_build_directory
 
-    folder = Path(_get_build_directory(name, verbose=False))
-    lock = folder / "lock"
-    while True:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        built = any(folder.glob(f"{name}*.so"))
-        if age > STALE_LOCK_S["built" if built else "building"]:
-            try:
-                lock.unlink()
-            except FileNotFoundError:
-                return False
-            print(f"[weaktok] removed a stale torch extension lock {lock} ({age:.0f} s old: a process was killed "
-                  "while loading DeepSpeed's CPU op)", flush=True)
-            return True
-        time.sleep(poll_s)
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    guarded_jit_load(_get_build_directory(builder.NAME, verbose=False), builder.load)
 
 
 def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
