@@ -17,7 +17,8 @@ def test_ablation_compares_chunking_and_lscore_mode(tmp_path, monkeypatch):
     shards = make_tiny_shards(tmp_path / "shards")
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     out = tmp_path / "ablate"
-    summary = ablate("tiny", out, [f"data.shards={shards}", *FAST], max_items=2, seconds=2.0)
+    summary = ablate("tiny", out, [f"data.shards={shards}", *FAST], max_items=2, seconds=2.0,
+                     target_items=8)
     v = summary["variants"]
     assert set(v) == {"dynamic", "fixed", "paper"}
     for name, r in v.items():
@@ -32,6 +33,7 @@ def test_ablation_compares_chunking_and_lscore_mode(tmp_path, monkeypatch):
     assert "Dynamic vs fixed-grid chunking" in md and "surrogate vs paper" in md
     assert json.loads((out / "ablation.json").read_text())["variants"].keys() == v.keys()
     # a second call reuses the trained variants (no retraining)
-    again = ablate("tiny", out, [f"data.shards={shards}", *FAST], names=["fixed"], max_items=2, seconds=2.0)
+    again = ablate("tiny", out, [f"data.shards={shards}", *FAST], names=["fixed"], max_items=2, seconds=2.0,
+                     target_items=8)
     assert again["variants"]["fixed"]["train_seconds"] == 0.0
     assert set(again["variants"]) == {"dynamic", "fixed", "paper"}  # earlier results kept

@@ -12,7 +12,7 @@ from tests.helpers import cpu_env, venv_bin
 from tests.test_generate import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-SECONDS = 3.0
+SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")

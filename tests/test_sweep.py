@@ -17,7 +17,7 @@ from weaktok.config import ConfigError, load_config
 from weaktok.launch import free_port
 from weaktok.sweep import load_space, check_against_config
 
-TRIAL = ["train.epochs=2", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=2",
+TRIAL = ["train.epochs=2", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=1",
          "data.num_workers=0"]
 
 

@@ -105,7 +105,8 @@ def variants(config: str, overrides: list[str]) -> dict[str, dict]:
 
 
 def ablate(config: str, out: str | Path, overrides: list[str] | None = None, names: list[str] | None = None,
-           ranks: int = 1, split: str = "test", max_items: int = 0, seconds: float | None = None) -> dict:
+           ranks: int = 1, split: str = "test", max_items: int = 0, seconds: float | None = None,
+           target_items: int | None = None) -> dict:
     """Train and evaluate each variant in ``out/<name>``; a variant with final weights is not retrained."""
     from weaktok.evaluate import evaluate
 
@@ -124,7 +125,8 @@ def ablate(config: str, out: str | Path, overrides: list[str] | None = None, nam
         if not (run / "final" / "model.pt").is_file():
             train_s = train_subprocess(config, run, [*overrides, *v["overrides"]], ranks)
         t0 = time.time()
-        table = evaluate(run, run / "eval", split=split, max_items=max_items, seconds=seconds, rulers=False)
+        extra = {"target_items": target_items} if target_items else {}
+        table = evaluate(run, run / "eval", split=split, max_items=max_items, seconds=seconds, rulers=False, **extra)
         results[name] = {**v, "train_seconds": round(train_s, 1), "eval_seconds": round(time.time() - t0, 1),
                          "table1": table}
     summary = {"config": config, "overrides": overrides, "resolved": to_dict(load_config(config, overrides)),

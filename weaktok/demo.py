@@ -39,6 +39,7 @@ class Plan:
     eval_n: int = 640  # items in the evaluation corpus
     max_items: int = 0  # evaluation items of the data floor (0 = the whole eval split)
     n_gen: int = 64  # outputs per mode scored in Table 1
+    eval_seconds: float | None = None  # clip length of the evaluation (None: evaluate.EVAL_SECONDS)
     n_uncond: int = 8
     n_seeds: int = 3
     guidance_steps: int = 0  # > 0: evaluate also scores the outputs after L-Score guidance (generate.guide)
@@ -58,7 +59,7 @@ def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bo
         return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), "tiny", 48, 2,
                     ["train.epochs=1", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=0",
                      *(overrides or [])], eval_corpus=root / "corpus-eval", eval_shards=root / "shards-eval",
-                    eval_n=24, n_gen=8, n_uncond=2, n_seeds=1, guidance_steps=0)
+                    eval_n=24, n_gen=4, eval_seconds=4.0, n_uncond=2, n_seeds=1, guidance_steps=0)
     corpus_dir, shards_dir = Path(corpus or "corpus/demo"), Path(shards or "shards/demo")
     return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, "demo", 300, 2, list(overrides or []),
                 eval_corpus=corpus_dir.with_name(corpus_dir.name + "-eval"),
@@ -159,7 +160,7 @@ def stage_evaluate(plan: Plan, run: Path) -> dict:
     from weaktok.evaluate import evaluate
 
     t = evaluate(run, plan.out / "eval", split="eval", shards=str(plan.eval_shards), max_items=plan.max_items,
-                 n_gen=plan.n_gen, guidance_steps=plan.guidance_steps)
+                 n_gen=plan.n_gen, guidance_steps=plan.guidance_steps, seconds=plan.eval_seconds)
     print((plan.out / "eval" / "table1.md").read_text())
     return t
 
