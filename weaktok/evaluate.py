@@ -155,7 +155,7 @@ class Regions:
 def make_regions(front, sr: int, seconds: float, mask_fraction: float) -> Regions:
     n = int(round(seconds * sr))
     frames = front.num_frames(n)
-    hole = int(G.seed_hole(frames, mask_fraction).nonzero()[0])
+    hole = G.seed_hole_start(frames, mask_fraction)
     return Regions(n, frames, hole, min(hole * front.hop_length, n - 1), sr)
 
 

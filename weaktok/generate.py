@@ -245,10 +245,15 @@ def seed_based(model, spec: torch.Tensor, stats: dict, mask_fraction: float = MA
     return refine(model, spec, seed_hole(spec.shape[-1], mask_fraction), stats, steps, gen, guidance)
 
 
+def seed_hole_start(frames: int, mask_fraction: float = MASK_FRACTION) -> int:
+    """The first in-painted frame of a seed-based output of ``frames`` frames."""
+    return frames - int(round(mask_fraction * frames))
+
+
 def seed_hole(frames: int, mask_fraction: float = MASK_FRACTION, device: torch.device | str = "cpu") -> torch.Tensor:
     """(frames,) bool: the last ``mask_fraction`` of the frames."""
     hole = torch.zeros(frames, dtype=torch.bool, device=device)
-    hole[frames - int(round(mask_fraction * frames)):] = True
+    hole[seed_hole_start(frames, mask_fraction):] = True
     return hole
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from weaktok.data import eval_loader
-from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole, unconditional
+from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole_start, unconditional
 from weaktok.lscore.exact import LSCORE_NAMES
 from weaktok.train.distributed import all_reduce_sum, gather_objects
 from weaktok.train.step import model_dtype
@@ -95,13 +95,8 @@ def generated_waves(cfg, dist, model, front, prior: dict, n: int, seeds: list[to
         if seeds:
             specs.append(seed_based(run, torch.stack(seeds), prior, MASK_FRACTION, STEPS, gen)[0])  # (S, F, T)
         wav = front.inverse(torch.cat(specs)).cpu().numpy()  # (n + S, (T - 1) * hop)
-    start = hole_start(frames) * front.hop_length  # the hole's first sample (frame t is centred on t * hop)
+    start = seed_hole_start(frames, MASK_FRACTION) * front.hop_length  # the hole's first sample (frame t is centred on t * hop)
     return {"uncond": list(wav[:n]), "seed": [w[start:] for w in wav[n:]]}
-
-
-def hole_start(frames: int) -> int:
-    """The first in-painted frame of a seed-based output of ``frames`` frames (generate.seed_hole)."""
-    return int(seed_hole(frames, MASK_FRACTION).int().argmax())
 
 
 def in_own_dtype(model):
