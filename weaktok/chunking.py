@@ -20,7 +20,9 @@ What the paper leaves out, and what we do (after H-Net's ``dc.py`` and Nawrot's 
   rate of the *deterministic* boundaries (P(boundary) >= 0.5, as H-Net's hard boundaries and our eval are), not
   of the Gumbel samples: with sampled F the loss only steers mean p, and p can settle below 0.5 everywhere, so
   training samples chunks that evaluation never forms. With deterministic F the eval rate is driven to 1/N.
-* Training samples boundaries (hard Gumbel-Softmax, straight-through); eval uses p >= 0.5, no noise.
+* Training samples boundaries (hard Gumbel-Softmax, straight-through); eval uses p >= 0.5, no noise. With
+  ``train_boundaries="deterministic"`` training uses p >= 0.5 as well (H-Net): the router then learns only through
+  the confidence gate and the ratio loss, and training and evaluation form the same chunks from the same input.
 
 Everything is vectorised over batch and chunks: pooling is one ``index_add_`` over flattened ids, un-chunking
 one ``gather``; the EMA is a masked C x C matrix product. ``pool_chunks_reference`` is a per-row Python loop
@@ -144,8 +146,11 @@ class DynamicChunkingLayer(nn.Module):
     """Content-driven chunk boundaries from the cosine dissimilarity of neighbouring frames."""
 
     def __init__(self, dim: int, tau: float = 1.0, routing: Routing = "cosine", target_ratio: float = 4.0,
-                 eps: float = 1e-6, max_chunk_rate: float = 1.0):
+                 eps: float = 1e-6, max_chunk_rate: float = 1.0, train_boundaries: str = "sampled"):
         super().__init__()
+        if train_boundaries not in ("sampled", "deterministic"):
+            raise ValueError(f"train_boundaries must be 'sampled' or 'deterministic', got {train_boundaries!r}")
+        self.sampled = train_boundaries == "sampled"
         if routing not in ("cosine", "paper"):
             raise ValueError(f"routing must be 'cosine' or 'paper', got {routing!r}")
         if not 0 < max_chunk_rate <= 1:
@@ -182,7 +187,7 @@ class DynamicChunkingLayer(nn.Module):
         mask = _default_mask(x, mask)  # (B, T)
         B, T, _ = x.shape
         prob_rest, logits = self.logits(x)  # (B, T-1), (B, T-1, 2)
-        if self.training:
+        if self.training and self.sampled:
             sample = F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 0].to(x.dtype)  # ST
         else:
             sample = (prob_rest >= 0.5).to(x.dtype)
@@ -272,11 +277,12 @@ def dechunk(values: torch.Tensor, out: ChunkOutput, smoothing: bool = True) -> t
 
 
 def build_chunker(dim: int, kind: str = "dynamic", routing: Routing = "cosine", tau: float = 1.0,
-                  target_ratio: float = 4.0, fixed_stride: int = 4, max_chunk_rate: float = 1.0) -> nn.Module:
+                  target_ratio: float = 4.0, fixed_stride: int = 4, max_chunk_rate: float = 1.0,
+                  train_boundaries: str = "sampled") -> nn.Module:
     """``max_chunk_rate`` caps the dynamic layer's chunk slots (see ``DynamicChunkingLayer``); fixed ignores it."""
     if kind == "dynamic":
         return DynamicChunkingLayer(dim, tau=tau, routing=routing, target_ratio=target_ratio,
-                                    max_chunk_rate=max_chunk_rate)
+                                    max_chunk_rate=max_chunk_rate, train_boundaries=train_boundaries)
     if kind == "fixed":
         return FixedChunking(dim, stride=fixed_stride)
     raise ValueError(f"chunking kind must be 'dynamic' or 'fixed', got {kind!r}")

@@ -157,7 +157,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         demo(out=args.out, corpus=args.corpus, shards=args.shards, quick=args.quick, retrain=args.retrain,
-             overrides=args.overrides)
+             overrides=args.overrides, config=args.config)
     except _user_errors() as e:
         print(f"weaktok demo: {e}", file=sys.stderr)
         return 2
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="unconditional outputs (default 8)")
     p.add_argument("--out", required=True, help="output folder: <name>.wav, <name>.png, generate.json")
     p.add_argument("--seconds", type=float, default=None, help="output length (default: the model's clip length)")
-    p.add_argument("--steps", type=int, default=None, help="refinement passes (default 6)")
+    p.add_argument("--steps", type=int, default=None, help="refinement passes (default 6) or, for a flow model, ODE steps (default model.flow.steps)")
     p.add_argument("--mask-fraction", type=float, default=0.5, help="seed-based: in-painted share at the end")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--shards", default=None, help="shards for the corpus spectrum (default: the model's data.shards)")
@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", default=None, help="shard folder (default shards/demo), reused when present")
     p.add_argument("--quick", action="store_true", help="smoke-test scale: tiny model, 48 loops, 1 epoch")
     p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
+    p.add_argument("--config", default=None, help="training config (default demo; --quick: tiny), e.g. demo-flow")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -53,15 +53,15 @@ class Plan:
 
 
 def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bool,
-              overrides: list[str] | None) -> Plan:
+              overrides: list[str] | None, config: str | None = None) -> Plan:
     if quick:  # smoke-test scale: everything under one folder, the tiny model, one epoch, no Ray in training
         root = Path(out or "runs/demo-quick")
-        return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), "tiny", 48, 2,
+        return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), config or "tiny", 48, 2,
                     ["train.epochs=1", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=0",
                      *(overrides or [])], eval_corpus=root / "corpus-eval", eval_shards=root / "shards-eval",
                     eval_n=24, n_gen=4, eval_seconds=4.0, n_uncond=2, n_seeds=1, guidance_steps=0)
     corpus_dir, shards_dir = Path(corpus or "corpus/demo"), Path(shards or "shards/demo")
-    return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, "demo", 300, 2, list(overrides or []),
+    return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, config or "demo", 300, 2, list(overrides or []),
                 eval_corpus=corpus_dir.with_name(corpus_dir.name + "-eval"),
                 eval_shards=shards_dir.with_name(shards_dir.name + "-eval"))
 
@@ -191,11 +191,12 @@ def stage_generate(plan: Plan, run: Path) -> dict:
 
 
 def demo(out: str | None = None, corpus: str | None = None, shards: str | None = None, quick: bool = False,
-         retrain: bool = False, overrides: list[str] | None = None) -> Path:
-    """Run every stage; returns the path of report.md."""
+         retrain: bool = False, overrides: list[str] | None = None, config: str | None = None) -> Path:
+    """Run every stage; returns the path of report.md. ``config``: the training config (default demo; --quick:
+    tiny)."""
     from weaktok.report import write_demo_report
 
-    plan = make_plan(out, corpus, shards, quick, overrides)
+    plan = make_plan(out, corpus, shards, quick, overrides, config)
     load_config(plan.config, train_overrides(plan))  # a bad override fails here, before any work
     plan.out.mkdir(parents=True, exist_ok=True)
     plan.earlier = _earlier_timings(plan.out / "timings.json")

@@ -258,18 +258,18 @@ def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str
                      ("prior_noise", "seed"): torch.where(hole, G.sample_prior(stats, g, regions.frames, gen), spec)}
             for i, loaded in enumerate(models):
                 model = loaded.model
-                out = model(spec)
-                y_s, mo_s = G.seed_based(model, spec, stats, mask_fraction, steps,
-                                         torch.Generator(device=dev).manual_seed(seed + 7 * b))
-                y_u, mo_u = G.unconditional(model, stats, g, regions.frames, steps, gen)
+                seed_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 7 * b)  # noqa: E731
+                uncond_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 7 * b + 3)  # noqa: E731
+                out = ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fraction, steps, l1,
+                                      f"{i}:", "intact")
+                y_s, mo_s = out["seed"]
+                y_u, mo_u = out["uncond"]
                 with chunk_path_cut(model):
-                    out_cut = model(spec)
-                    y_cut, _ = G.seed_based(model, spec, stats, mask_fraction, steps,
-                                            torch.Generator(device=dev).manual_seed(seed + 7 * b))
-                l1[f"{i}:recon_intact"] += (out.recon - spec).abs().mean(dim=(1, 2)).tolist()
-                l1[f"{i}:recon_cut"] += (out_cut.recon - spec).abs().mean(dim=(1, 2)).tolist()
-                l1[f"{i}:inpaint_intact"] += (y_s - spec)[..., hole].abs().mean(dim=(1, 2)).tolist()
-                l1[f"{i}:inpaint_cut"] += (y_cut - spec)[..., hole].abs().mean(dim=(1, 2)).tolist()
+                    cut = ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fraction, steps, l1,
+                                          f"{i}:", "cut")
+                specs[(f"model{i}_cut", "seed")] = cut["seed"][0]
+                specs[(f"model{i}_cut", "uncond")] = cut["uncond"][0]
+                out = out["forward"]
                 n_chunks = out.chunk.num_chunks.float()
                 l1[f"{i}:boundary_rate"] += (out.chunk.boundaries.sum(1) / out.chunk.frame_mask.sum(1)).tolist()
                 l1[f"{i}:chunks_per_s"] += (n_chunks / (regions.frames * front.frame_seconds)).tolist()
@@ -297,6 +297,34 @@ def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str
     if not seen:
         raise ValueError(f"split '{split}' of {shards} yielded no items")
     return {"col": col, "l1": l1, "examples": examples, "n_items": seen, "n_gen": min(n_gen, seen)}
+
+
+def ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fraction, steps, l1: dict, prefix: str,
+                    which: str) -> dict:
+    """One model (intact, or under ``chunk_path_cut``): its seed-based and unconditional outputs (the same noise
+    draws for intact and cut) and the bypass rows ``l1[prefix + "recon_" + which]`` / ``"inpaint_"``:
+
+    * in-painting models: recon = L1 of model(spec) vs spec; inpaint = L1 of the seed-based output's hole;
+    * flow models (weaktok/flow.py ``eval_loss``, the validation loss): recon = the velocity error with nothing
+      known, inpaint = with the seed's part known, on the hole.
+    Returns {"seed": (y, ModelOutput), "uncond": (y, ModelOutput), "forward": a ModelOutput of the real clips}."""
+    from weaktok import flow
+
+    g, frames = spec.shape[0], spec.shape[-1]
+    y_s = G.seed_based(model, spec, stats, mask_fraction, steps, seed_gen())
+    y_u = G.unconditional(model, stats, g, frames, steps, uncond_gen())
+    if G.is_flow(model):
+        nothing = torch.zeros(frames, dtype=torch.bool, device=spec.device)
+        recon = flow.eval_loss(model, spec, nothing, uncond_gen())[0]
+        inpaint = flow.eval_loss(model, spec, ~hole, seed_gen())[0]
+        fwd = model(flow.normalise(model, spec), t=torch.ones(g, device=spec.device), known=nothing.expand(g, -1))
+    else:
+        fwd = model(spec)
+        recon = (fwd.recon - spec).abs().mean(dim=(1, 2))
+        inpaint = (y_s[0] - spec)[..., hole].abs().mean(dim=(1, 2))
+    l1[f"{prefix}recon_{which}"] += recon.tolist()
+    l1[f"{prefix}inpaint_{which}"] += inpaint.tolist()
+    return {"seed": y_s, "uncond": y_u, "forward": fwd}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -365,8 +393,8 @@ def build_table(p: dict, models: list[G.Loaded], ref: dict, manifest_target: dic
     # distributions: per training seed, then mean and sd over seeds
     t["frechet"], t["kid"], t["two_sample_accuracy"], t["memorisation"] = {}, {}, {}, {}
     for m in MODES:
-        sets = [f"model{i}" for i in range(n_models)] + [b for b in ("data_vocoder", "copy_seed", "prior_noise")
-                                                         if (b, m) in col.feat]
+        sets = [f"model{i}" for i in range(n_models)] + [f"model{i}_cut" for i in range(n_models)] + [
+            b for b in ("data_vocoder", "copy_seed", "prior_noise") if (b, m) in col.feat]
         d = distribution_metrics(col, m, sets, p["n_gen"], ref[f"feat_{m}"], seed)
         for key, field in (("frechet", "frechet"), ("kid", "kid"), ("two_sample_accuracy", "two_sample"),
                            ("memorisation", "memorisation")):
@@ -374,14 +402,21 @@ def build_table(p: dict, models: list[G.Loaded], ref: dict, manifest_target: dic
             for name in ["data", "data_vocoder", "copy_seed", "prior_noise"]:
                 if name in d:
                     row[name] = d[name][field]
-            per_seed = [d[f"model{i}"][field] for i in range(n_models)]
-            row["model"] = _over_seeds(per_seed)
+            row["model"] = _over_seeds([d[f"model{i}"][field] for i in range(n_models)])
+            if f"model0_cut" in d:  # the bypass ablation's outputs (chunk path cut), same noise as the model's
+                row["model_cut"] = _over_seeds([d[f"model{i}_cut"][field] for i in range(n_models)])
             t[key][m] = row
     # the bypass ablation: the chunk path cut vs intact, per seed, with the mean-spectrum predictor beside them
     l1 = p["l1"]
-    t["bypass"] = {"definition": "L1 on log1p spectrograms over the first n_gen evaluation items: recon = "
-                                 "model(spec) vs spec; inpaint = the seed-based output's hole vs the real hole "
-                                 "(same noise draws intact and cut); cut = bottleneck replaced by the identity",
+    flow_models = G.is_flow(models[0].model)
+    t["bypass"] = {"definition": ("flow validation loss (mean squared velocity error over the generated frames, 4 "
+                                  "fixed times, the same noise intact and cut) over the first n_gen evaluation "
+                                  "items: recon = nothing known, inpaint = the seed's part known"
+                                  if flow_models else
+                                  "L1 on log1p spectrograms over the first n_gen evaluation items: recon = "
+                                  "model(spec) vs spec; inpaint = the seed-based output's hole vs the real hole "
+                                  "(same noise draws intact and cut)") + "; cut = bottleneck replaced by the identity",
+                   "measure": "flow_loss" if flow_models else "l1",
                    "mean_spectrum": {"recon_l1": _mean(l1["recon_mean_spectrum"]),
                                      "inpaint_l1": _mean(l1["inpaint_mean_spectrum"])}}
     for what in ("recon", "inpaint"):
@@ -487,14 +522,15 @@ def table1_markdown(t: dict) -> str:
           "closer to training items than new real audio is) and the share of near-copies.\n\n")
     for m in MODES:
         rows = []
-        for name in ("data", "data_vocoder", "copy_seed", "prior_noise", "model"):
+        for name in ("data", "data_vocoder", "copy_seed", "prior_noise", "model", "model_cut"):
             if name not in t["frechet"][m]:
                 continue
             fd, kd, ts, mem = (t[k][m][name] for k in ("frechet", "kid", "two_sample_accuracy", "memorisation"))
-            if name == "model":
+            if name in ("model", "model_cut"):
                 fd, kd = fd["mean"], kd["mean"]
                 ts, mem = ts["per_seed"][0], mem["per_seed"][0]
-                name = "model" + (" (seed 1 of several; see JSON)" if nseeds > 1 else "")
+                name = {"model": "model", "model_cut": "model, chunk path cut"}[name] + (
+                    " (seed 1 of several; see JSON)" if nseeds > 1 else "")
             acc = "—" if ts.get("accuracy") is None else f"{ts['accuracy']:.2f} [{ts['ci95'][0]:.2f}, " \
                                                         f"{ts['ci95'][1]:.2f}]"
             rows.append([name, f"{fd:.2f}", f"{kd:.3f}", acc, f"{mem['ratio']:.2f}",
@@ -502,13 +538,17 @@ def table1_markdown(t: dict) -> str:
         s += (f"**{m}** (reference: {t['frechet'][m]['reference_items']} real clips)\n\n" +
               md_table(["set", "Fréchet", "KID", "two-sample acc", "memorisation ratio", "near-copies"], rows) + "\n")
     bp = t["bypass"]
+    flow_measure = bp.get("measure") == "flow_loss"
+    fd_rows = "".join(f"Fréchet distance ({m}): intact {t['frechet'][m]['model']['mean']:.2f}, chunk path cut "
+                      f"{t['frechet'][m]['model_cut']['mean']:.2f}.\n" for m in MODES
+                      if "model_cut" in t["frechet"][m])
     s += ("## Bypass ablation: is the chunk path load-bearing?\n\n" +
-          md_table(["L1 (log1p spectrogram)", "intact", "chunk path cut", "change", "cut − intact [95 %]",
-                    "corpus mean spectrum"],
+          md_table(["flow loss (velocity MSE)" if flow_measure else "L1 (log1p spectrogram)", "intact",
+                    "chunk path cut", "change", "cut − intact [95 %]", "corpus mean spectrum (L1)"],
                    [[w, f"{bp[w]['intact']:.4f}", f"{bp[w]['cut']:.4f}", pct(bp[w]["rel_change"]),
                      f"[{bp[w]['cut_minus_intact_ci95'][0]:+.4f}, {bp[w]['cut_minus_intact_ci95'][1]:+.4f}]",
-                     f"{bp['mean_spectrum'][w + '_l1']:.4f}"] for w in ("recon", "inpaint")]) +
-          f"\n{bp['definition']}.\n\n")
+                     "—" if flow_measure else f"{bp['mean_spectrum'][w + '_l1']:.4f}"] for w in ("recon", "inpaint")]) +
+          f"\n{bp['definition']}.\n\n{fd_rows}\n")
     c = t["chunks"]
     s += (f"Chunks ({c['kind']}, eval-mode boundaries): boundary rate {c['boundary_rate']:.3f} per bottleneck frame "
           f"(target 1/{c['target_ratio']:g}), {c['chunks_per_s']:.2f} chunks/s.\n")
@@ -524,7 +564,7 @@ def table1_markdown(t: dict) -> str:
 
 
 def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int = 0, n_gen: int = N_GEN,
-             mask_fraction: float = G.MASK_FRACTION, steps: int = G.STEPS, seconds: float | None = None,
+             mask_fraction: float = G.MASK_FRACTION, steps: int | None = None, seconds: float | None = None,
              shards: str | None = None, train_shards: str | None = None, workers: int = 0, seed: int = 0,
              guidance_steps: int = 0, device: str | torch.device | None = None, n_boot: int = 2000,
              target_items: int = TARGET_ITEMS, rulers: bool = True, onset: str = "paper") -> dict:
@@ -581,7 +621,7 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
     args = {"onset": onset, "split": split, "eval_shards": shards, "train_shards": train_shards, "clip_seconds": seconds,
             "device": str(device), "lscore_mode": cfg.lscore.mode,
             "generation": {"mask_fraction": mask_fraction, "steps": steps, "seed": seed,
-                           "guidance_steps": guidance_steps}}
+                           "guidance_steps": guidance_steps, "flow": G.is_flow(models[0].model)}}
     t = build_table(p, models, ref, load_manifest(train_shards)["lscore_target"], regions, args, n_boot, seed)
     t["rulers"] = ruler_rows
     t["seconds"] = round(time.time() - t0, 1)

@@ -219,28 +219,42 @@ def sigmas(steps: int) -> list[float]:
     return [1.0] if steps == 1 else [1.0 - k / (steps - 1) for k in range(steps)]
 
 
+def is_flow(model) -> bool:
+    """True for a ``model.objective: flow`` model (sampled by weaktok/flow.py), False for an in-painting one."""
+    return bool(getattr(model, "flow", False))
+
+
 @torch.no_grad()
-def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: int = STEPS,
+def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: int | None = None,
            gen: torch.Generator | None = None, guidance: Guidance | None = None):
     """known (B, F, T) spectrograms, hole (T,) bool -> (output (B, F, T), ModelOutput of the last pass).
 
-    Runs on known's device (the model and ``stats`` must be there; ``gen`` may be on any device)."""
-    B, _, T = known.shape
+    In-painting models: the refinement above, ``steps`` (default ``STEPS``) passes from ``stats``' prior noise.
+    Flow models: the ODE of weaktok/flow.py from Gaussian noise, ``steps`` (default ``model.flow.steps``) steps;
+    ``stats`` is not used. Runs on known's device (the model and ``stats`` must be there; ``gen`` may be on any
+    device), fp32 in and out whatever the model's dtype."""
+    from weaktok import flow
+
     hole = hole.to(known.device)
-    ss = sigmas(steps) + [0.0]
-    x = torch.where(hole, sample_prior(stats, B, T, gen), known)  # (B, F, T)
-    for k in range(steps):
-        out = model(x)
-        y = out.recon.clamp_min(0)
-        if ss[k + 1] > 0:
-            x = torch.where(hole, (1 - ss[k + 1]) * y + ss[k + 1] * sample_prior(stats, B, T, gen), known)
+    if is_flow(model):
+        y, out = flow.sample(model, known, ~hole, model.cfg.flow, gen, steps)
+    else:
+        B, _, T = known.shape
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        ss = sigmas(steps or STEPS) + [0.0]
+        x = torch.where(hole, sample_prior(stats, B, T, gen), known)  # (B, F, T)
+        for k in range(steps or STEPS):
+            out = model(x.to(dtype))
+            y = out.recon.float().clamp_min(0)
+            if ss[k + 1] > 0:
+                x = torch.where(hole, (1 - ss[k + 1]) * y + ss[k + 1] * sample_prior(stats, B, T, gen), known)
     if guidance is not None:
         y = guide(y, hole, guidance)
     return y, out
 
 
-def seed_based(model, spec: torch.Tensor, stats: dict, mask_fraction: float = MASK_FRACTION, steps: int = STEPS,
-               gen: torch.Generator | None = None, guidance: Guidance | None = None):
+def seed_based(model, spec: torch.Tensor, stats: dict, mask_fraction: float = MASK_FRACTION,
+               steps: int | None = None, gen: torch.Generator | None = None, guidance: Guidance | None = None):
     """spec (B, F, T) seed spectrograms; the last ``mask_fraction`` of the frames is in-painted."""
     return refine(model, spec, seed_hole(spec.shape[-1], mask_fraction), stats, steps, gen, guidance)
 
@@ -257,8 +271,8 @@ def seed_hole(frames: int, mask_fraction: float = MASK_FRACTION, device: torch.d
     return hole
 
 
-def unconditional(model, stats: dict, n: int, frames: int, steps: int = STEPS, gen: torch.Generator | None = None,
-                  guidance: Guidance | None = None):
+def unconditional(model, stats: dict, n: int, frames: int, steps: int | None = None,
+                  gen: torch.Generator | None = None, guidance: Guidance | None = None):
     """n outputs of ``frames`` frames: the whole clip is the hole (on the device of ``stats``)."""
     dev = stats["mean"].device
     known = torch.zeros(n, stats["mean"].shape[0], frames, device=dev)
@@ -348,7 +362,7 @@ def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | No
     gen = torch.Generator(device=device).manual_seed(seed)
     out = Path(out)
     stats = cached_spectrum(loaded, shards)
-    steps = steps or STEPS
+    steps = steps or (cfg.model.flow.steps if is_flow(loaded.model) else STEPS)
     guidance = make_guidance(loaded, shards or cfg.data.shards, seconds, guidance_steps)
     if seed_audio:
         waves = np.stack([seed_wave(p, cfg.audio.sample_rate, seconds) for p in seed_audio])  # (S, N)

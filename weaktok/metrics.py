@@ -56,10 +56,11 @@ TRAIN_GAUGES = {
     "chunk_mean_prob": ("weaktok_chunk_mean_boundary_prob", "Mean boundary probability"),
     "chunk_mean_chunk_len": ("weaktok_chunk_mean_length", "Mean chunk length in bottleneck frames"),
 }
-LOSS_TERMS = {"loss": "total", "recon": "recon", "lscore_dist": "lscore_dist", "ratio_loss": "ratio"}
+LOSS_TERMS = {"loss": "total", "recon": "recon", "flow": "flow", "lscore_dist": "lscore_dist", "ratio_loss": "ratio"}
 # validation records (kind "val"): scalar key -> (gauge name, help); per-term lists -> gauges with a `term` label
 VAL_GAUGES = {
     "val_recon": ("weaktok_val_recon", "Validation reconstruction L1"),
+    "val_flow": ("weaktok_val_flow_loss", "Validation flow loss (velocity MSE; flow models only)"),
     "val_boundary_rate": ("weaktok_val_boundary_rate", "Validation boundary rate"),
     "val_mean_chunk_len": ("weaktok_val_mean_chunk_length", "Validation mean chunk length (bottleneck frames)"),
     "val_items": ("weaktok_val_items", "Items in the last validation"),

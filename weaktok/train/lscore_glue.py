@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from weaktok.config import Config
-from weaktok.train.distributed import Dist
+from weaktok.train.distributed import Dist, broadcast_object
 
 
 def start_pool(cfg: Config, dist: Dist):
@@ -20,6 +20,54 @@ def start_pool(cfg: Config, dist: Dist):
     from weaktok.lscore.pool import LScorePool
 
     return LScorePool(num_actors=cfg.lscore.pool_actors or None)
+
+
+@torch.no_grad()
+def lscore_targets(cfg: Config, manifest: dict, front, lscore_fn, dist: Dist, pool) -> tuple[dict, dict]:
+    """(the L-Score loss's target, validation's target), each {"mean": (4,), "std": (4,)} on the device.
+
+    ``lscore.loss_target: manifest``: both are the manifest's exact L-Score of whole items. ``surrogate``: the loss
+    matches the differentiable L-Score of ``lscore.target_items`` real training crops of the training length, and
+    validation compares the exact L-Score of its generations (of that length too) with the exact L-Score of the same
+    crops (the pool, rank 0; the manifest's when there is no pool). Rank 0 reads the crops, deterministically, and
+    broadcasts."""
+    manifest_target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
+    if cfg.lscore.loss_target == "manifest":
+        return manifest_target, manifest_target
+    from weaktok.data import eval_loader
+
+    stats = None
+    if dist.is_main:
+        scores, waves = [], []
+        for batch in eval_loader(cfg.data.shards, "train", 16, cfg.audio.clip_seconds):
+            scores.append(lscore_fn(front.power(front(batch["audio"].to(dist.device)))).cpu())
+            waves += list(batch["audio"].numpy())
+            if len(waves) >= cfg.lscore.target_items:
+                break
+        L = torch.cat(scores)[: cfg.lscore.target_items]
+        if len(L) < 2:
+            raise ValueError(f"lscore.loss_target=surrogate: the train split of {cfg.data.shards} has {len(L)} items")
+        stats = {"loss": {"mean": L.mean(0), "std": L.std(0)}}
+        if pool is not None:
+            E = torch.as_tensor(pool.map(waves[: len(L)], cfg.audio.sample_rate), dtype=torch.float32)  # (n, 4)
+            stats["val"] = {"mean": E.mean(0), "std": E.std(0)}
+    stats = broadcast_object(stats, dist)
+    on = lambda d: {k: v.to(dist.device) for k, v in d.items()}  # noqa: E731
+    return on(stats["loss"]), on(stats["val"]) if "val" in stats else manifest_target
+
+
+def feedback_step(correction: list[float], val: dict, val_target: dict, loss_target: dict, gain: float) -> list[float]:
+    """The closed loop's update (``lscore.feedback``): the surrogate target's correction after a validation whose
+    generations the pool scored exactly. Per term k, with d_k = mean over modes of (exact_k - target_k) / std_k:
+    correction_k -= gain * d_k * surrogate std_k (a too-high exact score lowers what the loss asks of the surrogate).
+    Unchanged when the validation has no exact scores."""
+    modes = [m for m in ("uncond", "seed") if f"val_gen_{m}_lscore" in val]
+    if not modes:
+        return correction
+    tm, ts = val_target["mean"].cpu().numpy(), val_target["std"].cpu().numpy()
+    d = np.mean([(np.asarray(val[f"val_gen_{m}_lscore"]) - tm) / np.maximum(ts, 1e-6) for m in modes], axis=0)
+    sd = loss_target["std"].cpu().numpy()
+    return [float(c - gain * dk * s) for c, dk, s in zip(correction, d, sd)]
 
 
 def submit_outputs(pool, front, recon: torch.Tensor, cfg: Config, step: int) -> None:

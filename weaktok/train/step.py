@@ -71,6 +71,32 @@ def compute_loss(engine, front, lscore_fn, spec, inp, w, target, cfg: Config) ->
     return Losses(total, {k: v.detach().float() for k, v in parts.items()}), out
 
 
+def compute_flow_loss(engine, front, lscore_fn, spec, fb: dict, w, target, cfg: Config) -> tuple[Losses, object]:
+    """``compute_loss`` for ``model.objective: flow`` (weaktok/flow.py): ``fb`` is ``flow.flow_batch`` of ``spec``.
+    The velocity error takes the reconstruction's place in the curriculum (w_recon); the L-Score loss sees the
+    one-step clean estimates of the batch's largest-t rows (``flow.clean_estimate``). ``recon`` in the parts is the
+    L1 of every row's one-step estimate on its generated frames (log1p units, comparable across steps)."""
+    from weaktok import flow
+
+    model = engine.module
+    out = engine(fb["x"].to(model_dtype(engine)), t=fb["t"], known=fb["known"])
+    fc = cfg.model.flow
+    flow_loss = flow.flow_loss(flow.to_velocity(out.recon, fb["x"], fb["t"], fc), fb)
+    L_batch = lscore_fn(front.power(flow.clean_estimate(model, out.recon, fb, fc)))  # (b, 4)
+    dist_loss = distribution_loss(L_batch, target["mean"], target["std"], cfg.lscore.lambda_mu,
+                                  cfg.lscore.lambda_sigma, cfg.lscore.standardise)
+    ratio = out.chunk.ratio_loss.float()
+    total = w.w_recon * flow_loss + w.w_L * dist_loss + w.w_ratio * ratio
+    with torch.no_grad():
+        x1_hat = flow.denormalise(model, flow.to_clean(out.recon, fb["x"], fb["t"], fc))
+        gen_frames = (~fb["known"]).float()[:, None]
+        recon = ((x1_hat - spec).abs() * gen_frames).sum() / (gen_frames.sum() * spec.shape[1]).clamp_min(1)
+    parts = {"loss": total, "flow": flow_loss, "recon": recon, "lscore_dist": dist_loss, "ratio_loss": ratio,
+             **{f"chunk_{k}": v for k, v in out.stats.items() if k != "ratio_loss"},
+             **{f"lscore_batch_{i}": v for i, v in enumerate(L_batch.mean(0))}}
+    return Losses(total, {k: v.detach().float() for k, v in parts.items()}), out
+
+
 class PartsWindow:
     """Loss parts summed on the device over the steps since the last log line; ``read`` is the one host sync."""
 

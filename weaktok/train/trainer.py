@@ -34,10 +34,11 @@ from weaktok.train.distributed import Dist, broadcast_object, setup_distributed
 from weaktok.train.engine import build_engine, check_precision, use_bf16
 from weaktok.train.export import export_weights
 from weaktok.train.hooks import HookList
-from weaktok.train.lscore_glue import poll_pool, start_pool, submit_outputs
+from weaktok.train.lscore_glue import feedback_step, lscore_targets, poll_pool, start_pool, submit_outputs
 from weaktok.train.resume import (apply_optimizer_settings, load_init_weights, load_resume, log_config_changes,
                                   resume_plan)
-from weaktok.train.step import PartsWindow, all_finite, compute_loss, corrupt
+from weaktok.flow import clean_estimate, flow_batch, set_normaliser
+from weaktok.train.step import PartsWindow, all_finite, compute_flow_loss, compute_loss, corrupt
 from weaktok.train.validation import validate
 
 
@@ -53,9 +54,10 @@ class TrainState:
     corrupt_skipped: int = 0  # corrupt items this rank's data loader dropped
     samples: int = 0  # examples stepped on, all ranks together
     lscore_pool_errors: int = 0  # rank 0: L-Score pool failures; stored once non-zero, not restored on resume
+    target_correction: list = field(default_factory=lambda: [0.0] * 4)  # the closed loop's (lscore.feedback)
 
     RESUMED: ClassVar[tuple[str, ...]] = ("step", "epoch", "batch_in_epoch", "nan_skipped", "corrupt_skipped",
-                                          "samples")  # the counters a resume restores from the client state
+                                          "samples", "target_correction")  # what a resume restores
 
     def as_dict(self) -> dict:
         """The counters as a dict (``lscore_pool_errors`` only once non-zero)."""
@@ -103,8 +105,10 @@ class LogWindow:
 
 
 def load_prior(cfg: Config, front, dist: Dist) -> dict | None:
-    """Generation's prior statistics for ``fill: prior`` (corpus_prior), else None."""
-    if cfg.train.corruption.fill != "prior" or not cfg.train.corruption.mask_prob:
+    """Generation's prior statistics (corpus_prior) for ``fill: prior`` and for flow models (their normalisation,
+    weaktok/flow.py), else None."""
+    inpaint_prior = cfg.train.corruption.fill == "prior" and cfg.train.corruption.mask_prob
+    if cfg.model.objective != "flow" and not inpaint_prior:
         return None
     return corpus_prior(cfg, front, dist)
 
@@ -206,15 +210,16 @@ class Trainer:
                                   cfg.lscore.griffin_lim_iters).to(dist.device)
         self.lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
                                               mode=cfg.lscore.mode).to(dist.device)
+        self.prior = load_prior(cfg, self.front, dist)
         self.model = build_model(cfg.model, self.front.n_freqs)
+        if cfg.model.objective == "flow" and not cfg.train.init_from:  # a resumed run loads its own buffers
+            set_normaliser(self.model, self.prior)
         if cfg.train.init_from and not self.plan:  # precedence: the run's own checkpoint (resume) > train.init_from
             load_init_weights(self.model, cfg, dist)
         self.batches_per_epoch = -(-cfg.data.samples_per_epoch // cfg.data.batch_size)
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
         total_steps = cfg.train.max_steps or self.steps_per_epoch * cfg.train.epochs
         self.engine, self.optimizer, self.scheduler = build_engine(cfg, self.model, total_steps)
-        self.target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
-        self.prior = load_prior(cfg, self.front, dist)
 
         self.state = TrainState()
         self._resume()
@@ -223,6 +228,9 @@ class Trainer:
         self.pool = start_pool(cfg, dist)
         if self.pool is not None:
             self._cleanup.callback(self.pool.close)
+        # the loss's target and validation's (lscore_glue.lscore_targets); the closed loop's correction of the first
+        self.base_target, self.val_target = lscore_targets(cfg, manifest, self.front, self.lscore_fn, dist, self.pool)
+        self._apply_correction()
         self.gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1000 + dist.rank
                                                                    + 7919 * self.state.step)
         if dist.is_main:
@@ -293,8 +301,14 @@ class Trainer:
         state.corrupt_skipped += batch["skipped"]
         with torch.no_grad():
             spec = self.front(audio)  # (B, F, T) fp32
-            inp = corrupt(spec, cfg, self.gen, self.prior)
-        losses, out = compute_loss(engine, self.front, self.lscore_fn, spec, inp, w, self.target, cfg)
+            if cfg.model.objective == "flow":
+                fb = flow_batch(engine.module, spec, cfg.model.flow, self.gen)
+            else:
+                inp = corrupt(spec, cfg, self.gen, self.prior)
+        if cfg.model.objective == "flow":
+            losses, out = compute_flow_loss(engine, self.front, self.lscore_fn, spec, fb, w, self.target, cfg)
+        else:
+            losses, out = compute_loss(engine, self.front, self.lscore_fn, spec, inp, w, self.target, cfg)
         finite = all_finite(losses.total, dist)
         state.batch_in_epoch += 1
         if not finite:  # every rank skips together, so collectives stay matched
@@ -312,7 +326,9 @@ class Trainer:
             state.step += 1
             step = state.step
             if dist.is_main and self.pool is not None and cfg.lscore.pool_every and step % cfg.lscore.pool_every == 0:
-                submit_outputs(self.pool, self.front, out.recon.detach().float()[: cfg.lscore.pool_items], cfg, step)
+                outputs = (clean_estimate(engine.module, out.recon.detach(), fb, cfg.model.flow)
+                           if cfg.model.objective == "flow" else out.recon.detach().float())
+                submit_outputs(self.pool, self.front, outputs[: cfg.lscore.pool_items], cfg, step)
             if dist.is_main:
                 poll_pool(self.pool, state, self.log, self.hooks)
             if step % cfg.train.log_every == 0:
@@ -344,16 +360,29 @@ class Trainer:
     def validate(self) -> dict:
         """Validation (validation.validate: reconstruction, and the exact L-Score of generations); rank 0 logs it,
         tells the hooks and prints the epoch line."""
-        val = validate(self.cfg, self.dist, self.engine, self.front, self.target, self.state, self.pool,
+        val = validate(self.cfg, self.dist, self.engine, self.front, self.val_target, self.state, self.pool,
                        self.validation_prior())
+        if self.cfg.lscore.feedback:  # the closed loop: rank 0's exact scores move every rank's surrogate target
+            corr = feedback_step(self.state.target_correction, val, self.val_target, self.base_target,
+                                 self.cfg.lscore.feedback) if self.dist.is_main else None
+            self.state.target_correction = broadcast_object(corr, self.dist)
+            self._apply_correction()
+            val["lscore_target_correction"] = self.state.target_correction
+            val["lscore_loss_target"] = self.target["mean"].tolist()
         if self.dist.is_main:
             self.log.write(val)
             self.hooks.on_validation(val)
             dist = val.get("val_gen_std_dist_total")
-            print(f"[weaktok] epoch {val['epoch']} step {val['step']}: val recon {val['val_recon']:.4f}, "
+            flow_loss = f"val flow loss {val['val_flow']:.4f}, " if "val_flow" in val else ""
+            print(f"[weaktok] epoch {val['epoch']} step {val['step']}: {flow_loss}val recon {val['val_recon']:.4f}, "
                   f"boundary rate {val['val_boundary_rate']:.3f}, generated L-Score distance "
                   f"{'n/a' if dist is None else f'{dist:.3f}'}", flush=True)
         return val
+
+    def _apply_correction(self) -> None:
+        """The loss's target: the base target plus the closed loop's correction (lscore.feedback; zeros when off)."""
+        corr = torch.tensor(self.state.target_correction, device=self.dist.device, dtype=torch.float32)
+        self.target = {"mean": self.base_target["mean"] + corr, "std": self.base_target["std"]}
 
     def validation_prior(self) -> dict | None:
         """The prior statistics validation generates from; None when it generates nothing (``lscore.val_items:

@@ -4,8 +4,8 @@ corpus target.
 
 Why generations: a reconstruction is nearly its input, so its L-Score sits near the target whatever the model
 makes of noise; what weaktok is for (and what ``weaktok evaluate`` reports) is generation. Each validation therefore
-generates, with the procedure of ``weaktok generate`` (weaktok/generate.py, ``STEPS`` refinement passes from the
-prior noise), ``lscore.val_items`` outputs per mode:
+generates, with the procedure of ``weaktok generate`` (weaktok/generate.py: ``STEPS`` refinement passes from the
+prior noise, or a flow model's ODE), ``lscore.val_items`` outputs per mode:
 
 * ``uncond``: unconditional outputs of the training clip length, scored whole;
 * ``seed``: seed-based outputs from the first val items, their last ``MASK_FRACTION`` in-painted, scored on the
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from weaktok.data import eval_loader
+from weaktok import flow
 from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole_start, unconditional
 from weaktok.lscore.exact import LSCORE_NAMES
 from weaktok.train.distributed import all_reduce_sum, gather_objects
@@ -51,7 +52,9 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
     n_gen = cfg.lscore.val_items if prior is not None else 0
     share = -(-n_gen // dist.world)  # outputs per mode on this rank
     engine.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # recon L1 sum, items, boundary rate sum, chunk length sum
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # recon L1 sum, items, boundary rate sum, chunk length sum, flow loss sum
+    flow_model = cfg.model.objective == "flow"
+    vgen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1000 + GEN_SEED + 17 + dist.rank)
     seeds: list[torch.Tensor] = []  # (F, T) this rank's first val spectrograms, the seed-based outputs' seeds
     budget = cfg.data.val_max_items or float("inf")
     seen = 0
@@ -59,10 +62,16 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
         if seen >= budget / dist.world:
             break
         spec = front(batch["audio"].to(dist.device))
-        out = engine(spec.to(model_dtype(engine)))
+        if flow_model:  # fixed noise, times and masks (weaktok/flow.py eval_loss): the same weights, the same number
+            known = flow.sample_known(spec.shape[0], spec.shape[-1], cfg.model.flow, vgen, dist.device)
+            loss, l1, out = flow.eval_loss(engine.module, spec, known, vgen)
+            sums[4] += loss.sum().item()
+        else:
+            out = engine(spec.to(model_dtype(engine)))
+            l1 = (out.recon.float() - spec).abs().mean(dim=(1, 2))
         n = spec.shape[0]
         seen += n
-        sums[0] += (out.recon.float() - spec).abs().mean(dim=(1, 2)).sum().item()
+        sums[0] += l1.sum().item()
         sums[1] += n
         sums[2] += float(out.stats["boundary_rate"]) * n
         sums[3] += float(out.stats["mean_chunk_len"]) * n
@@ -75,9 +84,13 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
     n = max(total[1], 1)
     record = {"kind": "val", "step": state.step, "epoch": state.epoch, "val_items": int(total[1]),
               "val_recon": total[0] / n, "val_boundary_rate": total[2] / n, "val_mean_chunk_len": total[3] / n}
+    if flow_model:
+        record["val_flow"] = total[4] / n
     gathered = {mode: gather_objects(waves[mode], dist)[:n_gen] for mode in MODES} if share else {}
     if dist.is_main and pool is not None and gathered:
         record.update(score_generations(gathered, cfg.audio.sample_rate, target, state, pool))
+        if flow_model and "val_gen_steps" in record:
+            record["val_gen_steps"] = cfg.model.flow.steps
     return record
 
 
@@ -88,27 +101,14 @@ def generated_waves(cfg, dist, model, front, prior: dict, n: int, seeds: list[to
     gen_seed = cfg.seed * 1000 + GEN_SEED + dist.rank
     gen = torch.Generator(device=dist.device).manual_seed(gen_seed)
     frames = front.num_frames(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
-    run = in_own_dtype(model)
     with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
         torch.manual_seed(gen_seed)  # Griffin-Lim's random phase init draws from the global generator
-        specs = [unconditional(run, prior, n, frames, STEPS, gen)[0]]  # (n, F, T)
+        specs = [unconditional(model, prior, n, frames, None, gen)[0]]  # (n, F, T)
         if seeds:
-            specs.append(seed_based(run, torch.stack(seeds), prior, MASK_FRACTION, STEPS, gen)[0])  # (S, F, T)
+            specs.append(seed_based(model, torch.stack(seeds), prior, MASK_FRACTION, None, gen)[0])  # (S, F, T)
         wav = front.inverse(torch.cat(specs)).cpu().numpy()  # (n + S, (T - 1) * hop)
     start = seed_hole_start(frames, MASK_FRACTION) * front.hop_length  # the hole's first sample (frame t is centred on t * hop)
     return {"uncond": list(wav[:n]), "seed": [w[start:] for w in wav[n:]]}
-
-
-def in_own_dtype(model):
-    """``model`` as generate.refine calls it: fp32 in (prior noise), run in the model's dtype (bf16 under DeepSpeed's
-    bf16), ``recon`` back in fp32."""
-    dtype = model_dtype(model)
-
-    def call(x: torch.Tensor):
-        out = model(x.to(dtype))
-        return out._replace(recon=out.recon.float())
-
-    return call
 
 
 def score_generations(waves: dict, sr: int, target: dict, state, pool) -> dict:
