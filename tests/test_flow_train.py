@@ -24,7 +24,8 @@ def flow_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "run"
     run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
          "train.epochs=2", "curriculum.warmup_epochs=1", "curriculum.anneal_epochs=1", "lscore.pool_every=4",
-         "lscore.val_items=2", "data.num_workers=1", *FLOW], env=cpu_env(), cwd=REPO, timeout=400)
+         "lscore.val_items=2", "lscore.feedback=0.5", "data.num_workers=1", *FLOW], env=cpu_env(), cwd=REPO,
+        timeout=400)
     return shards, out
 
 
@@ -39,6 +40,20 @@ def test_training_logs_the_flow_loss_and_saves_the_normalisation(flow_run):
     assert train and all(np.isfinite(r["flow"]) for r in train)
     assert len(val) == 2 and all(np.isfinite(r["val_flow"]) and r["val_recon"] > 0 for r in val)
     assert "val_gen_uncond_lscore" in val[-1] and "val_gen_seed_lscore" in val[-1]  # generated and scored
+    # validation's target: the exact L-Score of training crops of the clip length, not the manifest's whole items
+    manifest = json.loads((shards / "manifest.json").read_text())["lscore_target"]
+    assert not np.allclose(val[-1]["val_gen_target"], manifest["mean"])
+    # the closed loop moved the surrogate target after each validation, and the move is what feedback_step says
+    from weaktok.train.lscore_glue import feedback_step
+
+    c1, c2 = val[0]["lscore_target_correction"], val[1]["lscore_target_correction"]
+    assert any(abs(c) > 0 for c in c1) and c1 != c2
+    base = np.asarray(val[0]["lscore_loss_target"]) - np.asarray(c1)
+    vt = {"mean": torch.tensor(val[1]["val_gen_target"]), "std": torch.tensor(val[1]["val_gen_target_std"])}
+    lt = {"std": torch.ones(4)}  # unknown here: check the direction, term by term, instead of the size
+    step = np.asarray(feedback_step([0.0] * 4, val[1], vt, lt, 0.5))
+    assert np.all(np.sign(np.asarray(c2) - np.asarray(c1)) == np.sign(step))
+    assert np.allclose(np.asarray(val[1]["lscore_loss_target"]) - np.asarray(c2), base, atol=1e-5)
     blob = torch.load(out / "final" / "model.pt", weights_only=True)
     prior = torch.load(out / "final" / "spectrum.pt", weights_only=True)
     mean, std = normaliser_from_prior(prior)
