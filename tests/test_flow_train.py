@@ -94,6 +94,7 @@ def test_evaluate_reports_the_flow_bypass_and_the_cut_models_distances(flow_run,
     bp = t["bypass"]
     assert bp["measure"] == "flow_loss" and "velocity" in bp["definition"]
     assert bp["recon"]["intact"] > 0 and bp["recon"]["cut"] != bp["recon"]["intact"]
+    assert 0 < t["chunks"]["generation_boundary_rate"] <= 1
     for m in ("uncond", "seed"):
         assert np.isfinite(t["frechet"][m]["model_cut"]["mean"])
     md = (tmp_path / "eval" / "table1.md").read_text()

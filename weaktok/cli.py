@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", default=None, help="shard folder (default shards/demo), reused when present")
     p.add_argument("--quick", action="store_true", help="smoke-test scale: tiny model, 48 loops, 1 epoch")
     p.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
-    p.add_argument("--config", default=None, help="training config (default demo; --quick: tiny), e.g. demo-flow")
+    p.add_argument("--config", default=None, help="training config (default demo-flow, the flow model; --quick: tiny); demo: the in-painting model")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(func=cmd_demo)
     return parser

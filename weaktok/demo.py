@@ -5,7 +5,8 @@ Evaluation runs on a separate held-out set: a second corpus (another seed, ``eva
 split, large enough that the data floor's 95 % intervals are narrow (docs/evaluation.md). The training shards' own
 test split stays for the loop's quick checks.
 
-    weaktok demo                 # the full job: config demo, 2 CPU ranks, ZeRO-2 (~10-15 min on 2 cores)
+    weaktok demo                 # the full job: config demo-flow, 2 CPU ranks, ZeRO-2 (~10-15 min on 2 cores)
+    weaktok demo --config demo   # the same with the in-painting model
     weaktok demo --quick         # smoke-test scale: 48 loops, the tiny config, 1 epoch (~2 min)
 
 Idempotent-ish: an existing corpus (metadata.json) and shard folder (manifest.json) are reused, and so is a
@@ -23,6 +24,9 @@ from pathlib import Path
 import yaml
 
 from weaktok.config import load_config, to_dict
+
+
+DEMO_CONFIG = "demo-flow"  # the main job trains the flow model (docs/generative-model.md); --config demo: in-painting
 
 
 @dataclass
@@ -61,7 +65,7 @@ def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bo
                      *(overrides or [])], eval_corpus=root / "corpus-eval", eval_shards=root / "shards-eval",
                     eval_n=24, n_gen=4, eval_seconds=4.0, n_uncond=2, n_seeds=1, guidance_steps=0)
     corpus_dir, shards_dir = Path(corpus or "corpus/demo"), Path(shards or "shards/demo")
-    return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, config or "demo", 300, 2, list(overrides or []),
+    return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, config or DEMO_CONFIG, 300, 2, list(overrides or []),
                 eval_corpus=corpus_dir.with_name(corpus_dir.name + "-eval"),
                 eval_shards=shards_dir.with_name(shards_dir.name + "-eval"))
 
@@ -192,8 +196,8 @@ def stage_generate(plan: Plan, run: Path) -> dict:
 
 def demo(out: str | None = None, corpus: str | None = None, shards: str | None = None, quick: bool = False,
          retrain: bool = False, overrides: list[str] | None = None, config: str | None = None) -> Path:
-    """Run every stage; returns the path of report.md. ``config``: the training config (default demo; --quick:
-    tiny)."""
+    """Run every stage; returns the path of report.md. ``config``: the training config (default ``DEMO_CONFIG``;
+    --quick: tiny)."""
     from weaktok.report import write_demo_report
 
     plan = make_plan(out, corpus, shards, quick, overrides, config)

@@ -149,7 +149,8 @@ def velocity(model, x: torch.Tensor, t: float, known: torch.Tensor, data: torch.
 def sample(model, known_spec: torch.Tensor, known: torch.Tensor, cfg: FlowConfig, gen: torch.Generator | None = None,
            steps: int | None = None, guidance: float | None = None):
     """known_spec (B, F, T) log1p (only its known frames are read), known (B, T) or (T,) bool -> (log1p output
-    (B, F, T), the ModelOutput of the last model call). From N(0, I) noise drawn from ``gen``, on known_spec's device."""
+    (B, F, T), the ModelOutput of the last model call, whose stats also hold ``sampling_boundary_rate``: the mean
+    boundary rate over every call). From N(0, I) noise drawn from ``gen``, on known_spec's device."""
     steps = steps or cfg.steps
     guidance = cfg.guidance if guidance is None else guidance
     B, _, T = known_spec.shape
@@ -158,12 +159,16 @@ def sample(model, known_spec: torch.Tensor, known: torch.Tensor, cfg: FlowConfig
     draw = gen.device if gen is not None else known_spec.device
     x = torch.randn(known_spec.shape, generator=gen, device=draw).to(known_spec.device)
     dt = 1.0 / steps
+    rates = []  # boundary rate of every model call: the chunking the model actually uses while generating
     for i in range(steps):
         t = i * dt
         v, out = velocity(model, x, t, known, data, guidance, cfg)
+        rates.append(out.stats["boundary_rate"])
         if cfg.solver == "midpoint":
             v, out = velocity(model, x + 0.5 * dt * v, t + 0.5 * dt, known, data, guidance, cfg)
+            rates.append(out.stats["boundary_rate"])
         x = x + dt * v
+    out.stats["sampling_boundary_rate"] = torch.stack(rates).mean()
     return denormalise(model, torch.where(known[:, None], data, x)), out
 
 
