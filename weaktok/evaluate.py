@@ -431,6 +431,7 @@ def build_table(p: dict, models: list[G.Loaded], ref: dict, manifest_target: dic
                                  for i in range(n_models)])[:, None]
         ci = summarize(paired, np.zeros(1), n_boot=n_boot, seed=seed)["ci95"][0]
         t["bypass"][what] = {"intact": float(np.mean(intact)), "cut": float(np.mean(cut)),
+                             "per_seed_intact": intact, "per_seed_cut": cut,
                              "rel_change": float(np.mean(change)), "per_seed_rel_change": change,
                              "cut_minus_intact_ci95": ci}
     t["chunks"] = {"boundary_rate": float(np.mean(sum((l1[f"{i}:boundary_rate"] for i in range(n_models)), []))),
