@@ -236,6 +236,7 @@ FOUND = [
     [("model.n_layers", 0)],  # accepted, then nn.TransformerEncoder crashed (now: the chunking-only ablation)
     [("train.lr", math.inf)], [("curriculum.anneal_epochs", math.nan)], [("seed", 2**32)],
     [("model.chunking.target_ratio", 1e400)], [("audio.clip_seconds", 0.001)],
+    [("model.flow.hole_max", 0)],  # the error named model.flow.hole_min, not the key the user set
 ]
 
 

@@ -95,8 +95,9 @@ class FlowConfig:
 
     def check(self) -> None:
         _require(0 <= self.uncond_prob <= 1, "model.flow.uncond_prob", "must be in [0, 1]")
-        _require(0 < self.hole_min <= self.hole_max <= 1, "model.flow.hole_min",
-                 "need 0 < model.flow.hole_min <= model.flow.hole_max <= 1")
+        _require(0 < self.hole_min <= 1, "model.flow.hole_min", "must be in (0, 1] (a fraction of the clip)")
+        _require(self.hole_min <= self.hole_max <= 1, "model.flow.hole_max",
+                 f"must be in [model.flow.hole_min={self.hole_min:g}, 1]")
         _require(0 <= self.hole_at_end <= 1, "model.flow.hole_at_end", "must be in [0, 1]")
         _require(0 < self.lscore_frac <= 1, "model.flow.lscore_frac", "must be in (0, 1]")
         _require(1 <= self.steps <= 1000, "model.flow.steps", "must be in [1, 1000]")
