@@ -43,7 +43,7 @@ test-fast: setup
 
 # Random exploration for developers (not CI): fresh hypothesis draws, 5x the examples, a local example database.
 test-explore: setup
-	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -ra tests/test_config_properties.py tests/test_audio_fuzz.py \
+	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -ra tests/properties/test_config_properties.py tests/properties/test_audio_fuzz.py \
 		$(PYTEST_ARGS)
 
 bench: setup

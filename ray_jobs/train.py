@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir Ray ships is the repo root
 
 from weaktok.config import ConfigError  # noqa: E402
-from weaktok.ray_train import run_ray_train  # noqa: E402
+from weaktok.launch.ray_train import run_ray_train  # noqa: E402
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 import webdataset as wds
 
-from weaktok.manifest import sha256_file, write_manifest
+from weaktok.data.manifest import sha256_file, write_manifest
 
 SAMPLES = Path("/usr/share/sonic-pi/samples")
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def make_tiny_shards(folder: Path, n_train: int = 24, n_val: int = 8, sr: int = 
     """A real shard folder (webdataset ShardWriter + manifest) in the layout `weaktok shards` writes."""
     import io
     from weaktok.lscore.exact import exact_lscore
-    from weaktok.shards import lscore_target
+    from weaktok.data.shards import lscore_target
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def read_audio(path, name: str | None = None) -> tuple[np.ndarray, int]:
 
     ``path``: a path, or a binary file object (e.g. ``io.BytesIO`` of a shard member) with ``name`` naming it.
     Every failure is an AudioError naming the file: libsndfile errors, headers that declare an absurd size or
-    sample rate, and allocation failures alike (tests/test_audio_fuzz.py)."""
+    sample rate, and allocation failures alike (tests/properties/test_audio_fuzz.py)."""
     source = path if hasattr(path, "read") else str(path)
     path = name if name is not None else path
     try:

@@ -26,7 +26,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from weaktok.corpus import build_corpus, print_summary
+    from weaktok.data.corpus import build_corpus, print_summary
 
     try:
         summary = build_corpus(args.out, n=args.n, seed=args.seed, samples_dir=args.samples_dir,
@@ -41,7 +41,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from weaktok.shards import build_shards, print_summary
+    from weaktok.data.shards import build_shards, print_summary
 
     tags = [t for t in (args.tags or "").split(",") if t.strip()] or None
     try:
@@ -61,10 +61,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from weaktok.config import load_config
-    from weaktok.launch import single_process_env
+    from weaktok.launch.local import single_process_env
     from weaktok.train import train
 
-    from weaktok.manifest import ShardsError
+    from weaktok.data.manifest import ShardsError
     from weaktok.train import CheckpointError
 
     cfg = load_config(args.config, args.overrides)  # validated before anything starts
@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
-    from weaktok.sweep import run_sweep
+    from weaktok.launch.sweep import run_sweep
 
     summary = run_sweep(args.config, args.space, args.out, args.overrides, num_samples=args.num_samples,
                         resume=args.resume, address=args.address)
@@ -94,8 +94,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _user_errors():
     """Errors a user can cause in generate/evaluate/ablate/demo (missing checkpoint, bad audio, missing shards)."""
-    from weaktok.ablate import TrainingFailed
-    from weaktok.manifest import ShardsError
+    from weaktok.launch.local import TrainingFailed
+    from weaktok.data.manifest import ShardsError
 
     return (FileNotFoundError, ValueError, ShardsError, TrainingFailed)
 
@@ -119,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from weaktok.evaluate import evaluate
+    from weaktok.evaluation.evaluate import evaluate
 
     try:
         evaluate(args.checkpoint, args.out, split=args.split, max_items=args.max_items, n_gen=args.n_gen,
@@ -137,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from weaktok.ablate import ablate
+    from weaktok.experiments.ablate import ablate
 
     names = [n for n in (args.variants or "").split(",") if n.strip()] or None
     try:
@@ -153,7 +153,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from weaktok.demo import demo
+    from weaktok.experiments.demo import demo
 
     try:
         demo(out=args.out, corpus=args.corpus, shards=args.shards, quick=args.quick, retrain=args.retrain,

@@ -16,9 +16,9 @@ import copy
 import torch
 
 from weaktok.bench.common import BenchResult, count_syncs_and_ops, timeit
-from weaktok.chunking import DynamicChunkingLayer, pool_chunks, pool_chunks_reference
+from weaktok.model.chunking import DynamicChunkingLayer, pool_chunks, pool_chunks_reference
 from weaktok.config import ModelConfig
-from weaktok.model import DOWNSAMPLE, build_model
+from weaktok.model.unet import DOWNSAMPLE, build_model
 
 N_FREQS = 513  # n_fft 1024
 

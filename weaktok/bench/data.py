@@ -21,7 +21,7 @@ SR = 22050
 
 
 def bench_shards() -> Path:
-    from weaktok.shards import build_shards
+    from weaktok.data.shards import build_shards
 
     shards = BENCH_DIR / "shards-data-bench"
     if not (shards / "manifest.json").is_file():
@@ -32,7 +32,7 @@ def bench_shards() -> Path:
 def per_file(sources: list[str], n: int) -> float:
     """Audio-seconds/s of the per-file baseline over ``n`` random draws."""
     from weaktok.audio import load_audio
-    from weaktok.data import loop_crop
+    from weaktok.data.loader import loop_crop
 
     rng = random.Random(0)
     t0 = time.perf_counter()
@@ -43,7 +43,7 @@ def per_file(sources: list[str], n: int) -> float:
 
 
 def shard_loader(shards: Path, n: int, workers: int, batch: int = 8) -> float:
-    from weaktok.data import train_loader
+    from weaktok.data.loader import train_loader
 
     loader = train_loader(str(shards), batch, CLIP_SECONDS, samples_per_rank=n, num_workers=workers, seed=0)
     t0 = time.perf_counter()

@@ -30,8 +30,8 @@ BENCH_DIR = Path("bench_results")
 def bench_shards(n: int = 48, sr: int = 22050) -> Path:
     """A small shard set from the embedded corpus at sample rate ``sr``, built once and reused. The loader
     loops items shorter than the config's clip length (``data.loop_crop``), so any clip length can use it."""
-    from weaktok.corpus import build_corpus
-    from weaktok.shards import build_shards
+    from weaktok.data.corpus import build_corpus
+    from weaktok.data.shards import build_shards
 
     suffix = "" if sr == 22050 else f"-{sr}"
     shards = BENCH_DIR / f"shards-train-bench{suffix}"
@@ -52,7 +52,7 @@ def model_flops(model, front, lscore_fn, batch_audio, target, cfg) -> float:
     """FLOPs of one forward + backward of the model and loss (counted, not estimated)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from weaktok.curriculum import weights_at
+    from weaktok.train.curriculum import weights_at
     from weaktok.train import compute_loss
 
     spec = front(batch_audio)
@@ -79,7 +79,7 @@ def bare_parts(cfg, device: str | torch.device = "cpu", bf16: bool = False):
     """Front end, differentiable L-Score, model (wrapped in :class:`Autocast` when ``bf16``) and AdamW."""
     from weaktok.audio import SpecFrontEnd
     from weaktok.lscore.differentiable import DifferentiableLScore
-    from weaktok.model import build_model
+    from weaktok.model.unet import build_model
 
     front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length).to(device)
     lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
@@ -94,7 +94,7 @@ def bare_step(cfg, front, lscore_fn, model, opt, audio, target):
     on, as at the end of the curriculum), the NaN check, backward, clipping, AdamW. ``step(update=False)``
     stops before the optimizer: AdamW's ``.item()`` reads of its step counters are of CPU tensors, which the op
     counter cannot tell from device reads on a CPU-only machine."""
-    from weaktok.curriculum import weights_at
+    from weaktok.train.curriculum import weights_at
     from weaktok.train import Dist, all_finite, compute_loss
 
     w = weights_at(1e9, cfg.curriculum)
@@ -128,7 +128,7 @@ def bare_step_time(cfg, batch_audio, target, repeat: int) -> tuple[float, float,
 
 def full_run(cfg, out: Path, hooks: list | None = None) -> dict:
     """A real single-rank train() run; step time and data wait from its metrics.jsonl (first window dropped)."""
-    from weaktok.launch import single_process_env
+    from weaktok.launch.local import single_process_env
     from weaktok.train import train
 
     os.environ.update(single_process_env(os.environ))
@@ -145,8 +145,8 @@ def full_run(cfg, out: Path, hooks: list | None = None) -> dict:
 
 def run(quick: bool = False, shards: str | None = None) -> list[BenchResult]:
     from weaktok.config import load_config
-    from weaktok.data import eval_loader
-    from weaktok.manifest import load_manifest
+    from weaktok.data.loader import eval_loader
+    from weaktok.data.manifest import load_manifest
 
     shards = shards or bench_shards()
     steps = 12 if quick else 40

@@ -14,7 +14,7 @@ can poison that cache so that every later call segfaults (numba #10128); onsets 
 calls (stft, melspectrogram, power_to_db, onset_strength, rms, chroma_stft) are numpy/scipy: librosa's other
 cached kernels (``_localmax``, ``_cabs2``, ...) are compiled or loaded when librosa is imported, but none is
 called on this path (checked by wrapping every numba object in librosa), and a poisoned entry only crashes
-when called (tests/test_peaks.py runs this path on a poisoned cache).
+when called (tests/unit/lscore/test_peaks.py runs this path on a poisoned cache).
 
 Onset detection choice
 ----------------------

@@ -12,7 +12,7 @@ peaks here means no numba code runs at all on the exact L-Score path.
 
 Proven equal, not just close: ``peak_pick`` returns the same indices as ``librosa.util.peak_pick`` (librosa 0.11,
 numba 0.68), and ``onset_detect`` the same array as ``librosa.onset.onset_detect(onset_envelope=..., units="time")``
-(tests/test_peaks.py: random, quantised, tied and constant envelopes, float32 and float64, and real loops).
+(tests/unit/lscore/test_peaks.py: random, quantised, tied and constant envelopes, float32 and float64, and real loops).
 What that takes, all read off librosa's kernel and numba's ``np.mean`` (numba/np/arraymath.py):
   * delta is a float32 argument of the GUFunc, so the threshold is ``mean + float32(delta)``;
   * numba's mean sums the window left to right in an accumulator of the array's dtype (float32 for a float32

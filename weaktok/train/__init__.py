@@ -17,12 +17,12 @@ Outputs in ``--out``: config.yaml (resolved), metrics.jsonl (one JSON object per
 checkpoints/<tag>/ (DeepSpeed, with client state, and the config.yaml it was written under; a tag counts only once
 it holds COMPLETE), final/model.pt (consolidated fp32 weights + config, for generation and evaluation).
 
-Faults (tests/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError naming the folder,
+Faults (tests/integration/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError naming the folder,
 the previous checkpoint untouched; ``resume: auto`` skips folders without COMPLETE and falls back past a COMPLETE one
 that fails to load because a file in it is damaged (warning, set aside as <tag>.corrupt); ``train.dist_timeout_s``
 bounds every collective, so a rank whose peer died exits instead of waiting forever.
 
-Config changes between runs in one folder (tests/test_resume_config.py): before anything is loaded, the newest
+Config changes between runs in one folder (tests/integration/test_resume_config.py): before anything is loaded, the newest
 checkpoint's config.yaml is compared with the current config. A change its tensors cannot load into (parameter
 shapes: ``SHAPE_KEYS``; ZeRO stage 0 / 1-2 / 3; bf16 vs fp32 in effect; for ZeRO the number of ranks) stops the run
 with ConfigMismatchError naming each key old -> new; other changes are logged one line per key and apply (the

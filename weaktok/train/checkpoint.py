@@ -162,7 +162,7 @@ def numpy_rng_globals() -> list:
 
 
 # Config keys that change the model's parameter names or shapes: a checkpoint's tensors cannot load into a model
-# built with another value (tests/test_resume_config.py checks this list against build_model for every key).
+# built with another value (tests/integration/test_resume_config.py checks this list against build_model for every key).
 SHAPE_KEYS = ("audio.n_fft", "model.channels", "model.dim", "model.n_layers", "model.ff_mult", "model.chunking.kind",
               "model.objective", "model.positions")
 NOT_COMPARED = ("train.resume", "train.init_from")  # how a run starts, not what it trains

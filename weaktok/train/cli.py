@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from weaktok.config import ConfigError, load_config
-from weaktok.manifest import ShardsError
+from weaktok.data.manifest import ShardsError
 from weaktok.train.checkpoint import CheckpointError
 from weaktok.train.trainer import train
 

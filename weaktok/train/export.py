@@ -1,16 +1,16 @@
-"""The run's deliverable: ``final/model.pt``, the fp32 master weights (consolidated, not ZeRO partitions) and the
+"""The run's deliverable: ``final/model.pt`` (the format: ``weaktok/model/weights.py``), the fp32 master weights (consolidated, not ZeRO partitions) and the
 config, loadable with ``torch.load(weights_only=True)`` by generation and evaluation."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from weaktok.config import Config, to_dict
+from weaktok.config import Config
+from weaktok.model.weights import MODEL_FILE, save_model
 from weaktok.train.checkpoint import complete_tags
 from weaktok.train.distributed import Dist
 
@@ -40,10 +40,6 @@ def export_weights(engine, cfg: Config, out: Path, dist: Dist) -> Path | None:
     state = master_weights(engine, cfg, out / "checkpoints", dist)
     if not dist.is_main or state is None:
         return None
-    path = out / "final" / "model.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"model": state, "config": to_dict(cfg)}, tmp)
-    os.replace(tmp, path)
+    path = save_model(out / "final" / MODEL_FILE, state, cfg)
     print(f"[weaktok] exported fp32 master weights to {path}", flush=True)
     return path

@@ -34,7 +34,7 @@ def lscore_targets(cfg: Config, manifest: dict, front, lscore_fn, dist: Dist, po
     manifest_target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
     if cfg.lscore.loss_target == "manifest":
         return manifest_target, manifest_target
-    from weaktok.data import eval_loader
+    from weaktok.data.loader import eval_loader
 
     stats = None
     if dist.is_main:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from weaktok.config import INIT_FROM_FORMS, Config, ConfigError
+from weaktok.model.weights import ModelFileError, read_model_file
 from weaktok.train.checkpoint import (COMPLETE, CONFIG_FILE, CORRUPT_SUFFIX, SHAPE_KEYS, CheckpointError,
                                       ConfigMismatchError, complete_tags, config_changes, load_blockers,
                                       numpy_rng_globals, read_checkpoint_config, show_value, unreadable_files)
@@ -166,15 +167,10 @@ def init_from_weights(source: str) -> tuple[dict, dict | None, Path]:
     path = Path(source)
     if path.is_file():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"train.init_from={path}: not a weights file ({type(e).__name__}: {e})") from e
-        if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
-            return blob["model"], blob.get("config"), path
-        if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-            return blob, None, path
-        raise CheckpointError(f"train.init_from={path} holds no model weights (expected weaktok's final/model.pt "
-                              "or a state dict)")
+            state, config = read_model_file(path)
+        except ModelFileError as e:
+            raise CheckpointError(f"train.init_from: {e}") from e
+        return state, config, path
     if not (path / COMPLETE).is_file():
         tags = complete_tags(path)
         if not tags:

@@ -9,7 +9,7 @@ import torch
 
 from weaktok.config import Config
 from weaktok.lscore.loss import distribution_loss
-from weaktok.prior import sample_prior
+from weaktok.data.prior import sample_prior
 from weaktok.train.distributed import Dist
 
 
@@ -31,7 +31,7 @@ def corrupt(spec: torch.Tensor, cfg: Config, gen: torch.Generator, prior: dict |
         span = (t[None] >= start[:, None]) & (t[None] < (start + length)[:, None]) & hit[:, None]  # (B, T)
         if c.fill == "prior":
             if prior is None:
-                raise ValueError("train.corruption.fill=prior needs the prior statistics (weaktok.prior)")
+                raise ValueError("train.corruption.fill=prior needs the prior statistics (weaktok.data.prior)")
             level = torch.rand(B, 1, 1, generator=gen, device=spec.device)  # (B, 1, 1)
             z = sample_prior(prior, B, T, gen)  # (B, F, T)
             x = torch.where(span[:, None, :], (1 - level) * spec + level * z, x)
@@ -76,7 +76,7 @@ def compute_flow_loss(engine, front, lscore_fn, spec, fb: dict, w, target, cfg: 
     The velocity error takes the reconstruction's place in the curriculum (w_recon); the L-Score loss sees the
     one-step clean estimates of the batch's largest-t rows (``flow.clean_estimate``). ``recon`` in the parts is the
     L1 of every row's one-step estimate on its generated frames (log1p units, comparable across steps)."""
-    from weaktok import flow
+    from weaktok.model import flow
 
     model = engine.module
     out = engine(fb["x"].to(model_dtype(engine)), t=fb["t"], known=fb["known"])

@@ -23,12 +23,12 @@ import torch
 
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import Config, ConfigError, save_config, to_dict
-from weaktok.curriculum import weights_at
-from weaktok.data import train_loader
+from weaktok.train.curriculum import weights_at
+from weaktok.data.loader import train_loader
 from weaktok.lscore.differentiable import DifferentiableLScore
-from weaktok.manifest import load_manifest, shard_paths
-from weaktok.model import build_model, count_params
-from weaktok.prior import corpus_spectrum
+from weaktok.data.manifest import load_manifest, shard_paths
+from weaktok.model.unet import build_model, count_params
+from weaktok.data.prior import corpus_spectrum
 from weaktok.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from weaktok.train.distributed import Dist, broadcast_object, setup_distributed
 from weaktok.train.engine import build_engine, check_precision, use_bf16
@@ -37,7 +37,7 @@ from weaktok.train.hooks import HookList
 from weaktok.train.lscore_glue import feedback_step, lscore_targets, poll_pool, start_pool, submit_outputs
 from weaktok.train.resume import (apply_optimizer_settings, load_init_weights, load_resume, log_config_changes,
                                   resume_plan)
-from weaktok.flow import clean_estimate, flow_batch, set_normaliser
+from weaktok.model.flow import clean_estimate, flow_batch, set_normaliser
 from weaktok.train.step import PartsWindow, all_finite, compute_flow_loss, compute_loss, corrupt
 from weaktok.train.validation import validate
 
@@ -198,9 +198,9 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
         if cfg.metrics.enabled:  # before heavy compute: a metrics port in use fails here (weaktok/metrics.py)
-            # imported here: weaktok.metrics subclasses TrainHooks from this package, and a top-level import
-            # would make `import weaktok.metrics` (before weaktok.train) a circular import
-            from weaktok.metrics import MetricsExporter
+            # imported here: weaktok.train.prometheus subclasses TrainHooks from this package, and a top-level import
+            # would make `import weaktok.train.prometheus` (before weaktok.train) a circular import
+            from weaktok.train.prometheus import MetricsExporter
 
             exporter = MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"])
             self._cleanup.callback(exporter.close)

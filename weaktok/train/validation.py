@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weaktok.data import eval_loader
-from weaktok import flow
+from weaktok.data.loader import eval_loader
+from weaktok.model import flow
 from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole_start, unconditional
 from weaktok.lscore.exact import LSCORE_NAMES
 from weaktok.train.distributed import all_reduce_sum, gather_objects
