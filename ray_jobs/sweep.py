@@ -7,7 +7,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir Ray ships is the repo root
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # the working dir Ray ships is the repo root
 
 from weaktok.cli import main  # noqa: E402
 

@@ -12,32 +12,59 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir Ray ships is the repo root
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # the working dir Ray ships is the repo root
 
 from weaktok.config import ConfigError  # noqa: E402
 from weaktok.launch.ray_train import run_ray_train  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="weaktok training on Ray Train (DeepSpeed inside each worker)")
+    p = argparse.ArgumentParser(
+        description="weaktok training on Ray Train (DeepSpeed inside each worker)"
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="run folder, on storage every worker can reach")
     p.add_argument("--workers", type=int, default=2, help="training workers (ranks)")
-    p.add_argument("--gpus-per-worker", default="auto", metavar="auto|0|1",
-                   help="GPUs per worker: auto (default) = 1 if the Ray cluster reports GPUs, else 0; "
-                        "1 = NCCL, bf16; 0 = CPU, gloo")
-    p.add_argument("--gpus", action="store_const", const="1", dest="gpus_per_worker",
-                   help="same as --gpus-per-worker 1")
+    p.add_argument(
+        "--gpus-per-worker",
+        default="auto",
+        metavar="auto|0|1",
+        help="GPUs per worker: auto (default) = 1 if the Ray cluster reports GPUs, else 0; "
+        "1 = NCCL, bf16; 0 = CPU, gloo",
+    )
+    p.add_argument(
+        "--gpus",
+        action="store_const",
+        const="1",
+        dest="gpus_per_worker",
+        help="same as --gpus-per-worker 1",
+    )
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts before giving up")
-    p.add_argument("--storage-path", default=None, help="where Ray persists checkpoints (default <out>/ray)")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
+    p.add_argument(
+        "--max-failures", type=int, default=0, help="worker-group restarts before giving up"
+    )
+    p.add_argument(
+        "--storage-path", default=None, help="where Ray persists checkpoints (default <out>/ray)"
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args()
     try:
-        result = run_ray_train(a.config, a.overrides, a.out, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
-                               cpus_per_worker=a.cpus_per_worker, max_failures=a.max_failures,
-                               storage_path=a.storage_path, address=a.address)
+        result = run_ray_train(
+            a.config,
+            a.overrides,
+            a.out,
+            workers=a.workers,
+            gpus_per_worker=a.gpus_per_worker,
+            cpus_per_worker=a.cpus_per_worker,
+            max_failures=a.max_failures,
+            storage_path=a.storage_path,
+            address=a.address,
+        )
     except ConfigError as e:
         print(f"ray_jobs/train.py: config error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@
   examples, more of them, and keeps a local example database (.hypothesis/) so a failure found once is
   replayed first next time: developers hunt for new gaps there and pin each one they find as an ``@example``.
 """
+
 import os
 
 import pytest
@@ -38,7 +39,9 @@ def librosa_reference():
     import numba
 
     cached = vars(librosa.util.utils)["__peak_pick"]
-    fresh = numba.guvectorize(LIBROSA_SIGNATURES, cached.signature, nopython=True, cache=False)(cached.__wrapped__)
+    fresh = numba.guvectorize(LIBROSA_SIGNATURES, cached.signature, nopython=True, cache=False)(
+        cached.__wrapped__
+    )
     assert fresh.ufunc.types == cached.ufunc.types
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(librosa.util.utils, "__peak_pick", fresh)

@@ -4,6 +4,7 @@
 
 Reads the JUnit XML files pytest wrote (--junitxml); exits 1 if any test failed or errored. Not a test module.
 """
+
 import sys
 import xml.etree.ElementTree as ET
 

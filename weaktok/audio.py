@@ -58,9 +58,16 @@ class AudioError(ValueError):
 # -----------------------------------------------------------------------------
 # I/O and waveform helpers
 
-SUPPORTED_SR = (1000, 768_000)  # file sample rates accepted (Hz); outside this a header is garbage, not audio
-MAX_SAMPLES = 1 << 30  # most samples (channels x frames, before or after resampling) one file may decode to
-_DIRECT_READ = 1 << 24  # headers claiming more samples than this are read in blocks (the claim is not trusted)
+SUPPORTED_SR = (
+    1000,
+    768_000,
+)  # file sample rates accepted (Hz); outside this a header is garbage, not audio
+MAX_SAMPLES = (
+    1 << 30
+)  # most samples (channels x frames, before or after resampling) one file may decode to
+_DIRECT_READ = (
+    1 << 24
+)  # headers claiming more samples than this are read in blocks (the claim is not trusted)
 
 
 def read_audio(path, name: str | None = None) -> tuple[np.ndarray, int]:
@@ -75,11 +82,16 @@ def read_audio(path, name: str | None = None) -> tuple[np.ndarray, int]:
         with sf.SoundFile(source) as f:
             sr, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
             if not SUPPORTED_SR[0] <= sr <= SUPPORTED_SR[1]:
-                raise AudioError(path, "unsupported", f"sample rate {sr} Hz outside {SUPPORTED_SR[0]}.."
-                                                      f"{SUPPORTED_SR[1]} Hz")
+                raise AudioError(
+                    path,
+                    "unsupported",
+                    f"sample rate {sr} Hz outside {SUPPORTED_SR[0]}..{SUPPORTED_SR[1]} Hz",
+                )
             if channels < 1:
                 raise AudioError(path, "unreadable", f"{channels} channels")
-            if frames * channels > _DIRECT_READ:  # soundfile allocates the header's claim before reading
+            if (
+                frames * channels > _DIRECT_READ
+            ):  # soundfile allocates the header's claim before reading
                 data = _read_blocks(f, channels, max(1, MAX_SAMPLES // channels))
             else:
                 data = f.read(dtype="float32", always_2d=True)  # (N, C)
@@ -87,9 +99,13 @@ def read_audio(path, name: str | None = None) -> tuple[np.ndarray, int]:
         raise
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError, OverflowError, EOFError) as e:
         detail = str(e).replace(repr(source), repr(str(path))) if source is not path else str(e)
-        raise AudioError(path, "unreadable", f"{type(e).__name__}: {detail}") from e  # LibsndfileError: RuntimeError
+        raise AudioError(
+            path, "unreadable", f"{type(e).__name__}: {detail}"
+        ) from e  # LibsndfileError: RuntimeError
     except MemoryError as e:
-        raise AudioError(path, "unsupported", f"does not fit in memory ({e or 'MemoryError'})") from e
+        raise AudioError(
+            path, "unsupported", f"does not fit in memory ({e or 'MemoryError'})"
+        ) from e
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "zero frames")
     return np.ascontiguousarray(data.T), int(sr)
@@ -129,10 +145,15 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         # torchaudio's polyphase kernel needs (orig/g) x (target/g) elements: 44101 -> 22050 Hz is ~1e9 (minutes
         # and gigabytes). soxr (a librosa dependency) handles any ratio; its length is round(), ours ceil().
         import soxr
-        out = soxr.resample(np.ascontiguousarray(y, dtype=np.float32), orig_sr, target_sr, quality="HQ")
+
+        out = soxr.resample(
+            np.ascontiguousarray(y, dtype=np.float32), orig_sr, target_sr, quality="HQ"
+        )
         n = math.ceil(len(y) * target_sr / orig_sr)
         return np.pad(out, (0, max(0, n - len(out))))[:n].astype(np.float32, copy=False)
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), orig_sr, target_sr)
+    out = AF.resample(
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), orig_sr, target_sr
+    )
     return out.numpy()
 
 
@@ -144,8 +165,14 @@ def peak_normalize(y: np.ndarray, peak: float = 0.95) -> np.ndarray:
     return (y * (peak / m)).astype(np.float32, copy=False)
 
 
-def load_audio(path, sr: int = 22050, *, normalize: bool = True, silence_dbfs: float = -60.0,
-               repair_nonfinite: bool = False) -> np.ndarray:
+def load_audio(
+    path,
+    sr: int = 22050,
+    *,
+    normalize: bool = True,
+    silence_dbfs: float = -60.0,
+    repair_nonfinite: bool = False,
+) -> np.ndarray:
     """Read -> check finite -> mono -> check silence -> resample -> peak-normalise.
 
     Returns float32 (N,) at ``sr``, always finite. Raises AudioError for unreadable, empty,
@@ -158,7 +185,9 @@ def load_audio(path, sr: int = 22050, *, normalize: bool = True, silence_dbfs: f
     bad = ~np.isfinite(y)
     if bad.any():
         if not repair_nonfinite:
-            raise AudioError(path, "non-finite", f"{int(bad.sum())} of {y.size} samples are NaN/Inf")
+            raise AudioError(
+                path, "non-finite", f"{int(bad.sum())} of {y.size} samples are NaN/Inf"
+            )
         y = np.where(bad, np.float32(0.0), y)
     y = to_mono(y)  # (N,)
     peak = float(np.max(np.abs(y)))
@@ -166,21 +195,37 @@ def load_audio(path, sr: int = 22050, *, normalize: bool = True, silence_dbfs: f
         dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
         raise AudioError(path, "silent", f"peak {dbfs:.1f} dBFS < {silence_dbfs:.1f} dBFS")
     if len(y) * (sr / file_sr) > MAX_SAMPLES:
-        raise AudioError(path, "unsupported", f"{len(y)} samples at {file_sr} Hz resample to more than "
-                                              f"{MAX_SAMPLES} at {sr} Hz")
-    if normalize and peak > 1.0:  # float files may hold huge values: scale first so resampling cannot overflow
+        raise AudioError(
+            path,
+            "unsupported",
+            f"{len(y)} samples at {file_sr} Hz resample to more than {MAX_SAMPLES} at {sr} Hz",
+        )
+    if (
+        normalize and peak > 1.0
+    ):  # float files may hold huge values: scale first so resampling cannot overflow
         y = (y / np.float32(peak)).astype(np.float32)
     try:
         y = resample(y, file_sr, sr)
     except (RuntimeError, MemoryError) as e:  # torch's allocator failing is a RuntimeError
         raise AudioError(path, "unsupported", f"resampling {file_sr} -> {sr} Hz failed: {e}") from e
-    if not np.isfinite(y).all():  # un-normalised float input near the float32 limit can overflow in resampling
-        raise AudioError(path, "non-finite", f"NaN/Inf after resampling {file_sr} -> {sr} Hz (sample values up "
-                                             f"to {peak:.3g})")
+    if not np.isfinite(
+        y
+    ).all():  # un-normalised float input near the float32 limit can overflow in resampling
+        raise AudioError(
+            path,
+            "non-finite",
+            f"NaN/Inf after resampling {file_sr} -> {sr} Hz (sample values up to {peak:.3g})",
+        )
     after = float(np.max(np.abs(y))) * (peak if normalize and peak > 1.0 else 1.0)
-    if after < 10.0 ** (silence_dbfs / 20.0):  # e.g. only content above the new Nyquist, or 1 sample at 44101 Hz
-        raise AudioError(path, "silent", f"peak {20.0 * math.log10(after) if after > 0 else -math.inf:.1f} dBFS "
-                                         f"after resampling {file_sr} -> {sr} Hz < {silence_dbfs:.1f} dBFS")
+    if after < 10.0 ** (
+        silence_dbfs / 20.0
+    ):  # e.g. only content above the new Nyquist, or 1 sample at 44101 Hz
+        raise AudioError(
+            path,
+            "silent",
+            f"peak {20.0 * math.log10(after) if after > 0 else -math.inf:.1f} dBFS "
+            f"after resampling {file_sr} -> {sr} Hz < {silence_dbfs:.1f} dBFS",
+        )
     if normalize:
         y = peak_normalize(y)
     return y.astype(np.float32, copy=False)
@@ -201,23 +246,32 @@ def write_wav(path, y, sr: int) -> None:
 # -----------------------------------------------------------------------------
 # spectrogram front end
 
-MAX_LOG_MAGNITUDE = 30.0  # log1p magnitude ceiling for model output: power e^60 ~ 1e26 stays finite in float32
+MAX_LOG_MAGNITUDE = (
+    30.0  # log1p magnitude ceiling for model output: power e^60 ~ 1e26 stays finite in float32
+)
 
 
 class SpecFrontEnd(nn.Module):
     """Waveform <-> log1p linear magnitude STFT, shape (B, F=n_fft//2+1, T=N//hop+1)."""
 
-    def __init__(self, sample_rate: int = 22050, n_fft: int = 1024, hop_length: int = 256,
-                 griffin_lim_iters: int = 32):
+    def __init__(
+        self,
+        sample_rate: int = 22050,
+        n_fft: int = 1024,
+        hop_length: int = 256,
+        griffin_lim_iters: int = 32,
+    ):
         super().__init__()
         self.sample_rate = sample_rate
         self.n_fft = n_fft
         self.hop_length = hop_length
         # both hold their Hann window as a buffer, so .to(device) moves them
         self.stft = torchaudio.transforms.Spectrogram(
-            n_fft=n_fft, hop_length=hop_length, power=1.0, center=True)
+            n_fft=n_fft, hop_length=hop_length, power=1.0, center=True
+        )
         self.griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=n_fft, hop_length=hop_length, power=1.0, n_iter=griffin_lim_iters)
+            n_fft=n_fft, hop_length=hop_length, power=1.0, n_iter=griffin_lim_iters
+        )
 
     @property
     def n_freqs(self) -> int:
@@ -259,8 +313,18 @@ class SpecFrontEnd(nn.Module):
             mag = mag.unsqueeze(0)
         gl = self.griffin_lim
         # functional call so `length` can vary per call; window is the submodule's buffer
-        return AF.griffinlim(mag, gl.window, gl.n_fft, gl.hop_length, gl.win_length, gl.power,
-                             gl.n_iter, gl.momentum, length, gl.rand_init)
+        return AF.griffinlim(
+            mag,
+            gl.window,
+            gl.n_fft,
+            gl.hop_length,
+            gl.win_length,
+            gl.power,
+            gl.n_iter,
+            gl.momentum,
+            length,
+            gl.rand_init,
+        )
 
 
 def spectral_convergence(ref_mag, est_mag) -> float:
@@ -269,4 +333,6 @@ def spectral_convergence(ref_mag, est_mag) -> float:
     est = torch.as_tensor(est_mag).detach().double()
     if ref.shape != est.shape:
         raise ValueError(f"shape mismatch: {tuple(ref.shape)} vs {tuple(est.shape)}")
-    return float(torch.linalg.vector_norm(ref - est) / torch.linalg.vector_norm(ref).clamp_min(1e-12))
+    return float(
+        torch.linalg.vector_norm(ref - est) / torch.linalg.vector_norm(ref).clamp_min(1e-12)
+    )

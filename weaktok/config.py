@@ -41,15 +41,25 @@ class AudioConfig:
     clip_seconds: float = 4.0  # training crop length
 
     def check(self) -> None:
-        _require(4000 <= self.sample_rate <= 192_000, "audio.sample_rate", "must be in [4000, 192000] Hz")
-        _require(64 <= self.n_fft <= 16384 and self.n_fft & (self.n_fft - 1) == 0, "audio.n_fft",
-                 "must be a power of 2 in [64, 16384]")
-        _require(0 < self.hop_length <= self.n_fft, "audio.hop_length", "must be in (0, audio.n_fft]")
+        _require(
+            4000 <= self.sample_rate <= 192_000, "audio.sample_rate", "must be in [4000, 192000] Hz"
+        )
+        _require(
+            64 <= self.n_fft <= 16384 and self.n_fft & (self.n_fft - 1) == 0,
+            "audio.n_fft",
+            "must be a power of 2 in [64, 16384]",
+        )
+        _require(
+            0 < self.hop_length <= self.n_fft, "audio.hop_length", "must be in (0, audio.n_fft]"
+        )
         _require(0 < self.clip_seconds <= 600, "audio.clip_seconds", "must be in (0, 600] seconds")
         # the STFT (center=True, reflect padding) needs more than n_fft/2 samples; ask for a whole window
-        _require(self.clip_seconds * self.sample_rate >= self.n_fft, "audio.clip_seconds",
-                 f"must hold at least audio.n_fft={self.n_fft} samples at audio.sample_rate={self.sample_rate} "
-                 f"(>= {self.n_fft / self.sample_rate:.4f} s)")
+        _require(
+            self.clip_seconds * self.sample_rate >= self.n_fft,
+            "audio.clip_seconds",
+            f"must hold at least audio.n_fft={self.n_fft} samples at audio.sample_rate={self.sample_rate} "
+            f"(>= {self.n_fft / self.sample_rate:.4f} s)",
+        )
 
 
 @dataclass
@@ -79,25 +89,44 @@ class ChunkingConfig:
 class FlowConfig:
     """Rectified flow (``model.objective: flow``, weaktok/flow.py): training masks and the sampler."""
 
-    uncond_prob: float = 0.3  # share of training examples with nothing known (unconditional; also guidance's "off")
-    hole_min: float = 0.2  # the generated span of a conditional example, as a fraction of the clip: U(min, max)
+    uncond_prob: float = (
+        0.3  # share of training examples with nothing known (unconditional; also guidance's "off")
+    )
+    hole_min: float = (
+        0.2  # the generated span of a conditional example, as a fraction of the clip: U(min, max)
+    )
     hole_max: float = 0.8
-    hole_at_end: float = 0.5  # share of conditional examples whose span ends the clip (seed-based generation's hole)
+    hole_at_end: float = (
+        0.5  # share of conditional examples whose span ends the clip (seed-based generation's hole)
+    )
     # what the network outputs: "data" = the clean x1 (velocity (x1_hat - x_t) / (1 - t), the loss still on the
     # velocity: JiT, Li & He 2025), which a coarse path can carry; "velocity" = x1 - x0 itself, whose noise part
     # x0 no bottleneck can carry (measured: with model.skips=known it never leaves the output)
     predict: Literal["data", "velocity"] = "data"
-    t_dist: Literal["uniform", "logit_normal"] = "logit_normal"  # training times t (logit-normal: SD3, Esser 2024)
-    lscore_frac: float = 0.5  # the L-Score loss sees this share of the batch: the rows with the largest t
+    t_dist: Literal["uniform", "logit_normal"] = (
+        "logit_normal"  # training times t (logit-normal: SD3, Esser 2024)
+    )
+    lscore_frac: float = (
+        0.5  # the L-Score loss sees this share of the batch: the rows with the largest t
+    )
     steps: int = 8  # ODE steps at generation
     solver: Literal["euler", "midpoint"] = "midpoint"  # midpoint: 2 model calls per step
-    guidance: float = 1.0  # classifier-free guidance scale on the known context (1 = off, 2 calls per step)
+    guidance: float = (
+        1.0  # classifier-free guidance scale on the known context (1 = off, 2 calls per step)
+    )
 
     def check(self) -> None:
         _require(0 <= self.uncond_prob <= 1, "model.flow.uncond_prob", "must be in [0, 1]")
-        _require(0 < self.hole_min <= 1, "model.flow.hole_min", "must be in (0, 1] (a fraction of the clip)")
-        _require(self.hole_min <= self.hole_max <= 1, "model.flow.hole_max",
-                 f"must be in [model.flow.hole_min={self.hole_min:g}, 1]")
+        _require(
+            0 < self.hole_min <= 1,
+            "model.flow.hole_min",
+            "must be in (0, 1] (a fraction of the clip)",
+        )
+        _require(
+            self.hole_min <= self.hole_max <= 1,
+            "model.flow.hole_max",
+            f"must be in [model.flow.hole_min={self.hole_min:g}, 1]",
+        )
         _require(0 <= self.hole_at_end <= 1, "model.flow.hole_at_end", "must be in [0, 1]")
         _require(0 < self.lscore_frac <= 1, "model.flow.lscore_frac", "must be in (0, 1]")
         _require(1 <= self.steps <= 1000, "model.flow.steps", "must be in [1, 1000]")
@@ -106,7 +135,9 @@ class FlowConfig:
 
 @dataclass
 class ModelConfig:
-    channels: list[int] = field(default_factory=lambda: [96, 160, 224])  # encoder widths, 3 strided levels
+    channels: list[int] = field(
+        default_factory=lambda: [96, 160, 224]
+    )  # encoder widths, 3 strided levels
     dim: int = 256  # bottleneck width D
     n_layers: int = 4  # Transformer layers over chunks; 0 = chunking-only ablation (no Transformer)
     n_heads: int = 4
@@ -130,20 +161,40 @@ class ModelConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
 
     def check(self) -> None:
-        _require(len(self.channels) == 3, "model.channels", "must list exactly 3 widths (one per U-Net level)")
-        _require(all(1 <= c <= 8192 for c in self.channels), "model.channels", "widths must be in [1, 8192]")
+        _require(
+            len(self.channels) == 3,
+            "model.channels",
+            "must list exactly 3 widths (one per U-Net level)",
+        )
+        _require(
+            all(1 <= c <= 8192 for c in self.channels),
+            "model.channels",
+            "widths must be in [1, 8192]",
+        )
         _require(8 <= self.dim <= 8192, "model.dim", "must be in [8, 8192]")
-        _require(self.n_heads >= 1 and self.dim % self.n_heads == 0, "model.n_heads",
-                 f"must be >= 1 and divide model.dim={self.dim}")
+        _require(
+            self.n_heads >= 1 and self.dim % self.n_heads == 0,
+            "model.n_heads",
+            f"must be >= 1 and divide model.dim={self.dim}",
+        )
         _require(0 <= self.n_layers <= 256, "model.n_layers", "must be in [0, 256]")
         _require(1 <= self.ff_mult <= 64, "model.ff_mult", "must be in [1, 64]")
         _require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
-        _require(self.residual == "all" or self.objective == "flow", "model.residual",
-                 "'known' needs model.objective=flow (only a flow model is told which frames are known)")
-        _require(self.skips == "all" or self.objective == "flow", "model.skips",
-                 "'known' and 'local' need model.objective=flow (only a flow model is told which frames are known)")
-        _require(self.positions == "absolute" or (self.dim // self.n_heads) % 2 == 0, "model.positions",
-                 f"rotary needs an even head width (model.dim / model.n_heads = {self.dim / self.n_heads:g})")
+        _require(
+            self.residual == "all" or self.objective == "flow",
+            "model.residual",
+            "'known' needs model.objective=flow (only a flow model is told which frames are known)",
+        )
+        _require(
+            self.skips == "all" or self.objective == "flow",
+            "model.skips",
+            "'known' and 'local' need model.objective=flow (only a flow model is told which frames are known)",
+        )
+        _require(
+            self.positions == "absolute" or (self.dim // self.n_heads) % 2 == 0,
+            "model.positions",
+            f"rotary needs an even head width (model.dim / model.n_heads = {self.dim / self.n_heads:g})",
+        )
 
 
 @dataclass
@@ -156,17 +207,24 @@ class DataConfig:
     val_batch_size: int = 8
     val_max_items: int = 0  # 0 = the whole val split
     verify_shards: bool = False  # sha256 every shard against the manifest before reading
-    log_keys: bool = False  # audit: each rank appends the keys it trains on to <out>/samples/rank<r>.txt
+    log_keys: bool = (
+        False  # audit: each rank appends the keys it trains on to <out>/samples/rank<r>.txt
+    )
 
     def check(self) -> None:
         _require(bool(self.shards), "data.shards", "must name a shard folder")
-        _require(not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", self.shards), "data.shards",
-                 f"must be a local folder, not a URL or pipe: command ({self.shards!r}; a local folder: ./name)")
+        _require(
+            not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", self.shards),
+            "data.shards",
+            f"must be a local folder, not a URL or pipe: command ({self.shards!r}; a local folder: ./name)",
+        )
         for key in ("batch_size", "val_batch_size"):
             _require(1 <= getattr(self, key) <= 65536, f"data.{key}", "must be in [1, 65536]")
         _require(self.samples_per_epoch >= 1, "data.samples_per_epoch", "must be >= 1")
         _require(0 <= self.num_workers <= 256, "data.num_workers", "must be in [0, 256]")
-        _require(1 <= self.shuffle_buffer <= 1_000_000, "data.shuffle_buffer", "must be in [1, 1000000]")
+        _require(
+            1 <= self.shuffle_buffer <= 1_000_000, "data.shuffle_buffer", "must be in [1, 1000000]"
+        )
         _require(self.val_max_items >= 0, "data.val_max_items", "must be >= 0 (0 = all)")
 
 
@@ -176,15 +234,23 @@ class CorruptionConfig:
 
     noise_std: float = 0.1  # gaussian noise on the log1p spectrogram
     mask_prob: float = 0.3  # probability that a training example gets a masked time span
-    mask_max_fraction: float = 0.25  # longest masked span, as a fraction of the clip (1: the whole clip)
+    mask_max_fraction: float = (
+        0.25  # longest masked span, as a fraction of the clip (1: the whole clip)
+    )
     fill: str = "zeros"  # masked span: "zeros", or "prior" = (1 - s) x + s z with z generation's prior noise
     #                      (weaktok/prior.py) and a per-example level s ~ U(0, 1): what generation feeds the model
 
     def check(self) -> None:
         _require(self.noise_std >= 0, "train.corruption.noise_std", "must be >= 0")
         _require(0 <= self.mask_prob <= 1, "train.corruption.mask_prob", "must be in [0, 1]")
-        _require(0 <= self.mask_max_fraction <= 1, "train.corruption.mask_max_fraction", "must be in [0, 1]")
-        _require(self.fill in ("zeros", "prior"), "train.corruption.fill", "must be 'zeros' or 'prior'")
+        _require(
+            0 <= self.mask_max_fraction <= 1,
+            "train.corruption.mask_max_fraction",
+            "must be in [0, 1]",
+        )
+        _require(
+            self.fill in ("zeros", "prior"), "train.corruption.fill", "must be 'zeros' or 'prior'"
+        )
 
 
 @dataclass
@@ -200,16 +266,26 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     zero_stage: int = 2
     compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile (one static graph per shape)
-    compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels), aot_eager (checks, CPU tests)
-    deepspeed_config: str | None = None  # JSON template (cluster/deepspeed/zero*.json); YAML keys win
+    compile_backend: str = (
+        "inductor"  # torch.compile backend: inductor (fused kernels), aot_eager (checks, CPU tests)
+    )
+    deepspeed_config: str | None = (
+        None  # JSON template (cluster/deepspeed/zero*.json); YAML keys win
+    )
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 0  # steps; 0 = only at epoch end
     keep_checkpoints: int = 3
-    resume: str = "auto"  # auto: newest complete checkpoint in <out>/checkpoints; never; or a checkpoint path
-    init_from: str | None = None  # a new run (step 0, fresh optimizer) from these weights, when there is nothing
+    resume: str = (
+        "auto"  # auto: newest complete checkpoint in <out>/checkpoints; never; or a checkpoint path
+    )
+    init_from: str | None = (
+        None  # a new run (step 0, fresh optimizer) from these weights, when there is nothing
+    )
     #                               to resume: a checkpoint folder, a run's checkpoints/ folder or a final/model.pt
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
-    dist_timeout_s: float = 600.0  # bound on any collective: a rank whose peer died or hangs fails after this long
+    dist_timeout_s: float = (
+        600.0  # bound on any collective: a rank whose peer died or hangs fails after this long
+    )
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
 
     def check(self) -> None:
@@ -218,39 +294,60 @@ class TrainConfig:
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
         _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
-                 "must be two numbers in [0, 1)")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            "must be two numbers in [0, 1)",
+        )
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
         _require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _require(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3")
-        _require(not (self.precision == "bf16" and self.zero_stage == 0), "train.zero_stage",
-                 "0 cannot train in bf16 (train.precision=bf16): use 1 or more (fp32 master weights exported) or "
-                 "train.precision=fp32")  # precision 'auto' on a GPU: checked in train.check_precision
+        _require(
+            not (self.precision == "bf16" and self.zero_stage == 0),
+            "train.zero_stage",
+            "0 cannot train in bf16 (train.precision=bf16): use 1 or more (fp32 master weights exported) or "
+            "train.precision=fp32",
+        )  # precision 'auto' on a GPU: checked in train.check_precision
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
-        _require(self.compile_backend in ("inductor", "aot_eager", "eager", "cudagraphs"), "train.compile_backend",
-                 "must be inductor, aot_eager, eager or cudagraphs")
+        _require(
+            self.compile_backend in ("inductor", "aot_eager", "eager", "cudagraphs"),
+            "train.compile_backend",
+            "must be inductor, aot_eager, eager or cudagraphs",
+        )
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
         _require(self.dist_timeout_s > 0, "train.dist_timeout_s", "must be > 0 (seconds)")
         _require(bool(self.resume), "train.resume", "must be auto, never or a checkpoint path")
-        _require(self.init_from is None or bool(self.init_from.strip()), "train.init_from",
-                 "must name a checkpoint folder or a weights file (or be null)")
+        _require(
+            self.init_from is None or bool(self.init_from.strip()),
+            "train.init_from",
+            "must name a checkpoint folder or a weights file (or be null)",
+        )
         if self.deepspeed_config is not None:
-            _require(Path(self.deepspeed_config).is_file(), "train.deepspeed_config",
-                     f"file not found: {self.deepspeed_config}")
+            _require(
+                Path(self.deepspeed_config).is_file(),
+                "train.deepspeed_config",
+                f"file not found: {self.deepspeed_config}",
+            )
 
 
 @dataclass
 class LScoreConfig:
-    mode: Literal["paper", "surrogate"] = "surrogate"  # paper: only the timbral term carries gradient
+    mode: Literal["paper", "surrogate"] = (
+        "surrogate"  # paper: only the timbral term carries gradient
+    )
     lambda_mu: float = 1.0
     lambda_sigma: float = 0.5
-    standardise: bool = True  # divide each term's error by the target sigma (terms have different scales)
+    standardise: bool = (
+        True  # divide each term's error by the target sigma (terms have different scales)
+    )
     pool_every: int = 50  # steps between async exact L-Score checks of generated outputs (0 = off)
     pool_items: int = 2  # outputs sent to the pool each time
     pool_actors: int = 0  # 0 = one per free CPU
-    val_items: int = 16  # validation: generated outputs per mode (unconditional, seed-based) scored exactly
+    val_items: int = (
+        16  # validation: generated outputs per mode (unconditional, seed-based) scored exactly
+    )
     #                      (weaktok/train/validation.py; 0 = off, sweeps then optimise val_recon only)
     griffin_lim_iters: int = 32
     # what the L-Score loss matches: "manifest" = the exact L-Score of whole training items (shards' manifest);
@@ -264,10 +361,15 @@ class LScoreConfig:
     feedback: float = 0.0
 
     def check(self) -> None:
-        _require(self.target_items >= 2, "lscore.target_items", "must be >= 2 (a std needs two items)")
+        _require(
+            self.target_items >= 2, "lscore.target_items", "must be >= 2 (a std needs two items)"
+        )
         _require(0 <= self.feedback <= 1, "lscore.feedback", "must be in [0, 1] (0 = off)")
-        _require(not self.feedback or self.loss_target == "surrogate", "lscore.feedback",
-                 "corrects the surrogate target: needs lscore.loss_target=surrogate")
+        _require(
+            not self.feedback or self.loss_target == "surrogate",
+            "lscore.feedback",
+            "corrects the surrogate target: needs lscore.loss_target=surrogate",
+        )
         _require(self.lambda_mu >= 0, "lscore.lambda_mu", "must be >= 0")
         _require(self.lambda_sigma >= 0, "lscore.lambda_sigma", "must be >= 0")
         for key in ("pool_every", "pool_items", "pool_actors", "val_items"):
@@ -300,13 +402,21 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 to let a Prometheus on another machine scrape
     port: int = 9400  # 0 = any free port (the URL is printed and written to <out>/metrics_url.txt)
-    per_rank: bool = False  # serve every rank's registry (each on port + local_rank) instead of rank 0 only
+    per_rank: bool = (
+        False  # serve every rank's registry (each on port + local_rank) instead of rank 0 only
+    )
     port_fallback: bool = False  # port in use: try the next ports instead of failing
     run_name: str = ""  # the `run` label; "" = the name of the --out folder
 
     def check(self) -> None:
-        _require(bool(self.host), "metrics.host", "must be an address to bind (127.0.0.1, 0.0.0.0, a host name)")
-        _require(0 <= self.port <= 65535, "metrics.port", "must be in [0, 65535] (0 = any free port)")
+        _require(
+            bool(self.host),
+            "metrics.host",
+            "must be an address to bind (127.0.0.1, 0.0.0.0, a host name)",
+        )
+        _require(
+            0 <= self.port <= 65535, "metrics.port", "must be in [0, 65535] (0 = any free port)"
+        )
 
 
 @dataclass
@@ -322,7 +432,11 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def check(self) -> None:
-        _require(0 <= self.seed < 2**31, "seed", "must be in [0, 2^31) (numpy seeds are 32-bit; ranks add to it)")
+        _require(
+            0 <= self.seed < 2**31,
+            "seed",
+            "must be in [0, 2^31) (numpy seeds are 32-bit; ranks add to it)",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,8 +460,10 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
     return cfg
 
 
-INIT_FROM_FORMS = ("a checkpoint folder holding COMPLETE (runs/x/checkpoints/step00000100), a run's checkpoints/ "
-                   "folder (its newest complete checkpoint) or exported weights (runs/x/final/model.pt)")
+INIT_FROM_FORMS = (
+    "a checkpoint folder holding COMPLETE (runs/x/checkpoints/step00000100), a run's checkpoints/ "
+    "folder (its newest complete checkpoint) or exported weights (runs/x/final/model.pt)"
+)
 
 
 def check_init_from(path: str | None) -> None:
@@ -356,10 +472,21 @@ def check_init_from(path: str | None) -> None:
     if path is None:
         return
     p = Path(path)
-    ok = p.is_file() or (p / "COMPLETE").is_file() or (p.is_dir() and any(
-        (d / "COMPLETE").is_file() and ".corrupt" not in d.name for d in p.iterdir()))
-    _require(ok, "train.init_from", f"{path} is not {INIT_FROM_FORMS}" if p.exists() else
-             f"{path} does not exist; give {INIT_FROM_FORMS}")
+    ok = (
+        p.is_file()
+        or (p / "COMPLETE").is_file()
+        or (
+            p.is_dir()
+            and any((d / "COMPLETE").is_file() and ".corrupt" not in d.name for d in p.iterdir())
+        )
+    )
+    _require(
+        ok,
+        "train.init_from",
+        f"{path} is not {INIT_FROM_FORMS}"
+        if p.exists()
+        else f"{path} does not exist; give {INIT_FROM_FORMS}",
+    )
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -376,7 +503,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
     if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; people mean the number
         try:
-            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+            value = (
+                float(value)
+                if value.strip().lower() not in ("nan", "inf", "-inf", "infinity")
+                else value
+            )
         except ValueError:
             pass
     return key, value
@@ -391,7 +522,9 @@ def resolve_config_path(source: str | Path) -> Path:
     shipped = CONFIG_DIR / f"{source}.yaml"
     if not shipped.exists():
         names = ", ".join(shipped_configs())
-        raise ConfigError(f"no config file '{source}' and no shipped config of that name (shipped: {names})")
+        raise ConfigError(
+            f"no config file '{source}' and no shipped config of that name (shipped: {names})"
+        )
     return shipped
 
 
@@ -420,7 +553,9 @@ def _read_yaml_chain(source: str | Path, seen: tuple[Path, ...] = ()) -> dict:
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -459,7 +594,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -501,7 +638,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is Any:
         return value
-    raise TypeError(f"config schema type {tp} of '{key}' is not supported")  # a bug in the schema, not user input
+    raise TypeError(
+        f"config schema type {tp} of '{key}' is not supported"
+    )  # a bug in the schema, not user input
 
 
 def validate(cfg: Any) -> None:

@@ -43,15 +43,21 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        why = ("this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
-               + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""))
+        why = (
+            "this torch build has no CUDA"
+            if torch.version.cuda is None
+            else "no GPU is visible"
+            + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+        )
         raise DeviceError(f"device {name!r} requested but CUDA is not available: {why}; use cpu")
     if m.group(1) is None:
         return torch.device("cuda")
     index = int(m.group(1))
     if index >= torch.cuda.device_count():
-        raise DeviceError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s) "
-                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        raise DeviceError(
+            f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
     return torch.device("cuda", index)
 
 
@@ -73,8 +79,10 @@ def gpus_setting(value, key: str, whole: bool = False) -> float | str:
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: got {value!r}; allowed: {allowed} (GPUs per worker)") from None
     if not 0 <= n <= 1 or (whole and n not in (0, 1)):
-        raise ConfigError(f"{key}: got {value!r}; allowed: {allowed} (GPUs per worker"
-                          f"{'; a DeepSpeed rank uses one GPU or none' if whole else ''})")
+        raise ConfigError(
+            f"{key}: got {value!r}; allowed: {allowed} (GPUs per worker"
+            f"{'; a DeepSpeed rank uses one GPU or none' if whole else ''})"
+        )
     return n
 
 
@@ -94,7 +102,9 @@ def describe_gpus(setting: float | str, gpus: float, cluster: Mapping[str, float
     if gpus > 0 and have == 0:
         line += "; WARNING: no GPU node is up, workers wait until an autoscaler adds one"
     elif gpus == 0 and have > 0 and os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO") != "1":
-        line += ("; WARNING: workers without a GPU still see their node's GPUs (Ray leaves CUDA_VISIBLE_DEVICES "
-                 "alone) and training takes one; RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 hides them "
-                 "(ray_jobs/submit.sh sets it)")
+        line += (
+            "; WARNING: workers without a GPU still see their node's GPUs (Ray leaves CUDA_VISIBLE_DEVICES "
+            "alone) and training takes one; RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 hides them "
+            "(ray_jobs/submit.sh sets it)"
+        )
     return line

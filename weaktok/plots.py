@@ -6,8 +6,6 @@ Everything renders with matplotlib's Agg backend (no display needed) and returns
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +33,28 @@ def _save(fig, path: str | Path) -> Path:
 # Spectrograms
 
 
-def draw_spectrogram(ax, spec, starts, frame_seconds: float, sample_rate: int, title: str = "",
-                     vmax: float | None = None) -> None:
+def draw_spectrogram(
+    ax,
+    spec,
+    starts,
+    frame_seconds: float,
+    sample_rate: int,
+    title: str = "",
+    vmax: float | None = None,
+) -> None:
     """spec (F, T) log1p magnitude on ``ax``; cyan lines at chunk starts (spectrogram frames)."""
     spec = np.asarray(spec.detach().cpu() if hasattr(spec, "detach") else spec)
     F, T = spec.shape
     vmax = vmax or max(float(np.percentile(spec, 99.5)), 1e-3)
-    ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=vmax,
-              extent=(0, T * frame_seconds, 0, sample_rate / 2000))
+    ax.imshow(
+        spec,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        vmin=0,
+        vmax=vmax,
+        extent=(0, T * frame_seconds, 0, sample_rate / 2000),
+    )
     extra = ""
     if starts is not None:
         for s in np.asarray(starts)[1:]:  # the first chunk always starts at 0
@@ -51,8 +63,9 @@ def draw_spectrogram(ax, spec, starts, frame_seconds: float, sample_rate: int, t
     ax.set(xlabel="time (s)", ylabel="kHz", title=f"{title}{extra}")
 
 
-def plot_spectrogram(spec, starts, path: str | Path, frame_seconds: float, sample_rate: int,
-                     title: str = "") -> Path:
+def plot_spectrogram(
+    spec, starts, path: str | Path, frame_seconds: float, sample_rate: int, title: str = ""
+) -> Path:
     """One spectrogram (F, T) with chunk boundaries -> PNG."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 3.4))
@@ -60,7 +73,9 @@ def plot_spectrogram(spec, starts, path: str | Path, frame_seconds: float, sampl
     return _save(fig, path)
 
 
-def plot_spectrogram_rows(rows: list[tuple], path: str | Path, frame_seconds: float, sample_rate: int) -> Path:
+def plot_spectrogram_rows(
+    rows: list[tuple], path: str | Path, frame_seconds: float, sample_rate: int
+) -> Path:
     """Stacked spectrograms; rows = [(spec (F, T), starts or None, title), ...] sharing one colour scale."""
     plt = _plt()
     vmax = max(float(np.percentile(np.asarray(r[0]), 99.5)) for r in rows)
@@ -74,7 +89,9 @@ def plot_spectrogram_rows(rows: list[tuple], path: str | Path, frame_seconds: fl
 # L-Score histograms and training curves
 
 
-def plot_lscore_hist(names: list[str], sets: dict[str, np.ndarray], target: list[float], path: str | Path) -> Path:
+def plot_lscore_hist(
+    names: list[str], sets: dict[str, np.ndarray], target: list[float], path: str | Path
+) -> Path:
     """One panel per L-Score term: histograms of each set ({label: (N, 4)}), the target mean as a line."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
@@ -84,7 +101,13 @@ def plot_lscore_hist(names: list[str], sets: dict[str, np.ndarray], target: list
         bins = np.linspace(lo, hi + 1e-9, 20)
         for label, v in sets.items():
             if len(v):
-                ax.hist(np.asarray(v)[:, j], bins=bins, alpha=0.45, label=f"{label} ({len(v)})", density=True)
+                ax.hist(
+                    np.asarray(v)[:, j],
+                    bins=bins,
+                    alpha=0.45,
+                    label=f"{label} ({len(v)})",
+                    density=True,
+                )
         ax.axvline(target[j], color="k", ls="--", lw=1, label="target")
         ax.set(title=name)
     np.atleast_1d(axes)[0].legend(fontsize=7)
@@ -113,7 +136,9 @@ def plot_training_curves(metrics_path: str | Path, path: str | Path) -> Path | N
     axes[0].set(title="training losses", xlabel="step", yscale="log")
     axes[0].legend(fontsize=7)
     if val:
-        axes[1].plot([r["step"] for r in val], [r["val_recon"] for r in val], "o-", label="val recon L1")
+        axes[1].plot(
+            [r["step"] for r in val], [r["val_recon"] for r in val], "o-", label="val recon L1"
+        )
     if train and "recon" in train[0]:
         axes[1].plot(step, [r["recon"] for r in train], lw=0.8, alpha=0.6, label="train recon L1")
     axes[1].set(title="reconstruction", xlabel="step")
@@ -121,15 +146,24 @@ def plot_training_curves(metrics_path: str | Path, path: str | Path) -> Path | N
     if train and "chunk_boundary_rate" in train[0]:
         axes[2].plot(step, [r["chunk_boundary_rate"] for r in train], lw=1, label="train")
     if val:
-        axes[2].plot([r["step"] for r in val], [r["val_boundary_rate"] for r in val], "o-", label="val")
+        axes[2].plot(
+            [r["step"] for r in val], [r["val_boundary_rate"] for r in val], "o-", label="val"
+        )
     axes[2].set(title="boundary rate (bottleneck)", xlabel="step")
     axes[2].legend(fontsize=7)
     scored = False
     for mode, style in (("uncond", "o-"), ("seed", "s--")):  # one line per term and generation mode
         errs = [r for r in val if f"val_gen_{mode}_rel_err" in r]
-        for j, name in enumerate(errs[0].get("lscore_names", [f"term {i}" for i in range(4)]) if errs else []):
-            axes[3].plot([r["step"] for r in errs], [r[f"val_gen_{mode}_rel_err"][j] for r in errs], style,
-                         color=f"C{j}", label=f"{name} ({mode})")
+        for j, name in enumerate(
+            errs[0].get("lscore_names", [f"term {i}" for i in range(4)]) if errs else []
+        ):
+            axes[3].plot(
+                [r["step"] for r in errs],
+                [r[f"val_gen_{mode}_rel_err"][j] for r in errs],
+                style,
+                color=f"C{j}",
+                label=f"{name} ({mode})",
+            )
         scored = scored or bool(errs)
     if scored:
         axes[3].axhline(0.15, color="k", ls="--", lw=0.8)

@@ -1,4 +1,5 @@
 """Ablations end to end at the smallest scale: three real (tiny, 1-epoch) training runs, each evaluated."""
+
 import json
 
 import pytest
@@ -7,8 +8,14 @@ import yaml
 from tests.helpers import make_tiny_shards
 
 pytestmark = pytest.mark.slow
-FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1", "train.epochs=1",
-        "data.samples_per_epoch=8", "metrics.enabled=false"]
+FAST = [
+    "lscore.pool_every=0",
+    "lscore.val_items=0",
+    "data.num_workers=1",
+    "train.epochs=1",
+    "data.samples_per_epoch=8",
+    "metrics.enabled=false",
+]
 
 
 def test_ablation_compares_chunking_and_lscore_mode(tmp_path, monkeypatch):
@@ -17,23 +24,39 @@ def test_ablation_compares_chunking_and_lscore_mode(tmp_path, monkeypatch):
     shards = make_tiny_shards(tmp_path / "shards")
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     out = tmp_path / "ablate"
-    summary = ablate("tiny", out, [f"data.shards={shards}", *FAST], max_items=2, seconds=2.0,
-                     target_items=8)
+    summary = ablate(
+        "tiny", out, [f"data.shards={shards}", *FAST], max_items=2, seconds=2.0, target_items=8
+    )
     v = summary["variants"]
     assert set(v) == {"dynamic", "fixed", "paper"}
     for name, r in v.items():
-        assert (out / name / "final" / "model.pt").is_file() and len(r["table1"]["seed"]["pooled"]["mean"]) == 4
+        assert (out / name / "final" / "model.pt").is_file() and len(
+            r["table1"]["seed"]["pooled"]["mean"]
+        ) == 4
     cfgs = {n: yaml.safe_load((out / n / "config.yaml").read_text()) for n in v}
     assert cfgs["fixed"]["model"]["chunking"]["kind"] == "fixed"
     assert cfgs["fixed"]["model"]["chunking"]["fixed_stride"] == 3  # tiny: target_ratio 3
-    assert cfgs["paper"]["lscore"]["mode"] == "paper" and cfgs["dynamic"]["lscore"]["mode"] == "surrogate"
+    assert (
+        cfgs["paper"]["lscore"]["mode"] == "paper"
+        and cfgs["dynamic"]["lscore"]["mode"] == "surrogate"
+    )
     for n in v:  # same data and budget
-        assert cfgs[n]["data"] == cfgs["dynamic"]["data"] and cfgs[n]["train"] == cfgs["dynamic"]["train"]
+        assert (
+            cfgs[n]["data"] == cfgs["dynamic"]["data"]
+            and cfgs[n]["train"] == cfgs["dynamic"]["train"]
+        )
     md = (out / "ablation.md").read_text()
     assert "Dynamic vs fixed-grid chunking" in md and "surrogate vs paper" in md
     assert json.loads((out / "ablation.json").read_text())["variants"].keys() == v.keys()
     # a second call reuses the trained variants (no retraining)
-    again = ablate("tiny", out, [f"data.shards={shards}", *FAST], names=["fixed"], max_items=2, seconds=2.0,
-                     target_items=8)
+    again = ablate(
+        "tiny",
+        out,
+        [f"data.shards={shards}", *FAST],
+        names=["fixed"],
+        max_items=2,
+        seconds=2.0,
+        target_items=8,
+    )
     assert again["variants"]["fixed"]["train_seconds"] == 0.0
     assert set(again["variants"]) == {"dynamic", "fixed", "paper"}  # earlier results kept

@@ -1,8 +1,8 @@
 """`weaktok demo --quick`: the whole pipeline (corpus, shards, 2 DeepSpeed ranks, evaluation, generation, report) at
 smoke-test scale, then a re-run that reuses what exists."""
+
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +13,12 @@ pytestmark = pytest.mark.slow
 
 def test_quick_demo_end_to_end_then_reuse(tmp_path):
     out = tmp_path / "demo"
-    r = run([venv_bin("weaktok"), "demo", "--quick", "--out", str(out)], env=cpu_env(), cwd=REPO, timeout=400)
+    r = run(
+        [venv_bin("weaktok"), "demo", "--quick", "--out", str(out)],
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=400,
+    )
     assert "Prometheus metrics live at http://127.0.0.1:" in r.stdout
     assert f"Report: {out / 'report.md'}" in r.stdout
     for k in range(1, 7):
@@ -29,13 +34,22 @@ def test_quick_demo_end_to_end_then_reuse(tmp_path):
     table = json.loads((out / "eval" / "table1.json").read_text())
     for mode in ("uncond", "seed"):  # Table 1 on the held-out eval split, with its baselines
         assert len(table[mode]["pooled"]["mean"]) == len(table["target"][mode]["mean"]) == 4
-        assert table["baselines"]["data"][mode]["n"] == 24  # the quick demo's eval corpus: every item scored
+        assert (
+            table["baselines"]["data"][mode]["n"] == 24
+        )  # the quick demo's eval corpus: every item scored
     assert table["split"] == "eval" and table["eval_shards"].endswith("shards-eval")
     assert len(list((out / "generate" / "unconditional").glob("*.wav"))) == 2
     assert len(list((out / "generate" / "seed").glob("*.png"))) == 1
 
-    again = run([venv_bin("weaktok"), "demo", "--quick", "--out", str(out)], env=cpu_env(), cwd=REPO, timeout=300)
+    again = run(
+        [venv_bin("weaktok"), "demo", "--quick", "--out", str(out)],
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=300,
+    )
     for what in ("the corpus", "the shards", "the finished run"):
         assert f"reusing {what}" in again.stdout
-    assert again.stdout.count("reusing the corpus") == again.stdout.count("reusing the shards") == 2  # train + eval
+    assert (
+        again.stdout.count("reusing the corpus") == again.stdout.count("reusing the shards") == 2
+    )  # train + eval
     assert "DeepSpeed ranks" not in again.stdout  # no training the second time

@@ -1,13 +1,14 @@
 """Ray under faults (issue #9), with real processes: a real local Ray cluster, real actors, a real sweep.
 
-  * L-Score actors killed over and over while a training run uses the pool -> the run finishes; the steps and
-    validations that lost their exact scores say so (counted, and ``val_gen_error`` in the record), nothing
-    hangs. (The pool on its own: tests/integration/test_lscore_pool.py::test_actor_dying_beyond_retries_raises_not_hangs
-    kills one actor max_retries + 1 times and checks the bounded LScorePoolError and the recovery.)
-  * the Ray head dies in the middle of a sweep (its processes SIGKILLed, as `ray stop --force` does, but only this
-    test's cluster) -> the sweep exits within a bounded time with a message saying what happened and how to resume;
-    on a new head, `weaktok sweep ... --resume` completes every trial.
+* L-Score actors killed over and over while a training run uses the pool -> the run finishes; the steps and
+  validations that lost their exact scores say so (counted, and ``val_gen_error`` in the record), nothing
+  hangs. (The pool on its own: tests/integration/test_lscore_pool.py::test_actor_dying_beyond_retries_raises_not_hangs
+  kills one actor max_retries + 1 times and checks the bounded LScorePoolError and the recovery.)
+* the Ray head dies in the middle of a sweep (its processes SIGKILLed, as `ray stop --force` does, but only this
+  test's cluster) -> the sweep exits within a bounded time with a message saying what happened and how to resume;
+  on a new head, `weaktok sweep ... --resume` completes every trial.
 """
+
 import os
 import signal
 import subprocess
@@ -24,7 +25,6 @@ import yaml
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
 from weaktok.launch.local import free_port
-
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +45,45 @@ def test_lscore_actors_killed_repeatedly_during_training(shards, tmp_path):
     up warm): training must neither hang nor crash, and must say the exact scores are missing."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
-         "train.epochs=2", "data.samples_per_epoch=16", "lscore.pool_every=1", "lscore.pool_items=1",
-         "lscore.val_items=2", "lscore.pool_actors=1", "data.num_workers=0", "metrics.enabled=false"],
-        cwd=REPO, env=cpu_env(RAY_ADDRESS=""), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        [
+            venv_bin("weaktok"),
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            f"data.shards={shards}",
+            "train.epochs=2",
+            "data.samples_per_epoch=16",
+            "lscore.pool_every=1",
+            "lscore.pool_items=1",
+            "lscore.val_items=2",
+            "lscore.pool_actors=1",
+            "data.num_workers=0",
+            "metrics.enabled=false",
+        ],
+        cwd=REPO,
+        env=cpu_env(RAY_ADDRESS=""),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     kills: list[int] = []
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not any("params, world" in l for l in lines):  # the pool is warm by now
+        while time.time() < deadline and not any(
+            "params, world" in l for l in lines
+        ):  # the pool is warm by now
             assert proc.poll() is None, "".join(lines)[-3000:]
             time.sleep(0.2)
         root = psutil.Process(proc.pid)
-        while proc.poll() is None and time.time() < deadline:  # only this run's actors: descendants of its Ray
+        while (
+            proc.poll() is None and time.time() < deadline
+        ):  # only this run's actors: descendants of its Ray
             for p in _descendants(root):
                 try:
                     if "LScoreWorker" in " ".join(p.cmdline()) and p.pid not in kills:
@@ -82,8 +105,10 @@ def test_lscore_actors_killed_repeatedly_during_training(shards, tmp_path):
     assert any("val_gen_error" in v for v in vals), vals
     assert "L-Score pool error" in log and "continuing" in log
     assert (out / "final" / "model.pt").is_file()
-    print(f"\n[faults] {len(kills)} L-Score actor processes SIGKILLed; run finished, "
-          f"{sum('val_gen_error' in v for v in vals)} of {len(vals)} validations without exact scores")
+    print(
+        f"\n[faults] {len(kills)} L-Score actor processes SIGKILLed; run finished, "
+        f"{sum('val_gen_error' in v for v in vals)} of {len(vals)} validations without exact scores"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,19 +121,36 @@ class Head:
 
     def __init__(self, port: int, env: dict):
         self.port, self.env = port, env
-        self.tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # AF_UNIX socket paths must stay under 107 bytes
+        self.tmp = tempfile.mkdtemp(
+            prefix="rh", dir="/tmp"
+        )  # AF_UNIX socket paths must stay under 107 bytes
 
     def start(self) -> None:
-        run([venv_bin("ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={self.tmp}"], env=self.env, timeout=180)
+        run(
+            [
+                venv_bin("ray"),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                f"--temp-dir={self.tmp}",
+            ],
+            env=self.env,
+            timeout=180,
+        )
 
     def processes(self) -> list[psutil.Process]:
         """The cluster's daemons (their command lines name its temp dir or port) and everything under them."""
         roots = []
         for p in psutil.process_iter(["cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if self.tmp in cmd or (f"--gcs_server_port={self.port}" in cmd) or (f"gcs-address=127.0.0.1:{self.port}"
-                                                                               in cmd):
+            if (
+                self.tmp in cmd
+                or (f"--gcs_server_port={self.port}" in cmd)
+                or (f"gcs-address=127.0.0.1:{self.port}" in cmd)
+            ):
                 roots.append(p)
         found = {p.pid: p for p in roots}
         for p in roots:
@@ -128,32 +170,64 @@ class Head:
 
 
 def _space(path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "num_samples": 1, "max_concurrent": 1, "objective": {"lscore_weight": 0.0},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "pool_actors": 0},
-        "space": {"train.lr": {"type": "grid", "values": [0.003, 0.002]}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "num_samples": 1,
+                "max_concurrent": 1,
+                "objective": {"lscore_weight": 0.0},
+                "resources": {"workers": 1, "cpus_per_worker": 1, "pool_actors": 0},
+                "space": {"train.lr": {"type": "grid", "values": [0.003, 0.002]}},
+            }
+        )
+    )
     return path
 
 
 @pytest.mark.slow
 def test_ray_head_dies_mid_sweep_then_resume_completes(shards, tmp_path):
     port = free_port()
-    env = cpu_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_ADDRESS=f"127.0.0.1:{port}",
-                  RAY_AUTH_MODE="token")  # token auth on, as ray_jobs/submit.sh sets it for its clients
+    env = cpu_env(
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        RAY_ADDRESS=f"127.0.0.1:{port}",
+        RAY_AUTH_MODE="token",
+    )  # token auth on, as ray_jobs/submit.sh sets it for its clients
     head = Head(port, env)
     out = tmp_path / "sweep"
-    args = [venv_bin("weaktok"), "sweep", "--config", "tiny", "--space", str(_space(tmp_path / "s.yaml")), "--out",
-            str(out), f"data.shards={shards}", "train.epochs=2", "data.samples_per_epoch=16", "lscore.pool_every=0",
-            "lscore.val_items=0", "data.num_workers=0"]
+    args = [
+        venv_bin("weaktok"),
+        "sweep",
+        "--config",
+        "tiny",
+        "--space",
+        str(_space(tmp_path / "s.yaml")),
+        "--out",
+        str(out),
+        f"data.shards={shards}",
+        "train.epochs=2",
+        "data.samples_per_epoch=16",
+        "lscore.pool_every=0",
+        "lscore.val_items=0",
+        "data.num_workers=0",
+    ]
     head.start()
     try:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
         reader.start()
         deadline = time.time() + 400
-        done = lambda: [p for p in (out / "tune").glob("*/result.json") if '"epoch": 2' in p.read_text()]  # noqa
+        done = lambda: [
+            p for p in (out / "tune").glob("*/result.json") if '"epoch": 2' in p.read_text()
+        ]  # noqa
         while time.time() < deadline and not done():
             assert proc.poll() is None, "".join(lines)[-4000:]
             time.sleep(0.5)
@@ -167,12 +241,19 @@ def test_ray_head_dies_mid_sweep_then_resume_completes(shards, tmp_path):
         exit_s = time.time() - t_kill
         reader.join(10)
         log = "".join(lines)
-        print(f"\n[faults] Ray head ({killed} processes) SIGKILLed mid-sweep: sweep exited {code} after "
-              f"{exit_s:.1f} s\n{log[-2500:]}")
+        print(
+            f"\n[faults] Ray head ({killed} processes) SIGKILLed mid-sweep: sweep exited {code} after "
+            f"{exit_s:.1f} s\n{log[-2500:]}"
+        )
         assert code != 0, log[-4000:]
         assert not (out / "results.csv").exists()
-        assert code == 3 and exit_s < 60, (code, exit_s)  # our watchdog (15 s), before Ray's own 60 s abort
-        assert f"the Ray cluster at" in log and "is gone" in log and f"--out {out} --resume" in log, log[-4000:]
+        assert code == 3 and exit_s < 60, (
+            code,
+            exit_s,
+        )  # our watchdog (15 s), before Ray's own 60 s abort
+        assert (
+            "the Ray cluster at" in log and "is gone" in log and f"--out {out} --resume" in log
+        ), log[-4000:]
 
         head.start()  # a new head on the same address
         run(args + ["--resume"], env=env, cwd=REPO, timeout=600)
@@ -182,6 +263,7 @@ def test_ray_head_dies_mid_sweep_then_resume_completes(shards, tmp_path):
     finally:
         head.kill()
         import shutil
+
         shutil.rmtree(head.tmp, ignore_errors=True)
 
 
@@ -190,7 +272,13 @@ def test_unscored_epoch_is_never_the_best_trial():
     from weaktok.launch.objective import sweep_metrics
 
     ok = {"val_recon": 0.3, "val_gen_std_dist_total": 1.0, "epoch": 1}
-    lost = {"val_recon": 0.3, "val_gen_error": "L-Score actor 0 died more than max_retries=3 times", "epoch": 1}
+    lost = {
+        "val_recon": 0.3,
+        "val_gen_error": "L-Score actor 0 died more than max_retries=3 times",
+        "epoch": 1,
+    }
     assert sweep_metrics(ok, 0.1)["objective"] == pytest.approx(0.4)
     assert sweep_metrics(lost, 0.1)["objective"] == float("inf")
-    assert sweep_metrics(lost, 0.0)["objective"] == pytest.approx(0.3)  # L-Score not in the objective: no penalty
+    assert sweep_metrics(lost, 0.0)["objective"] == pytest.approx(
+        0.3
+    )  # L-Score not in the objective: no penalty

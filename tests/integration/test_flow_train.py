@@ -1,7 +1,7 @@
 """A flow model trained for real (``weaktok train``, DeepSpeed on CPU, the Ray pool scoring validation's generations),
 then used the way a user would: ``weaktok generate`` in both modes and ``evaluate`` with its bypass ablation."""
+
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +10,16 @@ import torch
 from tests.helpers import REPO, cpu_env, read_metrics, run, venv_bin
 from tests.unit.generate.test_generate import tiny_model
 
-FLOW = ["model.objective=flow", "model.skips=known", "model.flow.predict=data", "model.positions=rotary",
-        "model.chunking.train_boundaries=deterministic", "lscore.loss_target=surrogate", "lscore.target_items=16",
-        "model.flow.steps=3"]
+FLOW = [
+    "model.objective=flow",
+    "model.skips=known",
+    "model.flow.predict=data",
+    "model.positions=rotary",
+    "model.chunking.train_boundaries=deterministic",
+    "lscore.loss_target=surrogate",
+    "lscore.target_items=16",
+    "model.flow.steps=3",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +28,32 @@ pytestmark = pytest.mark.slow
 def flow_run(tmp_path_factory):
     shards, _ = tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("flow") / "run"
-    run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
-         "train.epochs=2", "curriculum.warmup_epochs=1", "curriculum.anneal_epochs=1", "lscore.pool_every=4",
-         "lscore.val_items=2", "lscore.feedback=0.5", "data.num_workers=1", *FLOW], env=cpu_env(), cwd=REPO,
-        timeout=400)
+    run(
+        [
+            venv_bin("weaktok"),
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            f"data.shards={shards}",
+            "train.epochs=2",
+            "curriculum.warmup_epochs=1",
+            "curriculum.anneal_epochs=1",
+            "lscore.pool_every=4",
+            "lscore.val_items=2",
+            "lscore.feedback=0.5",
+            "data.num_workers=1",
+            *FLOW,
+        ],
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=400,
+    )
     return shards, out
 
 
 def test_training_logs_the_flow_loss_and_saves_the_normalisation(flow_run):
-    from weaktok.audio import SpecFrontEnd
     from weaktok.model.flow import normaliser_from_prior
 
     shards, out = flow_run
@@ -38,7 +62,9 @@ def test_training_logs_the_flow_loss_and_saves_the_normalisation(flow_run):
     val = [r for r in records if r.get("kind") == "val"]
     assert train and all(np.isfinite(r["flow"]) for r in train)
     assert len(val) == 2 and all(np.isfinite(r["val_flow"]) and r["val_recon"] > 0 for r in val)
-    assert "val_gen_uncond_lscore" in val[-1] and "val_gen_seed_lscore" in val[-1]  # generated and scored
+    assert (
+        "val_gen_uncond_lscore" in val[-1] and "val_gen_seed_lscore" in val[-1]
+    )  # generated and scored
     # validation's target: the exact L-Score of training crops of the clip length, not the manifest's whole items
     manifest = json.loads((shards / "manifest.json").read_text())["lscore_target"]
     assert not np.allclose(val[-1]["val_gen_target"], manifest["mean"])
@@ -48,22 +74,28 @@ def test_training_logs_the_flow_loss_and_saves_the_normalisation(flow_run):
     c1, c2 = val[0]["lscore_target_correction"], val[1]["lscore_target_correction"]
     assert any(abs(c) > 0 for c in c1) and c1 != c2
     base = np.asarray(val[0]["lscore_loss_target"]) - np.asarray(c1)
-    vt = {"mean": torch.tensor(val[1]["val_gen_target"]), "std": torch.tensor(val[1]["val_gen_target_std"])}
-    lt = {"std": torch.ones(4)}  # unknown here: check the direction, term by term, instead of the size
+    vt = {
+        "mean": torch.tensor(val[1]["val_gen_target"]),
+        "std": torch.tensor(val[1]["val_gen_target_std"]),
+    }
+    lt = {
+        "std": torch.ones(4)
+    }  # unknown here: check the direction, term by term, instead of the size
     step = np.asarray(feedback_step([0.0] * 4, val[1], vt, lt, 0.5))
     assert np.all(np.sign(np.asarray(c2) - np.asarray(c1)) == np.sign(step))
     assert np.allclose(np.asarray(val[1]["lscore_loss_target"]) - np.asarray(c2), base, atol=1e-5)
     blob = torch.load(out / "final" / "model.pt", weights_only=True)
     prior = torch.load(out / "final" / "spectrum.pt", weights_only=True)
     mean, std = normaliser_from_prior(prior)
-    assert torch.allclose(blob["model"]["spec_mean"], mean) and torch.allclose(blob["model"]["spec_std"], std)
+    assert torch.allclose(blob["model"]["spec_mean"], mean) and torch.allclose(
+        blob["model"]["spec_std"], std
+    )
     assert not torch.allclose(std, torch.ones_like(std))
 
 
 def test_generate_both_modes_keeps_the_seed(flow_run, tmp_path):
-    from weaktok.generate import generate, load_model, seed_spectrogram
-
     from weaktok.audio import write_wav
+    from weaktok.generate import generate, load_model, seed_spectrogram
 
     shards, out = flow_run
     t = np.arange(22050 * 2) / 22050
@@ -88,8 +120,17 @@ def test_evaluate_reports_the_flow_bypass_and_the_cut_models_distances(flow_run,
     from weaktok.evaluation.evaluate import evaluate
 
     shards, out = flow_run
-    t = evaluate(out, tmp_path / "eval", split="test", n_gen=3, seconds=2.0, device="cpu", n_boot=100,
-                 target_items=8, rulers=False)
+    t = evaluate(
+        out,
+        tmp_path / "eval",
+        split="test",
+        n_gen=3,
+        seconds=2.0,
+        device="cpu",
+        n_boot=100,
+        target_items=8,
+        rulers=False,
+    )
     bp = t["bypass"]
     assert bp["measure"] == "flow_loss" and "velocity" in bp["definition"]
     assert bp["recon"]["intact"] > 0 and bp["recon"]["cut"] != bp["recon"]["intact"]

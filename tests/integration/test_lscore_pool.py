@@ -63,9 +63,12 @@ def clips() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     loops = [load_loop(n) for n in LOOPS if (SAMPLES / n).exists()]
     synth = [
-        click_clip(SR, 2.0), click_clip(SR, 0.5),
+        click_clip(SR, 2.0),
+        click_clip(SR, 0.5),
         (0.3 * rng.standard_normal(SR)).astype(np.float32),  # 1 s white noise
-        (1e-5 * rng.standard_normal(SR // 3)).astype(np.float32),  # near-silence (below the -60 dBFS gate)
+        (1e-5 * rng.standard_normal(SR // 3)).astype(
+            np.float32
+        ),  # near-silence (below the -60 dBFS gate)
         np.sin(2 * np.pi * 440 * np.arange(int(1.5 * SR)) / SR).astype(np.float32),
         (0.5 * rng.standard_normal(1000)).astype(np.float32),  # shorter than one frame
         np.zeros(0, np.float32),
@@ -79,7 +82,11 @@ def clips() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def heavy() -> list[np.ndarray]:
     """8 clips of 4 s (a real loop tiled): a batch that takes a few hundred ms to score."""
-    base = load_loop("loop_amen_full.flac") if (SAMPLES / "loop_amen_full.flac").exists() else click_clip(SR, 2.0)
+    base = (
+        load_loop("loop_amen_full.flac")
+        if (SAMPLES / "loop_amen_full.flac").exists()
+        else click_clip(SR, 2.0)
+    )
     y = np.tile(base, 1 + 4 * SR // len(base))[: 4 * SR]
     return [np.roll(y, 997 * i) for i in range(8)]
 
@@ -90,8 +97,17 @@ def pool():
     was_up = ray.is_initialized()
     for attempt in (1, 2):
         try:
-            p = LScorePool(num_actors=2, max_in_flight=3, max_retries=2, address="local", num_cpus=2,
-                           num_cpus_per_actor=0.5, niceness=0, task_timeout_s=60, startup_timeout_s=120)
+            p = LScorePool(
+                num_actors=2,
+                max_in_flight=3,
+                max_retries=2,
+                address="local",
+                num_cpus=2,
+                num_cpus_per_actor=0.5,
+                niceness=0,
+                task_timeout_s=60,
+                startup_timeout_s=120,
+            )
             break
         except Exception as e:  # Ray gives its raylet a fixed 30 s to register; a loaded shared machine can miss it
             if attempt == 2 or "timed out during startup" not in str(e):
@@ -114,8 +130,13 @@ def test_map_equals_serial_in_order(pool, clips):
     batch = np.stack([y[: SR // 2] for y in clips[:2]])  # (N, T) array input
     np.testing.assert_array_equal(pool.map(batch, SR), serial(batch))
     assert pool.latency_s_per_clip > 0
-    assert ray.get([a.niceness.remote() for a in pool.actors], timeout=60) == [0, 0]  # Ray's default would be 15
-    with pytest.raises(ValueError, match="NaN"):  # a bad clip is the caller's error: raised as is, not retried
+    assert ray.get([a.niceness.remote() for a in pool.actors], timeout=60) == [
+        0,
+        0,
+    ]  # Ray's default would be 15
+    with pytest.raises(
+        ValueError, match="NaN"
+    ):  # a bad clip is the caller's error: raised as is, not retried
         pool.map([clips[0], np.full(3000, np.nan, np.float32)], SR)
     assert pool.replaced == 0
 
@@ -130,7 +151,7 @@ def test_submit_returns_at_once_and_poll_gives_results(pool, heavy, clips):
     assert ray.wait([ref], timeout=0)[0] == []  # the work is still running...
     assert pool.poll() == []  # ...and poll does not wait for it
     assert pool.queue_depth == 1
-    (tag, got), = pool.drain()
+    ((tag, got),) = pool.drain()
     assert tag == "step-7"
     np.testing.assert_allclose(got[:2], want, rtol=1e-12)
     assert pool.queue_depth == 0 and pool.poll() == []
@@ -145,13 +166,17 @@ def test_submit_returns_at_once_and_poll_gives_results(pool, heavy, clips):
 def test_backpressure_bounds_in_flight(pool, heavy):
     assert pool.max_in_flight == 3
     dropped0 = pool.dropped
-    refs = [pool.submit(heavy, SR, tag=i) for i in range(6)]  # each batch takes far longer than a submit
+    refs = [
+        pool.submit(heavy, SR, tag=i) for i in range(6)
+    ]  # each batch takes far longer than a submit
     accepted = [i for i, r in enumerate(refs) if r is not None]
     assert accepted == [0, 1, 2]
     assert pool.dropped - dropped0 == 3
     assert pool.queue_depth <= 3
     t0 = time.perf_counter()
-    assert pool.submit(heavy[:1], SR, tag="blocking", block=True) is not None  # waits for a slot instead
+    assert (
+        pool.submit(heavy[:1], SR, tag="blocking", block=True) is not None
+    )  # waits for a slot instead
     assert time.perf_counter() - t0 > 0.01
     assert pool.queue_depth <= 3
     results = pool.drain()
@@ -174,7 +199,7 @@ def test_actor_killed_mid_map_still_returns_everything_in_order(pool, heavy, cli
         got = fut.result(timeout=120)
     assert got.shape == (len(work), 4)
     np.testing.assert_allclose(got[:8], want[:8], rtol=1e-12)
-    np.testing.assert_allclose(got[-len(clips):], want[8:], rtol=1e-12)
+    np.testing.assert_allclose(got[-len(clips) :], want[8:], rtol=1e-12)
     np.testing.assert_allclose(got[:96], np.tile(want[:8], (12, 1)), rtol=1e-12)
     assert pool.actors[0] is victim  # the same actor, restarted, not replaced
     assert ray.get(victim.pid.remote(), timeout=60) != pid_before
@@ -191,7 +216,9 @@ def spare(pool):
 
     def get() -> LScorePool:
         if not box or not box[0].actors:
-            box[:] = [LScorePool(num_actors=1, max_retries=1, num_cpus_per_actor=0.5, task_timeout_s=60)]
+            box[:] = [
+                LScorePool(num_actors=1, max_retries=1, num_cpus_per_actor=0.5, task_timeout_s=60)
+            ]
         return box[0]
 
     yield get
@@ -239,7 +266,9 @@ def test_actor_dying_beyond_retries_raises_not_hangs(spare, heavy):
     assert len(killed) == p.max_retries + 1
     assert time.perf_counter() - t0 < 60
     assert p.replaced == replaced0 + 1 and p.actors[0] is not victim
-    np.testing.assert_allclose(p.map(heavy[:1], SR), serial(heavy[:1]), rtol=1e-12)  # the pool recovered
+    np.testing.assert_allclose(
+        p.map(heavy[:1], SR), serial(heavy[:1]), rtol=1e-12
+    )  # the pool recovered
 
 
 def test_close_shuts_down_only_what_it_started(pool, spare):

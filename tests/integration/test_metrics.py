@@ -1,5 +1,6 @@
 """Prometheus monitoring: the exporter (fed records, scraped over HTTP), its port and bind policy, the shipped
 Prometheus config / alert rules (promtool) and Grafana dashboard, and a real Prometheus server scraping a real run."""
+
 import json
 import os
 import re
@@ -24,8 +25,10 @@ from weaktok.train.prometheus import URL_FILE, MetricsExporter, MetricsPortInUse
 PROM_DIR = REPO / "cluster" / "prometheus"
 DASHBOARD = REPO / "cluster" / "grafana" / "weaktok.json"
 TERMS = ("timbral", "density", "irregularity", "structural")
-needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus") or not shutil.which("promtool"),
-                                      reason="Debian prometheus not installed (make setup installs it)")
+needs_prometheus = pytest.mark.skipif(
+    not shutil.which("prometheus") or not shutil.which("promtool"),
+    reason="Debian prometheus not installed (make setup installs it)",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -35,13 +38,18 @@ needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus") or not shut
 def scrape(url: str) -> dict:
     """{(sample name, sorted labels): value} from an exporter's /metrics."""
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def value(samples: dict, name: str, **labels):
     """The one sample called ``name`` whose labels include ``labels``."""
-    hits = [v for (n, lab), v in samples.items() if n == name and labels.items() <= dict(lab).items()]
+    hits = [
+        v for (n, lab), v in samples.items() if n == name and labels.items() <= dict(lab).items()
+    ]
     assert len(hits) == 1, (name, labels, hits)
     return hits[0]
 
@@ -52,12 +60,33 @@ def exporter_for(tmp_path, *overrides, rank=0, local_rank=0, target=None) -> Met
 
 
 def train_record(step: int, **kw) -> dict:
-    rec = {"kind": "train", "step": step, "epoch": 0, "progress": step / 8, "loss": 1.5, "recon": 1.0,
-           "lscore_dist": 0.25, "ratio_loss": 0.125, "chunk_boundary_rate": 0.3, "chunk_mean_prob": 0.4,
-           "chunk_mean_chunk_len": 3.5, "w_L": 0.0, "w_recon": 1.0, "w_ratio": 0.03, "phase": 1, "tau": 1.0,
-           "lr": 1e-3, "samples_per_s": 40.0, "audio_s_per_s": 80.0, "step_time_s": 0.2, "data_wait_s": 0.5,
-           "data_wait_share": 0.1, "nan_skipped": 0, "corrupt_skipped": 0,
-           **{f"lscore_batch_{i}": float(i) for i in range(4)}}
+    rec = {
+        "kind": "train",
+        "step": step,
+        "epoch": 0,
+        "progress": step / 8,
+        "loss": 1.5,
+        "recon": 1.0,
+        "lscore_dist": 0.25,
+        "ratio_loss": 0.125,
+        "chunk_boundary_rate": 0.3,
+        "chunk_mean_prob": 0.4,
+        "chunk_mean_chunk_len": 3.5,
+        "w_L": 0.0,
+        "w_recon": 1.0,
+        "w_ratio": 0.03,
+        "phase": 1,
+        "tau": 1.0,
+        "lr": 1e-3,
+        "samples_per_s": 40.0,
+        "audio_s_per_s": 80.0,
+        "step_time_s": 0.2,
+        "data_wait_s": 0.5,
+        "data_wait_share": 0.1,
+        "nan_skipped": 0,
+        "corrupt_skipped": 0,
+        **{f"lscore_batch_{i}": float(i) for i in range(4)},
+    }
     rec.update(kw)
     return rec
 
@@ -79,19 +108,53 @@ def test_exporter_serves_what_the_hooks_feed(tmp_path):
         assert (tmp_path / "run" / URL_FILE).read_text().strip() == e.url
         before = scrape(e.url)
         lab = {"run": "run", "rank": "0"}
-        assert value(before, "weaktok_train_steps_total", **lab) == 0  # counters exist from the first scrape
-        assert not [k for k in before if k[0] == "weaktok_loss"]  # gauges only once they have a value
-        e.on_batch({"audio": [0] * 4, "skipped": 1}, {"step": 0, "nan_skipped": 0, "corrupt_skipped": 0})
+        assert (
+            value(before, "weaktok_train_steps_total", **lab) == 0
+        )  # counters exist from the first scrape
+        assert not [
+            k for k in before if k[0] == "weaktok_loss"
+        ]  # gauges only once they have a value
+        e.on_batch(
+            {"audio": [0] * 4, "skipped": 1}, {"step": 0, "nan_skipped": 0, "corrupt_skipped": 0}
+        )
         e.on_log(train_record(2, nan_skipped=1, corrupt_skipped=1))
         e.on_log(train_record(4, recon=0.75, nan_skipped=3, corrupt_skipped=1, step_time_s=0.3))
-        e.on_log({"kind": "lscore_exact", "step": 5, "from_step": 4, "lscore_exact": [0.1, 0.2, 0.3, 0.4],
-                  "pool": {"queue_depth": 2, "max_in_flight": 4, "num_actors": 2, "submitted": 3, "dropped": 1,
-                           "clips_scored": 4, "turnaround_s_per_clip": 1.5, "worker_s_per_clip": 0.5}})
-        e.on_validation({"kind": "val", "step": 4, "epoch": 1, "val_recon": 0.9, "val_boundary_rate": 0.25,
-                         "val_mean_chunk_len": 4.0, "val_items": 8, "val_gen_uncond_lscore": [1, 2, 3, 4],
-                         "val_gen_seed_lscore": [5, 6, 7, 8], "val_gen_target": [0.5, 2.0, 0.3, 0.7],
-                         "val_gen_uncond_rel_err": [1, 0, 9, 4.7], "val_gen_seed_rel_err": [2, 1, 3, 0.5],
-                         "val_gen_std_dist_total": 2.5, "val_gen_rel_err_mean": 2.65})
+        e.on_log(
+            {
+                "kind": "lscore_exact",
+                "step": 5,
+                "from_step": 4,
+                "lscore_exact": [0.1, 0.2, 0.3, 0.4],
+                "pool": {
+                    "queue_depth": 2,
+                    "max_in_flight": 4,
+                    "num_actors": 2,
+                    "submitted": 3,
+                    "dropped": 1,
+                    "clips_scored": 4,
+                    "turnaround_s_per_clip": 1.5,
+                    "worker_s_per_clip": 0.5,
+                },
+            }
+        )
+        e.on_validation(
+            {
+                "kind": "val",
+                "step": 4,
+                "epoch": 1,
+                "val_recon": 0.9,
+                "val_boundary_rate": 0.25,
+                "val_mean_chunk_len": 4.0,
+                "val_items": 8,
+                "val_gen_uncond_lscore": [1, 2, 3, 4],
+                "val_gen_seed_lscore": [5, 6, 7, 8],
+                "val_gen_target": [0.5, 2.0, 0.3, 0.7],
+                "val_gen_uncond_rel_err": [1, 0, 9, 4.7],
+                "val_gen_seed_rel_err": [2, 1, 3, 0.5],
+                "val_gen_std_dist_total": 2.5,
+                "val_gen_rel_err_mean": 2.65,
+            }
+        )
         e.on_checkpoint(tmp_path / "ck", {"step": 4})
         e.on_epoch_end({}, tmp_path / "ck")
         s = scrape(e.url)
@@ -100,37 +163,64 @@ def test_exporter_serves_what_the_hooks_feed(tmp_path):
     assert value(s, "weaktok_train_steps_total", **lab) == 4
     assert value(s, "weaktok_step", **lab) == 4
     assert time.time() - value(s, "weaktok_last_step_timestamp_seconds", **lab) < 10
-    assert value(s, "weaktok_loss", term="recon") == 0.75 and value(s, "weaktok_loss", term="total") == 1.5
+    assert (
+        value(s, "weaktok_loss", term="recon") == 0.75
+        and value(s, "weaktok_loss", term="total") == 1.5
+    )
     assert value(s, "weaktok_loss", term="ratio") == 0.125
     assert value(s, "weaktok_w_L", **lab) == 0.0 and value(s, "weaktok_w_recon", **lab) == 1.0
     assert value(s, "weaktok_lr", **lab) == 1e-3 and value(s, "weaktok_tau", **lab) == 1.0
-    assert value(s, "weaktok_samples_per_second", **lab) == 40 and value(s, "weaktok_audio_seconds_per_second") == 80
+    assert (
+        value(s, "weaktok_samples_per_second", **lab) == 40
+        and value(s, "weaktok_audio_seconds_per_second") == 80
+    )
     assert value(s, "weaktok_step_time_seconds_count", **lab) == 2
     assert value(s, "weaktok_step_time_seconds_sum", **lab) == pytest.approx(0.5)
     assert value(s, "weaktok_step_time_seconds_bucket", le="0.25") == 1
     assert value(s, "weaktok_data_wait_seconds_total", **lab) == 1.0
     assert value(s, "weaktok_nan_skipped_steps_total", **lab) == 3
     assert value(s, "weaktok_corrupt_skipped_total", **lab) == 1
-    assert value(s, "weaktok_chunk_boundary_rate") == 0.3 and value(s, "weaktok_chunk_mean_boundary_prob") == 0.4
+    assert (
+        value(s, "weaktok_chunk_boundary_rate") == 0.3
+        and value(s, "weaktok_chunk_mean_boundary_prob") == 0.4
+    )
     assert value(s, "weaktok_chunk_mean_length") == 3.5
     assert [value(s, "weaktok_lscore_batch", term=t) for t in TERMS] == [0, 1, 2, 3]
     assert [value(s, "weaktok_lscore_exact", term=t) for t in TERMS] == [0.1, 0.2, 0.3, 0.4]
     assert [value(s, "weaktok_lscore_target", term=t) for t in TERMS] == [0.5, 2.0, 0.3, 0.7]
     assert value(s, "weaktok_lscore_exact_lag_steps") == 1
-    assert value(s, "weaktok_lscore_pool_queue_depth") == 2 and value(s, "weaktok_lscore_pool_max_in_flight") == 4
-    assert value(s, "weaktok_lscore_pool_dropped_total") == 1 and value(s, "weaktok_lscore_pool_submitted_total") == 3
+    assert (
+        value(s, "weaktok_lscore_pool_queue_depth") == 2
+        and value(s, "weaktok_lscore_pool_max_in_flight") == 4
+    )
+    assert (
+        value(s, "weaktok_lscore_pool_dropped_total") == 1
+        and value(s, "weaktok_lscore_pool_submitted_total") == 3
+    )
     assert value(s, "weaktok_lscore_pool_seconds_per_clip", kind="turnaround") == 1.5
     assert value(s, "weaktok_val_recon") == 0.9 and value(s, "weaktok_val_mean_chunk_length") == 4.0
     assert value(s, "weaktok_val_gen_rel_err", mode="uncond", term="irregularity") == 9
     assert value(s, "weaktok_val_gen_rel_err", mode="seed", term="irregularity") == 3
     assert [value(s, "weaktok_val_gen_lscore", mode="seed", term=t) for t in TERMS] == [5, 6, 7, 8]
-    assert value(s, "weaktok_val_gen_std_dist_total") == 2.5 and value(s, "weaktok_val_gen_rel_err_mean") == 2.65
+    assert (
+        value(s, "weaktok_val_gen_std_dist_total") == 2.5
+        and value(s, "weaktok_val_gen_rel_err_mean") == 2.65
+    )
     assert value(s, "weaktok_validations_total") == 1 and value(s, "weaktok_checkpoints_total") == 1
     assert 0 <= value(s, "weaktok_seconds_since_checkpoint") < 10
-    assert value(s, "weaktok_rank_batches_total") == 1 and value(s, "weaktok_rank_samples_total") == 4
-    assert value(s, "weaktok_rank_corrupt_skipped_total") == 1 and value(s, "weaktok_rank_epochs_total") == 1
+    assert (
+        value(s, "weaktok_rank_batches_total") == 1 and value(s, "weaktok_rank_samples_total") == 4
+    )
+    assert (
+        value(s, "weaktok_rank_corrupt_skipped_total") == 1
+        and value(s, "weaktok_rank_epochs_total") == 1
+    )
     assert value(s, "weaktok_run_info", config="tiny", world="1") == 1
-    assert all(dict(lab)["run"] == "run" and dict(lab)["rank"] == "0" for (n, lab) in s if n.startswith("weaktok_"))
+    assert all(
+        dict(lab)["run"] == "run" and dict(lab)["rank"] == "0"
+        for (n, lab) in s
+        if n.startswith("weaktok_")
+    )
 
 
 def test_resumed_run_counts_from_its_resumed_totals(tmp_path):
@@ -142,13 +232,20 @@ def test_resumed_run_counts_from_its_resumed_totals(tmp_path):
     finally:
         e.close()
     lab = {"run": "resumed", "rank": "0"}
-    assert value(s, "weaktok_train_steps_total", **lab) == 2 and value(s, "weaktok_step", **lab) == 102
-    assert value(s, "weaktok_nan_skipped_steps_total", **lab) == 0  # no false NaN alert after a resume
+    assert (
+        value(s, "weaktok_train_steps_total", **lab) == 2 and value(s, "weaktok_step", **lab) == 102
+    )
+    assert (
+        value(s, "weaktok_nan_skipped_steps_total", **lab) == 0
+    )  # no false NaN alert after a resume
     assert value(s, "weaktok_corrupt_skipped_total", **lab) == 1
 
 
 def test_binds_loopback_by_default_and_close_stops_the_server(tmp_path):
-    assert load_config("paper").metrics.host == "127.0.0.1" and load_config("paper").metrics.port == 9400
+    assert (
+        load_config("paper").metrics.host == "127.0.0.1"
+        and load_config("paper").metrics.port == 9400
+    )
     assert load_config("demo").metrics.port == 9400 and load_config("tiny").metrics.port == 0
     e = exporter_for(tmp_path)
     host, port = e.server.socket.getsockname()[:2]
@@ -167,9 +264,15 @@ def test_port_in_use_is_a_clear_error_naming_the_key(tmp_path, capsys):
             exporter_for(tmp_path, f"metrics.port={port}")
         assert isinstance(err.value, ConfigError)
         msg = str(err.value)
-        assert f"port {port} is already in use" in msg and "metrics.port" in msg and "port_fallback" in msg
+        assert (
+            f"port {port} is already in use" in msg
+            and "metrics.port" in msg
+            and "port_fallback" in msg
+        )
         assert not (tmp_path / "run" / URL_FILE).exists()
-        e = exporter_for(tmp_path, f"metrics.port={port}", "metrics.port_fallback=true")  # documented fallback
+        e = exporter_for(
+            tmp_path, f"metrics.port={port}", "metrics.port_fallback=true"
+        )  # documented fallback
         try:
             served = e.server.server_port
             assert port < served < port + 20 and e.url.endswith(f":{served}/metrics")
@@ -191,12 +294,17 @@ def test_rank_policy_rank0_only_unless_per_rank(tmp_path):
             break
         except OSError:
             continue
-    e = exporter_for(tmp_path, f"metrics.port={base}", "metrics.per_rank=true", rank=3, local_rank=1)
+    e = exporter_for(
+        tmp_path, f"metrics.port={base}", "metrics.per_rank=true", rank=3, local_rank=1
+    )
     try:
         assert e.server.server_port == base + 1
         e.on_batch({"audio": [0, 0, 0]}, {"step": 7})
         s = scrape(e.url)
-        assert value(s, "weaktok_rank_samples_total", rank="3") == 3 and value(s, "weaktok_step", rank="3") == 7
+        assert (
+            value(s, "weaktok_rank_samples_total", rank="3") == 3
+            and value(s, "weaktok_step", rank="3") == 7
+        )
         assert not (tmp_path / "run" / URL_FILE).exists()  # rank 0 writes the URL file
     finally:
         e.close()
@@ -225,13 +333,35 @@ def _registry_names(tmp_path) -> set[str]:
     e = exporter_for(tmp_path, "metrics.enabled=false", target={"mean": [1, 1, 1, 1]})
     e.on_batch({"audio": [0]}, {"step": 0})
     e.on_log(train_record(2))
-    e.on_log({"kind": "lscore_exact", "step": 2, "from_step": 2, "lscore_exact": [1, 1, 1, 1],
-              "pool": {"queue_depth": 0, "max_in_flight": 2, "num_actors": 1, "dropped": 0,
-                       "turnaround_s_per_clip": 1.0}})
-    e.on_validation({"val_recon": 1, "val_boundary_rate": 1, "val_mean_chunk_len": 1,
-                     **{f"val_gen_{m}_{k}": [1] * 4 for m in ("uncond", "seed") for k in ("lscore", "rel_err",
-                                                                                          "std_dist")},
-                     "val_gen_rel_err_mean": 1, "val_gen_std_dist_total": 1})
+    e.on_log(
+        {
+            "kind": "lscore_exact",
+            "step": 2,
+            "from_step": 2,
+            "lscore_exact": [1, 1, 1, 1],
+            "pool": {
+                "queue_depth": 0,
+                "max_in_flight": 2,
+                "num_actors": 1,
+                "dropped": 0,
+                "turnaround_s_per_clip": 1.0,
+            },
+        }
+    )
+    e.on_validation(
+        {
+            "val_recon": 1,
+            "val_boundary_rate": 1,
+            "val_mean_chunk_len": 1,
+            **{
+                f"val_gen_{m}_{k}": [1] * 4
+                for m in ("uncond", "seed")
+                for k in ("lscore", "rel_err", "std_dist")
+            },
+            "val_gen_rel_err_mean": 1,
+            "val_gen_std_dist_total": 1,
+        }
+    )
     e.on_checkpoint("x", {})
     return {s.name for fam in e.registry.collect() for s in fam.samples}
 
@@ -248,8 +378,16 @@ def test_dashboard_is_importable_and_queries_only_exported_metrics(tmp_path):
     targets = [t for p in dash["panels"] for t in p.get("targets", [])]
     assert all(t["datasource"]["uid"] == "${%s}" % ds_vars[0]["name"] for t in targets)
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
-    for want in ("loss", "curriculum", "throughput", "boundary", "chunk length", "l-score vs target", "data wait",
-                 "pool queue"):
+    for want in (
+        "loss",
+        "curriculum",
+        "throughput",
+        "boundary",
+        "chunk length",
+        "l-score vs target",
+        "data wait",
+        "pool queue",
+    ):
         assert want in titles, want
     used = _weaktok_names(" ".join(t["expr"] for t in targets))
     used |= _weaktok_names(json.dumps(dash["templating"]))
@@ -263,30 +401,46 @@ def test_alert_rules_use_only_exported_metrics(tmp_path):
     missing = _weaktok_names(exprs) - _registry_names(tmp_path)
     assert not missing, sorted(missing)
     names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
-    assert {"WeaktokTrainingStalled", "WeaktokLossNaN", "WeaktokThroughputDrop", "WeaktokLScorePoolBacklog",
-            "WeaktokCheckpointStale"} <= names
+    assert {
+        "WeaktokTrainingStalled",
+        "WeaktokLossNaN",
+        "WeaktokThroughputDrop",
+        "WeaktokLScorePoolBacklog",
+        "WeaktokCheckpointStale",
+    } <= names
 
 
 @needs_prometheus
 def test_promtool_checks_config_and_rules():
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
-        r = subprocess.run(["promtool", *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["promtool", *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
     cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["weaktok"]["static_configs"][0]["targets"] == ["127.0.0.1:9400"]
     assert jobs["weaktok"]["file_sd_configs"][0]["files"] == ["trainers.json"]
-    assert jobs["ray"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    assert jobs["ray"]["file_sd_configs"][0]["files"] == [
+        "/tmp/ray/prom_metrics_service_discovery.json"
+    ]
     assert all("targets" in group for group in json.loads((PROM_DIR / "trainers.json").read_text()))
 
 
 @needs_prometheus
 def test_promtool_unit_tests_stall_and_nan_alerts_fire():
-    r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=PROM_DIR, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"],
+        cwd=PROM_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
     tested = yaml.safe_load((PROM_DIR / "alerts_test.yml").read_text())
-    fired = {a["alertname"] for t in tested["tests"] for a in t["alert_rule_test"] if a["exp_alerts"]}
+    fired = {
+        a["alertname"] for t in tested["tests"] for a in t["alert_rule_test"] if a["exp_alerts"]
+    }
     assert {"WeaktokTrainingStalled", "WeaktokLossNaN"} <= fired
 
 
@@ -300,19 +454,40 @@ def shards(tmp_path_factory):
 
 
 def _train_cmd(out: Path, shards: Path, *extra: str) -> list[str]:
-    return [venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
-            "train.epochs=3", "lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1", *extra]
+    return [
+        venv_bin("weaktok"),
+        "train",
+        "--config",
+        "tiny",
+        "--out",
+        str(out),
+        f"data.shards={shards}",
+        "train.epochs=3",
+        "lscore.pool_every=0",
+        "lscore.val_items=0",
+        "data.num_workers=1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_train_with_busy_metrics_port_fails_before_training(shards, tmp_path):
     with occupied_port() as s:
         port = s.getsockname()[1]
-        r = subprocess.run(_train_cmd(tmp_path / "run", shards, f"metrics.port={port}"), cwd=REPO, env=cpu_env(),
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            _train_cmd(tmp_path / "run", shards, f"metrics.port={port}"),
+            cwd=REPO,
+            env=cpu_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
     assert f"config key 'metrics.port': port {port} is already in use" in r.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert (
+        not (tmp_path / "run" / "checkpoints").exists()
+        and not (tmp_path / "run" / "metrics.jsonl").exists()
+    )
 
 
 def _prom_query(base: str, expr: str) -> dict:
@@ -330,7 +505,9 @@ def _wait_for(cond, timeout: float, what: str, proc=None, log: Path | None = Non
         if got:
             return got
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended while waiting for {what}:\n{log.read_text()[-4000:] if log else ''}")
+            raise AssertionError(
+                f"process ended while waiting for {what}:\n{log.read_text()[-4000:] if log else ''}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:] if log else ''}")
 
@@ -362,34 +539,68 @@ def _stop(proc: subprocess.Popen | None) -> None:
 @pytest.mark.slow
 @needs_prometheus
 def test_real_prometheus_scrapes_a_real_training_run(shards, tmp_path):
-    run_dir, train_log, prom_log = tmp_path / "run", tmp_path / "train.log", tmp_path / "prometheus.log"
+    run_dir, train_log, prom_log = (
+        tmp_path / "run",
+        tmp_path / "train.log",
+        tmp_path / "prometheus.log",
+    )
     trainer = prom = None
     try:
         # Prometheus first, scraping the port the trainer will serve on: it sees the whole run, however fast the
         # run is (started after the trainer, it could miss a short run on an idle machine: a race, not a test)
         metrics_port, prom_port = free_port(), free_port()
         target = f"127.0.0.1:{metrics_port}"
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "500ms", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "weaktok", "static_configs": [{"targets": [target]}]}]}))
+        (tmp_path / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "500ms", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {"job_name": "weaktok", "static_configs": [{"targets": [target]}]}
+                    ],
+                }
+            )
+        )
         with open(prom_log, "w") as f:
-            prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                                     f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                     f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            prom = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         base = f"http://127.0.0.1:{prom_port}"
         _wait_for(lambda: _ready(f"{base}/-/ready"), 60, "prometheus ready", prom, prom_log)
 
         with open(train_log, "w") as f:
-            trainer = subprocess.Popen(_train_cmd(run_dir, shards, f"metrics.port={metrics_port}"), cwd=REPO,
-                                       env=cpu_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            trainer = subprocess.Popen(
+                _train_cmd(run_dir, shards, f"metrics.port={metrics_port}"),
+                cwd=REPO,
+                env=cpu_env(),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         url_file = run_dir / URL_FILE
-        metrics_url = _wait_for(lambda: url_file.is_file() and url_file.read_text().strip(), 120, URL_FILE,
-                                trainer, train_log)
-        assert metrics_url == f"http://{target}/metrics" and f"metrics at {metrics_url}" in train_log.read_text()
+        metrics_url = _wait_for(
+            lambda: url_file.is_file() and url_file.read_text().strip(),
+            120,
+            URL_FILE,
+            trainer,
+            train_log,
+        )
+        assert (
+            metrics_url == f"http://{target}/metrics"
+            and f"metrics at {metrics_url}" in train_log.read_text()
+        )
 
         live = _wait_for(lambda: _logged(metrics_url), 240, "a logged step", trainer, train_log)
-        assert value(live, "weaktok_loss", term="recon") > 0  # the live endpoint of the running trainer
+        assert (
+            value(live, "weaktok_loss", term="recon") > 0
+        )  # the live endpoint of the running trainer
         assert value(live, "weaktok_train_steps_total") >= 2
         assert trainer.wait(timeout=240) == 0, train_log.read_text()[-4000:]
 
@@ -398,22 +609,39 @@ def test_real_prometheus_scrapes_a_real_training_run(shards, tmp_path):
         window = "[10m]"
         up = _prom_query(base, f'max_over_time(up{{job="weaktok"}}{window})')["data"]["result"]
         assert up and float(up[0]["value"][1]) == 1
-        lo = _prom_query(base, f"min_over_time(weaktok_train_steps_total{window})")["data"]["result"]
-        hi = _prom_query(base, f"max_over_time(weaktok_train_steps_total{window})")["data"]["result"]
+        lo = _prom_query(base, f"min_over_time(weaktok_train_steps_total{window})")["data"][
+            "result"
+        ]
+        hi = _prom_query(base, f"max_over_time(weaktok_train_steps_total{window})")["data"][
+            "result"
+        ]
         assert len(hi) == 1 and hi[0]["metric"]["run"] == "run" and hi[0]["metric"]["rank"] == "0"
         lo, hi = float(lo[0]["value"][1]), float(hi[0]["value"][1])
-        assert 0 <= lo < hi <= last_step and hi >= last_step / 2, (lo, hi, last_step)  # it increased while scraped
-        n = _prom_query(base, f"count_over_time(weaktok_train_steps_total{window})")["data"]["result"]
+        assert 0 <= lo < hi <= last_step and hi >= last_step / 2, (
+            lo,
+            hi,
+            last_step,
+        )  # it increased while scraped
+        n = _prom_query(base, f"count_over_time(weaktok_train_steps_total{window})")["data"][
+            "result"
+        ]
         assert float(n[0]["value"][1]) >= 3
         losses = _prom_query(base, f"last_over_time(weaktok_loss{window})")["data"]["result"]
         assert {r["metric"]["term"] for r in losses} == {"total", "recon", "lscore_dist", "ratio"}
         assert all(0 <= float(r["value"][1]) < 1e6 for r in losses)
-        vals = _prom_query(base, f"max_over_time(weaktok_validations_total{window})")["data"]["result"]
+        vals = _prom_query(base, f"max_over_time(weaktok_validations_total{window})")["data"][
+            "result"
+        ]
         assert float(vals[0]["value"][1]) >= 2
 
         dash = json.loads(DASHBOARD.read_text())  # every dashboard query parses on a real server
         for t in (t for p in dash["panels"] for t in p.get("targets", [])):
-            expr = t["expr"].replace("$__rate_interval", "1m").replace("$run", ".*").replace("$term", ".*")
+            expr = (
+                t["expr"]
+                .replace("$__rate_interval", "1m")
+                .replace("$run", ".*")
+                .replace("$term", ".*")
+            )
             answer = _prom_query(base, expr)
             assert answer["status"] == "success", (expr, answer)
     finally:

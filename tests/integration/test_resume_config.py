@@ -10,6 +10,7 @@ run folder compares it with the new config before any tensor is loaded.
 
 Real processes (DeepSpeed over gloo on CPU, 1 rank) for the end-to-end cases; the rest are fast unit checks.
 """
+
 import dataclasses
 import json
 import shutil
@@ -25,8 +26,14 @@ from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, ve
 from weaktok.config import Config, ConfigError, load_config, to_dict
 from weaktok.train import SHAPE_KEYS, config_changes, load_blockers, unreadable_files
 
-FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1", "metrics.enabled=false",
-        "data.samples_per_epoch=8", "train.log_every=1"]  # 2 steps per epoch
+FAST = [
+    "lscore.pool_every=0",
+    "lscore.val_items=0",
+    "data.num_workers=1",
+    "metrics.enabled=false",
+    "data.samples_per_epoch=8",
+    "train.log_every=1",
+]  # 2 steps per epoch
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +45,37 @@ def shards(tmp_path_factory):
 def first_run(shards, tmp_path_factory):
     """One epoch, a checkpoint after each of its 2 steps; later tests copy it, never change it."""
     out = tmp_path_factory.mktemp("first") / "run"
-    run(_cmd(out, shards, "train.epochs=1", "train.checkpoint_every=1", "train.keep_checkpoints=5"), env=cpu_env(),
-        cwd=REPO)
+    run(
+        _cmd(out, shards, "train.epochs=1", "train.checkpoint_every=1", "train.keep_checkpoints=5"),
+        env=cpu_env(),
+        cwd=REPO,
+    )
     return out
 
 
 def _cmd(out: Path, shards: Path, *extra: str) -> list[str]:
-    return [venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}", *FAST,
-            *extra]
+    return [
+        venv_bin("weaktok"),
+        "train",
+        "--config",
+        "tiny",
+        "--out",
+        str(out),
+        f"data.shards={shards}",
+        *FAST,
+        *extra,
+    ]
 
 
 def _train(out: Path, shards: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(out, shards, *extra), env=cpu_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        _cmd(out, shards, *extra),
+        env=cpu_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _copy(run_dir: Path, dest: Path) -> Path:
@@ -60,7 +85,11 @@ def _copy(run_dir: Path, dest: Path) -> Path:
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file of the run folder, by relative path, with its bytes."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -80,8 +109,12 @@ def test_shape_change_is_refused_before_compute_and_nothing_is_renamed(first_run
     assert "model.dim: 64 -> 96 (parameter shapes)" in log, log[-3000:]
     assert f"checkpoint {ckpts / 'step00000002'} cannot be resumed" in log
     assert "--out NEW" in log and f"train.init_from={ckpts / 'step00000002'}" in log
-    assert "M params" not in log and "resumed from" not in log  # stopped before the engine was built
-    assert _snapshot(out) == before  # every checkpoint under its own name, byte for byte; config.yaml and metrics too
+    assert (
+        "M params" not in log and "resumed from" not in log
+    )  # stopped before the engine was built
+    assert (
+        _snapshot(out) == before
+    )  # every checkpoint under its own name, byte for byte; config.yaml and metrics too
 
 
 @pytest.mark.slow
@@ -100,8 +133,9 @@ def test_compatible_change_resumes_logs_the_change_and_takes_effect(first_run, s
 
 
 @pytest.mark.slow
-def test_checkpoint_without_config_that_does_not_load_is_kept_then_resumes_with_a_warning(first_run, shards,
-                                                                                           tmp_path):
+def test_checkpoint_without_config_that_does_not_load_is_kept_then_resumes_with_a_warning(
+    first_run, shards, tmp_path
+):
     """Checkpoints written before config.yaml existed: nothing to compare before loading. A load that fails with
     every file intact is a mismatch, not damage: an error, and the checkpoints stay where they are."""
     out = _copy(first_run, tmp_path / "run")
@@ -111,12 +145,23 @@ def test_checkpoint_without_config_that_does_not_load_is_kept_then_resumes_with_
     p = _train(out, shards, "train.epochs=2", "model.dim=96")
     log = p.stdout + p.stderr
     assert p.returncode != 0
-    assert f"checkpoint {ckpts / 'step00000002'} is intact but does not load into this job" in log, log[-3000:]
-    assert sorted(d.name for d in ckpts.glob("step*")) == ["step00000001", "step00000002"]  # no .corrupt
+    assert (
+        f"checkpoint {ckpts / 'step00000002'} is intact but does not load into this job" in log
+    ), log[-3000:]
+    assert sorted(d.name for d in ckpts.glob("step*")) == [
+        "step00000001",
+        "step00000002",
+    ]  # no .corrupt
 
-    r = run(_cmd(out, shards, "train.epochs=2", "train.max_steps=2"), env=cpu_env(), cwd=REPO)  # load, no steps
-    assert f"WARNING: checkpoint {ckpts / 'step00000002'} holds no config.yaml" in r.stdout, r.stdout[-3000:]
-    assert "resumed from" in r.stdout and "[weaktok]   train.epochs: 1 -> 2" in r.stdout  # from its client state
+    r = run(
+        _cmd(out, shards, "train.epochs=2", "train.max_steps=2"), env=cpu_env(), cwd=REPO
+    )  # load, no steps
+    assert f"WARNING: checkpoint {ckpts / 'step00000002'} holds no config.yaml" in r.stdout, (
+        r.stdout[-3000:]
+    )
+    assert (
+        "resumed from" in r.stdout and "[weaktok]   train.epochs: 1 -> 2" in r.stdout
+    )  # from its client state
 
 
 @pytest.mark.slow
@@ -125,19 +170,37 @@ def test_init_from_starts_a_new_run_from_the_weights(first_run, shards, tmp_path
     out = tmp_path / "new"
     # lr ~0 and another seed: after one step the weights are the source's only if training really started from
     # them (ZeRO's fp32 master copy included); a fresh init (seed 1) is far from them
-    r = run(_cmd(out, shards, f"train.init_from={first_run / 'checkpoints'}", "seed=1", "train.lr=1e-9",
-                 "train.max_steps=1"), env=cpu_env(), cwd=REPO)
-    assert f"new run from the weights of {first_run / 'checkpoints' / 'step00000002'}" in r.stdout, r.stdout[-3000:]
-    assert [m["step"] for m in read_metrics(out) if m["kind"] == "train"] == [1]  # step 0 -> 1: a new run
+    r = run(
+        _cmd(
+            out,
+            shards,
+            f"train.init_from={first_run / 'checkpoints'}",
+            "seed=1",
+            "train.lr=1e-9",
+            "train.max_steps=1",
+        ),
+        env=cpu_env(),
+        cwd=REPO,
+    )
+    assert (
+        f"new run from the weights of {first_run / 'checkpoints' / 'step00000002'}" in r.stdout
+    ), r.stdout[-3000:]
+    assert [m["step"] for m in read_metrics(out) if m["kind"] == "train"] == [
+        1
+    ]  # step 0 -> 1: a new run
     assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000001"]
     want = torch.load(source, weights_only=True)["model"]
     got = torch.load(out / "final" / "model.pt", weights_only=True)["model"]
     assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-6
 
-    p = _train(tmp_path / "other", shards, f"train.init_from={source}", "model.dim=96", "train.max_steps=1")
+    p = _train(
+        tmp_path / "other", shards, f"train.init_from={source}", "model.dim=96", "train.max_steps=1"
+    )
     log = p.stdout + p.stderr
     assert p.returncode == 2, log[-3000:]
-    assert f"train.init_from={source}: its weights do not fit this model (model.dim: 64 -> 96)" in log
+    assert (
+        f"train.init_from={source}: its weights do not fit this model (model.dim: 64 -> 96)" in log
+    )
     assert "down3.conv.weight: (64, 64, 4) there, (96, 64, 4) here" in log
     assert not (tmp_path / "other" / "checkpoints").exists()
 
@@ -175,12 +238,17 @@ def _shapes(cfg: Config) -> dict:
     from weaktok.model.unet import build_model
 
     front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length)
-    return {k: tuple(v.shape) for k, v in build_model(cfg.model, front.n_freqs).state_dict().items()}
+    return {
+        k: tuple(v.shape) for k, v in build_model(cfg.model, front.n_freqs).state_dict().items()
+    }
 
 
 def test_shape_keys_are_exactly_the_keys_that_change_parameter_shapes():
     base = load_config("tiny")
-    reference, flow_reference = _shapes(base), _shapes(load_config("tiny", ["model.objective=flow"]))
+    reference, flow_reference = (
+        _shapes(base),
+        _shapes(load_config("tiny", ["model.objective=flow"])),
+    )
     found = []
     for key, tp in _leaves(Config):
         if not key.startswith(("model.", "audio.")):
@@ -191,7 +259,9 @@ def test_shape_keys_are_exactly_the_keys_that_change_parameter_shapes():
         override = f"{key}={json.dumps(_other_value(key, node, tp))}"
         try:
             changed, ref = load_config("tiny", [override]), reference
-        except ConfigError:  # a key only some models take (model.skips: flow models): try it on one of those
+        except (
+            ConfigError
+        ):  # a key only some models take (model.skips: flow models): try it on one of those
             changed, ref = load_config("tiny", ["model.objective=flow", override]), flow_reference
         if _shapes(changed) != ref:
             found.append(key)
@@ -203,18 +273,31 @@ def test_load_blockers_name_what_cannot_load():
         cfg = load_config("tiny", overrides)
         return load_blockers(config_changes(old, cfg), marker or {}, cfg, world)
 
-    assert blockers(["train.lr=1e-3", "train.epochs=9", "curriculum.final_w_L=0.5", "model.n_heads=4"]) == []
+    assert (
+        blockers(["train.lr=1e-3", "train.epochs=9", "curriculum.final_w_L=0.5", "model.n_heads=4"])
+        == []
+    )
     assert blockers(["train.zero_stage=1"]) == []  # ZeRO 1 and 2 store the optimizer state alike
     assert blockers(["model.dim=96", "train.lr=1e-3"]) == ["model.dim: 64 -> 96 (parameter shapes)"]
-    assert blockers(["model.chunking.kind=fixed"]) == ["model.chunking.kind: 'dynamic' -> 'fixed' (parameter shapes)"]
+    assert blockers(["model.chunking.kind=fixed"]) == [
+        "model.chunking.kind: 'dynamic' -> 'fixed' (parameter shapes)"
+    ]
     assert blockers(["train.zero_stage=3"]) == ["train.zero_stage: 2 -> 3 (optimizer state layout)"]
     assert blockers(["train.zero_stage=0"]) == ["train.zero_stage: 2 -> 0 (optimizer state layout)"]
     assert blockers([], {"bf16": True}) == [
-        "train.precision in effect: bf16 -> fp32 (optimizer state layout; train.precision is 'auto')"]
-    assert blockers([], {"world": 2}) == ["ranks: 2 -> 1 (ZeRO stage 2 partitions the optimizer state by rank)"]
+        "train.precision in effect: bf16 -> fp32 (optimizer state layout; train.precision is 'auto')"
+    ]
+    assert blockers([], {"world": 2}) == [
+        "ranks: 2 -> 1 (ZeRO stage 2 partitions the optimizer state by rank)"
+    ]
     zero0 = to_dict(load_config("tiny", ["train.zero_stage=0"]))
-    assert blockers(["train.zero_stage=0"], {"world": 2}, old=zero0) == []  # ZeRO 0: a full copy, any number of ranks
-    assert config_changes(zero0, load_config("tiny", ["train.zero_stage=0", "train.resume=never"])) == {}
+    assert (
+        blockers(["train.zero_stage=0"], {"world": 2}, old=zero0) == []
+    )  # ZeRO 0: a full copy, any number of ranks
+    assert (
+        config_changes(zero0, load_config("tiny", ["train.zero_stage=0", "train.resume=never"]))
+        == {}
+    )
 
 
 def test_unreadable_files_finds_damage_without_unpickling(tmp_path):
@@ -226,14 +309,20 @@ def test_unreadable_files_finds_damage_without_unpickling(tmp_path):
     flipped[len(good) // 2] ^= 0xFF
     (tmp_path / "c.pt").write_bytes(bytes(flipped))  # one bit rotted: the record's CRC catches it
     assert unreadable_files(tmp_path) == ["b.pt", "c.pt"]
-    with zipfile.ZipFile(tmp_path / "a.pt") as z:  # what the check relies on: torch.save writes zip archives
+    with zipfile.ZipFile(
+        tmp_path / "a.pt"
+    ) as z:  # what the check relies on: torch.save writes zip archives
         assert z.testzip() is None
 
 
 def test_init_from_config_check(tmp_path):
-    with pytest.raises(ConfigError, match=r"'train.init_from': .*nowhere does not exist; give a checkpoint folder"):
+    with pytest.raises(
+        ConfigError, match=r"'train.init_from': .*nowhere does not exist; give a checkpoint folder"
+    ):
         load_config("tiny", [f"train.init_from={tmp_path / 'nowhere'}"])
-    with pytest.raises(ConfigError, match=r"'train.init_from': .* is not a checkpoint folder holding COMPLETE"):
+    with pytest.raises(
+        ConfigError, match=r"'train.init_from': .* is not a checkpoint folder holding COMPLETE"
+    ):
         load_config("tiny", [f"train.init_from={tmp_path}"])
     with pytest.raises(ConfigError, match="'train.init_from': must name"):
         load_config("tiny", ["train.init_from=' '"])

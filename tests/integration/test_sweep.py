@@ -1,7 +1,8 @@
 """Ray Tune sweeps: a tiny real sweep with ASHA, resume after kill -9, and submission as a Ray job."""
+
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,19 +16,32 @@ import yaml
 from tests.helpers import REPO, cpu_env, make_tiny_shards, run, venv_bin
 from weaktok.config import ConfigError, load_config
 from weaktok.launch.local import free_port
-from weaktok.launch.sweep import load_space, check_against_config
+from weaktok.launch.sweep import check_against_config, load_space
 
-TRIAL = ["train.epochs=2", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=1",
-         "data.num_workers=0"]
+TRIAL = [
+    "train.epochs=2",
+    "data.samples_per_epoch=16",
+    "lscore.pool_every=0",
+    "lscore.val_items=1",
+    "data.num_workers=0",
+]
 
 
 def _space(path: Path, lrs, lscore_weight=0.0) -> Path:
-    path.write_text(yaml.safe_dump({
-        "num_samples": 1, "objective": {"lscore_weight": lscore_weight},
-        "asha": {"grace_period": 1, "reduction_factor": 2},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "pool_actors": 1},
-        "space": {"train.lr": {"type": "grid", "values": lrs},
-                  "model.chunking.tau": {"type": "loguniform", "low": 0.5, "high": 2.0}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "num_samples": 1,
+                "objective": {"lscore_weight": lscore_weight},
+                "asha": {"grace_period": 1, "reduction_factor": 2},
+                "resources": {"workers": 1, "cpus_per_worker": 1, "pool_actors": 1},
+                "space": {
+                    "train.lr": {"type": "grid", "values": lrs},
+                    "model.chunking.tau": {"type": "loguniform", "low": 0.5, "high": 2.0},
+                },
+            }
+        )
+    )
     return path
 
 
@@ -56,8 +70,11 @@ def test_space_errors_name_the_key(tmp_path):
 
 def _resources(tmp_path, **resources):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"resources": resources, "space": {"train.lr": {"type": "choice",
-                                                                                   "values": [0.001]}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"resources": resources, "space": {"train.lr": {"type": "choice", "values": [0.001]}}}
+        )
+    )
     return load_space(path)
 
 
@@ -67,10 +84,16 @@ def test_gpus_per_worker_is_validated_naming_the_key(tmp_path):
     assert _resources(tmp_path, gpus_per_worker=0.5).gpus_per_worker == 0.5
     assert _resources(tmp_path, workers=2, gpus_per_worker=1).gpus_per_worker == 1
     for bad in ("many", -1, 2, True, [1]):
-        with pytest.raises(ConfigError, match=r"resources\.gpus_per_worker: got .*allowed: 'auto' or a number"):
+        with pytest.raises(
+            ConfigError, match=r"resources\.gpus_per_worker: got .*allowed: 'auto' or a number"
+        ):
             _resources(tmp_path, gpus_per_worker=bad)
-    with pytest.raises(ConfigError, match=r"resources\.gpus_per_worker: got 0\.5; allowed: 'auto', 0 or 1"):
-        _resources(tmp_path, workers=2, gpus_per_worker=0.5)  # a DeepSpeed rank uses one GPU or none
+    with pytest.raises(
+        ConfigError, match=r"resources\.gpus_per_worker: got 0\.5; allowed: 'auto', 0 or 1"
+    ):
+        _resources(
+            tmp_path, workers=2, gpus_per_worker=0.5
+        )  # a DeepSpeed rank uses one GPU or none
     with pytest.raises(ConfigError, match="unknown resources key.*gpu_per_worker"):
         _resources(tmp_path, gpu_per_worker=1)  # a typo is not silently ignored
 
@@ -92,10 +115,16 @@ def test_trial_resources_follow_the_cluster(tmp_path):
     multi = _resources(tmp_path, workers=4, cpus_per_worker=2, pool_actors=2)
     bundles, g = trial_resources(multi, gpus)
     assert bundles == [{"CPU": 0.5}, {"CPU": 1.0}, {"CPU": 1.0}] and g == 1.0
-    assert worker_resources(2, g) == {"use_gpu": True, "backend": "nccl",
-                                      "resources_per_worker": {"CPU": 2, "GPU": 1.0}}
+    assert worker_resources(2, g) == {
+        "use_gpu": True,
+        "backend": "nccl",
+        "resources_per_worker": {"CPU": 2, "GPU": 1.0},
+    }
     assert worker_resources(2, trial_resources(multi, cpu_only)[1]) == {
-        "use_gpu": False, "backend": "gloo", "resources_per_worker": {"CPU": 2}}
+        "use_gpu": False,
+        "backend": "gloo",
+        "resources_per_worker": {"CPU": 2},
+    }
 
 
 def test_gpu_resolution_and_log_line():
@@ -105,18 +134,35 @@ def test_gpu_resolution_and_log_line():
     assert resolve_gpus(0, {"GPU": 8}) == 0.0 and resolve_gpus(0.25, {}) == 0.25
     assert gpus_setting(None, "k") == "auto" and gpus_setting("1", "k", whole=True) == 1.0
     assert "WARNING: no GPU node is up" in describe_gpus(1.0, 1.0, {"CPU": 2})
-    assert "WARNING" not in describe_gpus("auto", 1.0, {"GPU": 2}) and "reports 2 GPU" in describe_gpus(
-        "auto", 1.0, {"GPU": 2})
+    assert "WARNING" not in describe_gpus(
+        "auto", 1.0, {"GPU": 2}
+    ) and "reports 2 GPU" in describe_gpus("auto", 1.0, {"GPU": 2})
 
 
 @pytest.mark.slow
 def test_tiny_sweep_asha_results_and_best_config(shards, tmp_path):
     out = tmp_path / "sweep"
-    r = run([venv_bin("weaktok"), "sweep", "--config", "tiny", "--space", str(_space(tmp_path / "s.yaml",
-             [0.003, 1e-6, 1e-6])), "--out", str(out), f"data.shards={shards}", *TRIAL],
-            env=cpu_env(), cwd=REPO, timeout=600)
+    r = run(
+        [
+            venv_bin("weaktok"),
+            "sweep",
+            "--config",
+            "tiny",
+            "--space",
+            str(_space(tmp_path / "s.yaml", [0.003, 1e-6, 1e-6])),
+            "--out",
+            str(out),
+            f"data.shards={shards}",
+            *TRIAL,
+        ],
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=600,
+    )
     df = pd.read_csv(out / "results.csv")
-    assert len(df) == 3 and {"objective", "val_recon", "epoch", "config/train.lr"} <= set(df.columns)
+    assert len(df) == 3 and {"objective", "val_recon", "epoch", "config/train.lr"} <= set(
+        df.columns
+    )
     assert (df["epoch"] < 2).sum() >= 1, "ASHA should stop at least one bad trial at its first rung"
     assert df.loc[df["config/train.lr"] == 0.003, "epoch"].item() == 2
     best = load_config(out / "best_config.yaml")
@@ -128,19 +174,38 @@ def test_tiny_sweep_asha_results_and_best_config(shards, tmp_path):
 @pytest.mark.slow
 def test_killed_sweep_resumes_and_completes(shards, tmp_path):
     out = tmp_path / "sweep"
-    args = [venv_bin("weaktok"), "sweep", "--config", "tiny", "--space",
-            str(_space(tmp_path / "s.yaml", [0.003, 0.002, 0.001])), "--out", str(out), f"data.shards={shards}",
-            *TRIAL]
-    proc = subprocess.Popen(args, cwd=REPO, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = [
+        venv_bin("weaktok"),
+        "sweep",
+        "--config",
+        "tiny",
+        "--space",
+        str(_space(tmp_path / "s.yaml", [0.003, 0.002, 0.001])),
+        "--out",
+        str(out),
+        f"data.shards={shards}",
+        *TRIAL,
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=cpu_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
-    done = lambda: [p for p in (out / "tune").glob("*/result.json") if '"epoch": 2' in p.read_text()]  # noqa: E731
+    done = lambda: [
+        p for p in (out / "tune").glob("*/result.json") if '"epoch": 2' in p.read_text()
+    ]  # noqa: E731
     while time.time() < deadline and not done():
         assert proc.poll() is None
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["pkill", "-9", "-f", "raylet|gcs_server|ray::"], check=False)  # a cluster orphaned by the kill
+    subprocess.run(
+        ["pkill", "-9", "-f", "raylet|gcs_server|ray::"], check=False
+    )  # a cluster orphaned by the kill
     assert not (out / "results.csv").exists()
     run(args + ["--resume"], env=cpu_env(), cwd=REPO, timeout=600)
     df = pd.read_csv(out / "results.csv")
@@ -151,32 +216,72 @@ def test_killed_sweep_resumes_and_completes(shards, tmp_path):
 @pytest.mark.slow
 def test_sweep_as_ray_job_on_a_local_head(shards, tmp_path):
     import tempfile
+
     port, dash = free_port(), free_port()
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # AF_UNIX socket paths must stay under 107 bytes
-    env = cpu_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_ADDRESS=f"http://127.0.0.1:{dash}")
+    ray_tmp = tempfile.mkdtemp(
+        prefix="rt", dir="/tmp"
+    )  # AF_UNIX socket paths must stay under 107 bytes
+    env = cpu_env(
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        RAY_ADDRESS=f"http://127.0.0.1:{dash}",
+    )
     ray = venv_bin("ray")
-    run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={ray_tmp}"], env=env, timeout=120)
+    run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={ray_tmp}",
+        ],
+        env=env,
+        timeout=120,
+    )
     try:
         assert (Path.home() / ".ray" / "auth_token").is_file(), "token auth stays on"
-        r = run(["bash", str(REPO / "ray_jobs" / "submit.sh"), "sweep", "--config", "tiny", "--space",
-                 str(_space(tmp_path / "s.yaml", [0.003, 1e-6])), "--out", str(tmp_path / "sweep"),
-                 f"data.shards={shards}", *TRIAL], env={**env, "RAY": ray, "DS_ACCELERATOR": "cpu"}, cwd=REPO)
+        r = run(
+            [
+                "bash",
+                str(REPO / "ray_jobs" / "submit.sh"),
+                "sweep",
+                "--config",
+                "tiny",
+                "--space",
+                str(_space(tmp_path / "s.yaml", [0.003, 1e-6])),
+                "--out",
+                str(tmp_path / "sweep"),
+                f"data.shards={shards}",
+                *TRIAL,
+            ],
+            env={**env, "RAY": ray, "DS_ACCELERATOR": "cpu"},
+            cwd=REPO,
+        )
         job = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr).group(0)
         deadline, status = time.time() + 400, ""
         while time.time() < deadline:
-            status = run(["bash", str(REPO / "ray_jobs" / "submit.sh"), "status", job], env={**env, "RAY": ray},
-                         cwd=REPO).stdout
+            status = run(
+                ["bash", str(REPO / "ray_jobs" / "submit.sh"), "status", job],
+                env={**env, "RAY": ray},
+                cwd=REPO,
+            ).stdout
             if any(s in status.lower() for s in ("succeeded", "failed", "stopped")):
                 break
             time.sleep(2)
-        logs = run(["bash", str(REPO / "ray_jobs" / "submit.sh"), "logs", job], env={**env, "RAY": ray},
-                   cwd=REPO).stdout
+        logs = run(
+            ["bash", str(REPO / "ray_jobs" / "submit.sh"), "logs", job],
+            env={**env, "RAY": ray},
+            cwd=REPO,
+        ).stdout
         assert "succeeded" in status.lower(), status + logs[-3000:]
         assert "best config" in logs
         assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["trials"] == 2
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         import shutil
+
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Distributed training with real processes: DeepSpeed over gloo on CPU, 2 ranks in bf16 (ZeRO-2 and ZeRO-3, fp32
 master weights exported), 2 simulated nodes, kill -9 and resume, the NaN guard. Kept tiny; each test starts real
 launchers."""
+
 import multiprocessing as mp
 import os
 import signal
@@ -41,17 +42,40 @@ def _assert_fp32_master_weights(out: Path) -> dict:
     assert all(w.dtype == torch.float32 for w in weights.values())
     big = [w for w in weights.values() if w.numel() >= 256]
     share = sum(_bf16_exact_share(w) for w in big) / len(big)
-    assert share < 0.5, f"{share:.2f} of the exported values are bf16-representable: bf16-rounded, not masters"
+    assert share < 0.5, (
+        f"{share:.2f} of the exported values are bf16-representable: bf16-rounded, not masters"
+    )
     return weights
 
 
 def test_two_ranks_zero2_bf16_learns_and_ranks_see_different_samples(shards, tmp_path):
     """bf16 for real (DeepSpeed supports it on CPU): the module computes in bf16, front end and losses in fp32."""
     out = tmp_path / "run"
-    r = run([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "weaktok.train",
-             "--config", "tiny", "--out", str(out), f"data.shards={shards}", "train.epochs=4", "train.zero_stage=2",
-             "train.precision=bf16", "data.log_keys=true", "curriculum.warmup_epochs=10", *FAST], env=cpu_env(),
-            cwd=REPO, timeout=400)
+    r = run(
+        [
+            venv_bin("deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "weaktok.train",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            f"data.shards={shards}",
+            "train.epochs=4",
+            "train.zero_stage=2",
+            "train.precision=bf16",
+            "data.log_keys=true",
+            "curriculum.warmup_epochs=10",
+            *FAST,
+        ],
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=400,
+    )
     assert "ZeRO 2, bf16" in r.stdout
     m = read_metrics(out)
     vals = [r["val_recon"] for r in m if r["kind"] == "val"]
@@ -70,12 +94,25 @@ def test_two_simulated_nodes_form_one_job(shards, tmp_path):
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     out = tmp_path / "run"
     port = free_port()
-    env = cpu_env(HOSTFILE=hostfile, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, DEEPSPEED=venv_bin("deepspeed"),
-                  PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = cpu_env(
+        HOSTFILE=hostfile,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=port,
+        DEEPSPEED=venv_bin("deepspeed"),
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
     args = ["--config", "tiny", "--out", str(out), f"data.shards={shards}", "train.epochs=1", *FAST]
-    procs = [subprocess.Popen(["bash", str(REPO / "cluster" / "launch_multinode.sh"), *args], cwd=REPO,
-                              env={**env, "NODE_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            ["bash", str(REPO / "cluster" / "launch_multinode.sh"), *args],
+            cwd=REPO,
+            env={**env, "NODE_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     logs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(l[-3000:] for l in logs)
     assert "world 2" in logs[0]
@@ -84,11 +121,28 @@ def test_two_simulated_nodes_form_one_job(shards, tmp_path):
 
 def test_kill9_mid_epoch_then_resume_auto(shards, tmp_path):
     out = tmp_path / "run"
-    args = [venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
-            "train.epochs=3", "train.checkpoint_every=3", "train.keep_checkpoints=5", "data.samples_per_epoch=48",
-            *FAST]
-    proc = subprocess.Popen(args, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    args = [
+        venv_bin("weaktok"),
+        "train",
+        "--config",
+        "tiny",
+        "--out",
+        str(out),
+        f"data.shards={shards}",
+        "train.epochs=3",
+        "train.checkpoint_every=3",
+        "train.keep_checkpoints=5",
+        "data.samples_per_epoch=48",
+        *FAST,
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=cpu_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     # steps_per_epoch = 12: checkpoints at 3, 6, 9 fall inside epoch 0; kill after step 6's
     while time.time() < deadline and not [t for t in _complete(out) if int(t[4:]) >= 6]:
@@ -99,7 +153,9 @@ def test_kill9_mid_epoch_then_resume_auto(shards, tmp_path):
     killed_at = max(int(t[4:]) for t in _complete(out))
     assert killed_at < 12, "the kill must land mid-epoch"
     r = run(args, env=cpu_env(), cwd=REPO, timeout=400)
-    assert f"resumed from {out / 'checkpoints' / f'step{killed_at:08d}'}" in r.stdout, r.stdout[-2000:]
+    assert f"resumed from {out / 'checkpoints' / f'step{killed_at:08d}'}" in r.stdout, r.stdout[
+        -2000:
+    ]
     m = read_metrics(out)
     vals = [v for v in m if v["kind"] == "val"]
     assert [v["epoch"] for v in vals][-3:] == [1, 2, 3]
@@ -113,9 +169,30 @@ def test_kill9_mid_epoch_then_resume_auto(shards, tmp_path):
 
 def test_two_ranks_zero3_bf16_learns_and_exports_fp32_master_weights(shards, tmp_path):
     out = tmp_path / "run"
-    r = run([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "weaktok.train",
-             "--config", "tiny", "--out", str(out), f"data.shards={shards}", "train.epochs=3", "train.zero_stage=3",
-             "train.precision=bf16", "curriculum.warmup_epochs=10", *FAST], env=cpu_env(), cwd=REPO, timeout=400)
+    r = run(
+        [
+            venv_bin("deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "weaktok.train",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            f"data.shards={shards}",
+            "train.epochs=3",
+            "train.zero_stage=3",
+            "train.precision=bf16",
+            "curriculum.warmup_epochs=10",
+            *FAST,
+        ],
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=400,
+    )
     assert "ZeRO 3, bf16" in r.stdout
     vals = [x["val_recon"] for x in read_metrics(out) if x["kind"] == "val"]
     assert len(vals) == 3 and vals[-1] < vals[0], vals
@@ -138,8 +215,11 @@ def _nan_run(shards, out):
     from weaktok.config import load_config
     from weaktok.launch.local import single_process_env
     from weaktok.train import train
+
     os.environ.update(single_process_env(os.environ))
-    cfg = load_config("tiny", [f"data.shards={shards}", "train.epochs=1", "data.samples_per_epoch=24", *FAST])
+    cfg = load_config(
+        "tiny", [f"data.shards={shards}", "train.epochs=1", "data.samples_per_epoch=24", *FAST]
+    )
     train(cfg, out, hooks=[PoisonHook({1, 4})])
 
 
@@ -153,9 +233,13 @@ def test_nan_loss_steps_are_skipped_and_counted(shards, tmp_path):
     m = read_metrics(out)
     train = [r for r in m if r["kind"] == "train"]
     assert train[-1]["nan_skipped"] == 2
-    assert all(r["loss"] == r["loss"] for r in train)  # no NaN was ever applied or logged as the step loss
+    assert all(
+        r["loss"] == r["loss"] for r in train
+    )  # no NaN was ever applied or logged as the step loss
     val = [r for r in m if r["kind"] == "val"][-1]
-    assert val["step"] == 4 and val["val_recon"] == val["val_recon"]  # 6 batches - 2 skipped = 4 steps, finite
+    assert (
+        val["step"] == 4 and val["val_recon"] == val["val_recon"]
+    )  # 6 batches - 2 skipped = 4 steps, finite
 
 
 def test_compiled_training_runs_through_deepspeed(shards, tmp_path):
@@ -163,9 +247,24 @@ def test_compiled_training_runs_through_deepspeed(shards, tmp_path):
     aot_eager traces the same graphs inductor would compile (inductor's C++ build takes minutes on 2 cores); the
     graph-level properties (no graph break, no recompile across batches) are checked in tests/unit/model/test_compile.py."""
     out = tmp_path / "run"
-    run([venv_bin("weaktok"), "train", "--config", "tiny", "--out", str(out), f"data.shards={shards}",
-         "train.epochs=1", "data.samples_per_epoch=16", "train.compile=true", "train.compile_backend=aot_eager",
-         *FAST], env=cpu_env(), cwd=REPO)
+    run(
+        [
+            venv_bin("weaktok"),
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            f"data.shards={shards}",
+            "train.epochs=1",
+            "data.samples_per_epoch=16",
+            "train.compile=true",
+            "train.compile_backend=aot_eager",
+            *FAST,
+        ],
+        env=cpu_env(),
+        cwd=REPO,
+    )
     train = [r for r in read_metrics(out) if r["kind"] == "train"]
     assert train and all(r["loss"] == r["loss"] for r in train)
     weights = torch.load(out / "final" / "model.pt", weights_only=True)["model"]

@@ -8,6 +8,7 @@ libsndfile then truncated, bit-flipped or given a garbage body; hand-made WAV he
 +-3e38, int32 full range); and the same through ``weaktok.data.loader``'s shard decode path. The fixed cases in
 tests/unit/test_audio.py (zero-byte, text, truncated WAV/FLAC, NaN, silent) are not repeated here.
 """
+
 import io
 import json
 import logging
@@ -16,16 +17,26 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import deadline, examples
 from weaktok.audio import MAX_SAMPLES, SUPPORTED_SR, AudioError, load_audio
 from weaktok.data.loader import Tally, decode_samples
 
 EXTS = [".wav", ".flac", ".mp3", ".ogg", ".aiff"]
-FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"),
-           ".aiff": ("AIFF", "PCM_16"), ".mp3": ("MP3", "MPEG_LAYER_III")}
-FUZZ = settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".aiff": ("AIFF", "PCM_16"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
+FUZZ = settings(
+    max_examples=examples(100),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 COUNT = {"load": 0, "decode": 0}  # fuzz inputs run, reported by test_zz_report
 
 
@@ -36,7 +47,13 @@ def check_load(path, sr: int = 22050):
         try:
             y = load_audio(path, sr)
         except AudioError as e:
-            assert str(path) in str(e) and e.reason in ("unreadable", "empty", "non-finite", "silent", "unsupported")
+            assert str(path) in str(e) and e.reason in (
+                "unreadable",
+                "empty",
+                "non-finite",
+                "silent",
+                "unsupported",
+            )
             return e
     assert y.dtype == np.float32 and y.ndim == 1 and len(y) >= 1
     assert np.isfinite(y).all() and abs(float(np.abs(y).max()) - 0.95) < 1e-4
@@ -47,8 +64,12 @@ def check_decode(data: bytes, sample_rate: int = 8000):
     """The shard path: the item is yielded finite and mono, or skipped, counted and logged with shard + key."""
     COUNT["decode"] += 1
     tally = Tally()
-    sample = {"__key__": "item0007", "__url__": "/shards/x/train-000003.tar", "flac": data,
-              "json": json.dumps({"lscore": [0.1, 1.0, 0.0, 0.2]}).encode()}
+    sample = {
+        "__key__": "item0007",
+        "__url__": "/shards/x/train-000003.tar",
+        "flac": data,
+        "json": json.dumps({"lscore": [0.1, 1.0, 0.0, 0.2]}).encode(),
+    }
     with deadline(20, "decode"):
         out = list(decode_samples([sample], tally, sample_rate=sample_rate))
     if out:
@@ -79,10 +100,24 @@ VALID = {ext: encode(sine(4410, 44100), 44100, ext) for ext in EXTS}
 def wav_header(channels: int, sr: int, bits: int, frames: int, fmt: int = 1) -> bytes:
     block = channels * bits // 8
     size = frames * block
-    return (b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, fmt, channels & 0xFFFF, sr & 0xFFFFFFFF,
-                                    (sr * block) & 0xFFFFFFFF, block & 0xFFFF, bits & 0xFFFF)
-            + b"data" + struct.pack("<I", size & 0xFFFFFFFF))
+    return (
+        b"RIFF"
+        + struct.pack("<I", (36 + size) & 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack(
+            "<IHHIIHH",
+            16,
+            fmt,
+            channels & 0xFFFF,
+            sr & 0xFFFFFFFF,
+            (sr * block) & 0xFFFFFFFF,
+            block & 0xFFFF,
+            bits & 0xFFFF,
+        )
+        + b"data"
+        + struct.pack("<I", size & 0xFFFFFFFF)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,7 +134,9 @@ def test_random_bytes_with_audio_extensions(tmp_path, ext, data):
 
 
 @FUZZ
-@given(ext=st.sampled_from(EXTS), keep=st.integers(0, 400), body=st.binary(min_size=0, max_size=4096))
+@given(
+    ext=st.sampled_from(EXTS), keep=st.integers(0, 400), body=st.binary(min_size=0, max_size=4096)
+)
 def test_valid_header_garbage_body(tmp_path, ext, keep, body):
     """A real file's first ``keep`` bytes (its header and maybe some audio) followed by garbage."""
     data = VALID[ext][:keep] + body
@@ -110,8 +147,11 @@ def test_valid_header_garbage_body(tmp_path, ext, keep, body):
 
 
 @FUZZ
-@given(ext=st.sampled_from(EXTS), cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)),
-                                                                      max_size=8))
+@given(
+    ext=st.sampled_from(EXTS),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=8),
+)
 def test_truncated_and_bit_flipped_real_files(tmp_path, ext, cut, flips):
     data = bytearray(VALID[ext][: int(len(VALID[ext]) * cut)])
     for where, value in flips:
@@ -128,17 +168,24 @@ def test_truncated_and_bit_flipped_real_files(tmp_path, ext, cut, flips):
 
 
 @FUZZ
-@given(channels=st.sampled_from([0, 1, 2, 7, 255, 1024, 1025, 65535]),
-       sr=st.sampled_from([0, 1, 7, 999, 1000, 3999, 8000, 44101, 192000, 768000, 768001, 2**31 - 1, 2**32 - 1]),
-       bits=st.sampled_from([0, 1, 8, 12, 16, 24, 32, 64, 65535]), fmt=st.sampled_from([0, 1, 3, 2, 0xFFFE, 77]),
-       frames=st.sampled_from([0, 1, 2, 1000, 2**20, 2**31 - 1, 2**32 - 1]),
-       body=st.binary(min_size=0, max_size=2048))
+@given(
+    channels=st.sampled_from([0, 1, 2, 7, 255, 1024, 1025, 65535]),
+    sr=st.sampled_from(
+        [0, 1, 7, 999, 1000, 3999, 8000, 44101, 192000, 768000, 768001, 2**31 - 1, 2**32 - 1]
+    ),
+    bits=st.sampled_from([0, 1, 8, 12, 16, 24, 32, 64, 65535]),
+    fmt=st.sampled_from([0, 1, 3, 2, 0xFFFE, 77]),
+    frames=st.sampled_from([0, 1, 2, 1000, 2**20, 2**31 - 1, 2**32 - 1]),
+    body=st.binary(min_size=0, max_size=2048),
+)
 def test_crafted_wav_headers(tmp_path, channels, sr, bits, fmt, frames, body):
     data = wav_header(channels, sr, bits, frames, fmt) + body
     p = tmp_path / "crafted.wav"
     p.write_bytes(data)
     out = check_load(p)
-    if not isinstance(out, AudioError):  # accepted: the header had a rate we support and real frames
+    if not isinstance(
+        out, AudioError
+    ):  # accepted: the header had a rate we support and real frames
         assert SUPPORTED_SR[0] <= sr <= SUPPORTED_SR[1]
     check_decode(data)
 
@@ -149,7 +196,9 @@ def test_unsupported_sample_rates_are_named_not_resampled(tmp_path, sr):
     p = tmp_path / "rate.wav"
     p.write_bytes(wav_header(1, sr, 16, 1000) + np.full(1000, 8000, "<i2").tobytes())
     e = check_load(p)
-    assert isinstance(e, AudioError) and e.reason == "unsupported" and f"sample rate {sr} Hz" in str(e)
+    assert (
+        isinstance(e, AudioError) and e.reason == "unsupported" and f"sample rate {sr} Hz" in str(e)
+    )
 
 
 @pytest.mark.parametrize("sr", [1000, 4000, 11025, 44101, 96000, 192000])
@@ -198,13 +247,21 @@ def test_zero_one_and_two_sample_files(tmp_path, n):
 # extreme sample values
 
 
-SPECIAL = st.sampled_from([np.nan, np.inf, -np.inf, 1e-45, -1e-45, 1e-38, 3.4e38, -3.4e38, 1e30, 0.0, 1.0, -1.0])
+SPECIAL = st.sampled_from(
+    [np.nan, np.inf, -np.inf, 1e-45, -1e-45, 1e-38, 3.4e38, -3.4e38, 1e30, 0.0, 1.0, -1.0]
+)
 
 
 @FUZZ
-@given(values=st.lists(st.one_of(SPECIAL, st.floats(width=32, allow_nan=True, allow_infinity=True)),
-                       min_size=1, max_size=300),
-       channels=st.integers(1, 4), subtype=st.sampled_from(["FLOAT", "DOUBLE"]))
+@given(
+    values=st.lists(
+        st.one_of(SPECIAL, st.floats(width=32, allow_nan=True, allow_infinity=True)),
+        min_size=1,
+        max_size=300,
+    ),
+    channels=st.integers(1, 4),
+    subtype=st.sampled_from(["FLOAT", "DOUBLE"]),
+)
 def test_extreme_float_values(tmp_path, values, channels, subtype):
     y = np.array(values, dtype=np.float64)
     y = np.stack([np.roll(y, c) for c in range(channels)], 1) if channels > 1 else y
@@ -233,8 +290,10 @@ def test_loud_float_channels_do_not_overflow_to_nan(tmp_path):
 
 
 @FUZZ
-@given(values=st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=300),
-       subtype=st.sampled_from(["PCM_32", "PCM_24", "PCM_16", "PCM_U8"]))
+@given(
+    values=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=300),
+    subtype=st.sampled_from(["PCM_32", "PCM_24", "PCM_16", "PCM_U8"]),
+)
 def test_full_int_ranges(tmp_path, values, subtype):
     y = np.array(values, dtype=np.int32)
     p = tmp_path / "ints.wav"
@@ -256,15 +315,20 @@ def test_denormals_are_silent_not_an_error_of_another_kind(tmp_path):
 
 
 def test_fuzzed_members_in_a_real_shard_are_skipped_and_named(tmp_path, caplog):
+    from tests.unit.data.test_faults_data import _rewrite_item
     from tests.unit.data.test_loader import make_shards
     from weaktok.data.loader import eval_loader
-    from tests.unit.data.test_faults_data import _rewrite_item
+
     shards = make_shards(tmp_path / "s")
     buf = io.BytesIO()
     sf.write(buf, np.full(800, np.nan, np.float32), 8000, format="WAV", subtype="FLOAT")
     nan_wav = buf.getvalue()
-    bad = {"val0002": VALID[".mp3"][:50] + b"\xff" * 300, "val0006": wav_header(1, 2**31 - 1, 16, 100) + b"\0" * 200,
-           "val0011": b"", "val0015": nan_wav}
+    bad = {
+        "val0002": VALID[".mp3"][:50] + b"\xff" * 300,
+        "val0006": wav_header(1, 2**31 - 1, 16, 100) + b"\0" * 200,
+        "val0011": b"",
+        "val0015": nan_wav,
+    }
     for key, data in bad.items():
         _rewrite_item(shards, "val", key, lambda it, d=data: {**it, "flac": d})
     keys, skipped = [], 0
@@ -275,7 +339,11 @@ def test_fuzzed_members_in_a_real_shard_are_skipped_and_named(tmp_path, caplog):
     assert skipped == 4 and len(keys) == 20 and not set(bad) & set(keys)
     for key in bad:
         line = next(line for line in caplog.text.splitlines() if f"item {key}" in line)
-        assert "val-00000" in line and ("AudioError" in line or "NaN" in line) and "BytesIO" not in line
+        assert (
+            "val-00000" in line
+            and ("AudioError" in line or "NaN" in line)
+            and "BytesIO" not in line
+        )
 
 
 @FUZZ
@@ -284,8 +352,10 @@ def test_extreme_model_output_gives_finite_power_and_lscore(top, seed):
     """A diverging model's spectrogram (values far above any real audio's ~9) must not overflow the front end's
     power into Inf and the differentiable L-Score into NaN (before: NaN from ~44 up)."""
     import torch
+
     from weaktok.audio import SpecFrontEnd
     from weaktok.lscore.differentiable import DifferentiableLScore
+
     g = torch.Generator().manual_seed(seed)
     spec = torch.rand(1, 257, 24, generator=g) * top - 1.0
     front = SpecFrontEnd(22050, 512, 128)

@@ -9,6 +9,7 @@
 Fixed cases of single bad overrides are in tests/unit/test_config.py and not repeated here; the gaps these properties
 found have a named regression case each at the bottom.
 """
+
 import dataclasses
 import json
 import math
@@ -18,20 +19,27 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import examples
 from tests.unit.data.test_loader import SR, make_shards
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import Config, ConfigError, load_config
-from weaktok.train.curriculum import weights_at
 from weaktok.data.loader import eval_loader, train_loader
 from weaktok.lscore.differentiable import DifferentiableLScore
 from weaktok.model.unet import build_model
 from weaktok.train import compute_loss, corrupt, deepspeed_config, lr_lambda
+from weaktok.train.curriculum import weights_at
 
 # a small model so that each accepted config can be run (random overrides may still change any of these)
-SMALL = ["model.channels=[8,8,8]", "model.dim=16", "model.n_heads=2", "model.n_layers=1", "model.ff_mult=2"]
+SMALL = [
+    "model.channels=[8,8,8]",
+    "model.dim=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "model.ff_mult=2",
+]
 RUN = {"configs": 0, "accepted": 0, "rejected": 0}
 
 
@@ -71,7 +79,9 @@ def plausible(key: str):
     if tp is int:
         return st.sampled_from(sorted({v, v + 1, max(0, v - 1), v * 2, v // 2, 0, 1, 2, 3, 4, 8}))
     if tp is float:
-        return st.sampled_from([v, v * 0.5, v * 2, 0.0, 1e-3, 0.25, 0.5, 0.999, 1.0, 1.001, 2.0, 3.0])
+        return st.sampled_from(
+            [v, v * 0.5, v * 2, 0.0, 1e-3, 0.25, 0.5, 0.999, 1.0, 1.001, 2.0, 3.0]
+        )
     if key == "model.channels":
         return st.lists(st.integers(1, 24), min_size=2, max_size=4)
     if key == "train.betas":
@@ -82,14 +92,30 @@ def plausible(key: str):
 
 
 WILD = st.one_of(
-    st.integers(-3, 40), st.sampled_from([-1, 2**31, 2**63, 10**30, 10**400]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e-300, 1e30, -0.0]),
-    st.booleans(), st.none(), st.text(max_size=6), st.sampled_from(["pipe:x", "1e-3", "nan", ".inf", "[1", "{}"]),
-    st.lists(st.integers(-2, 30), max_size=4), st.lists(st.floats(-1, 2), max_size=3),
+    st.integers(-3, 40),
+    st.sampled_from([-1, 2**31, 2**63, 10**30, 10**400]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e-300, 1e30, -0.0]),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=6),
+    st.sampled_from(["pipe:x", "1e-3", "nan", ".inf", "[1", "{}"]),
+    st.lists(st.integers(-2, 30), max_size=4),
+    st.lists(st.floats(-1, 2), max_size=3),
     st.dictionaries(st.sampled_from(["a", "dim", "tau"]), st.integers(0, 9), max_size=2),
 )
-UNKNOWN = st.sampled_from(["model.dmi", "foo", "foo.bar", "model.chunking.tau.x", "audio.sample_rate.hz",
-                           "train.corruption.nois_std", "data.shards.x", "metrics"])
+UNKNOWN = st.sampled_from(
+    [
+        "model.dmi",
+        "foo",
+        "foo.bar",
+        "model.chunking.tau.x",
+        "audio.sample_rate.hz",
+        "train.corruption.nois_std",
+        "data.shards.x",
+        "metrics",
+    ]
+)
 
 
 def to_text(value) -> str:
@@ -109,7 +135,9 @@ def overrides(draw, keys=None):
     n = draw(st.integers(1, 4))
     out = []
     for _ in range(n):
-        kind = draw(st.integers(0, 9))  # 0: an unknown key, 1-2: a wild value, else a value near the valid range
+        kind = draw(
+            st.integers(0, 9)
+        )  # 0: an unknown key, 1-2: a wild value, else a value near the valid range
         if kind == 0:
             out.append((draw(UNKNOWN), draw(WILD)))
             continue
@@ -121,10 +149,14 @@ def overrides(draw, keys=None):
 def names_a_key(message: str, keys: list[str]) -> bool:
     """The message quotes one of the keys or a section above one (``'model.chunking'``), or spells a key it
     depends on as ``key=value`` (cross-key rules: ``model.dim=16``, ``audio.n_fft=512``)."""
-    related = {"model.n_heads": ["model.dim"], "model.dim": ["model.n_heads"],
-               "audio.clip_seconds": ["audio.n_fft", "audio.sample_rate"],
-               "audio.n_fft": ["audio.clip_seconds", "audio.hop_length"], "audio.sample_rate": ["audio.clip_seconds"],
-               "audio.hop_length": ["audio.n_fft"]}
+    related = {
+        "model.n_heads": ["model.dim"],
+        "model.dim": ["model.n_heads"],
+        "audio.clip_seconds": ["audio.n_fft", "audio.sample_rate"],
+        "audio.n_fft": ["audio.clip_seconds", "audio.hop_length"],
+        "audio.sample_rate": ["audio.clip_seconds"],
+        "audio.hop_length": ["audio.n_fft"],
+    }
     for key in keys:
         parts = key.split(".")
         prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
@@ -136,7 +168,10 @@ def names_a_key(message: str, keys: list[str]) -> bool:
 
 def usable(cfg: Config) -> None:
     """What training does with a config, on a short input (at most ~0.4 s; the whole clip when shorter)."""
-    rank, step = 7, 10**6  # weaktok.train seeds every rank and step from cfg.seed: all of those must be valid seeds
+    rank, step = (
+        7,
+        10**6,
+    )  # weaktok.train seeds every rank and step from cfg.seed: all of those must be valid seeds
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)
@@ -149,17 +184,35 @@ def usable(cfg: Config) -> None:
     assert torch.isfinite(spec).all()
     model = build_model(cfg.model, front.n_freqs)
     lscore_fn = DifferentiableLScore(a.sample_rate, a.n_fft, a.hop_length, mode=cfg.lscore.mode)
-    target = {"mean": torch.tensor([0.5, 3.0, 0.1, 0.2]), "std": torch.tensor([0.1, 1.0, 0.05, 0.1])}
+    target = {
+        "mean": torch.tensor([0.5, 3.0, 0.1, 0.2]),
+        "std": torch.tensor([0.1, 1.0, 0.05, 0.1]),
+    }
     gen = torch.Generator().manual_seed(cfg.seed)
     c = cfg.curriculum
     total_epochs = cfg.train.epochs
-    progress = sorted({0.0, c.warmup_epochs, c.warmup_epochs + c.anneal_epochs / 2, c.warmup_epochs + c.anneal_epochs,
-                       float(total_epochs)})
+    progress = sorted(
+        {
+            0.0,
+            c.warmup_epochs,
+            c.warmup_epochs + c.anneal_epochs / 2,
+            c.warmup_epochs + c.anneal_epochs,
+            float(total_epochs),
+        }
+    )
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, betas=tuple(cfg.train.betas))
-    steps_per_epoch = max(1, -(-cfg.data.samples_per_epoch // cfg.data.batch_size) // cfg.train.grad_accum)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.train.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.train.lr,
+        betas=tuple(cfg.train.betas),
+    )
+    steps_per_epoch = max(
+        1, -(-cfg.data.samples_per_epoch // cfg.data.batch_size) // cfg.train.grad_accum
+    )
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
     model.train()
@@ -169,8 +222,12 @@ def usable(cfg: Config) -> None:
         inp = corrupt(spec, cfg, gen)
         losses, out = compute_loss(model, front, lscore_fn, spec, inp, w, target, cfg)
         assert out.recon.shape == spec.shape
-        if p == progress[0]:  # at initialisation the loss must be finite; later a large lr may diverge, which
-            assert torch.isfinite(losses.total), losses.parts  # training's NaN guard skips (as done here)
+        if (
+            p == progress[0]
+        ):  # at initialisation the loss must be finite; later a large lr may diverge, which
+            assert torch.isfinite(losses.total), (
+                losses.parts
+            )  # training's NaN guard skips (as done here)
         elif not torch.isfinite(losses.total):
             continue
         opt.zero_grad()
@@ -183,7 +240,9 @@ def usable(cfg: Config) -> None:
         w = weights_at(p, c)
         assert all(math.isfinite(x) and x >= 0 for x in (w.w_recon, w.w_L, w.w_ratio))
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert all(math.isfinite(lr_lambda(cfg, total_steps)(s)) for s in (0, 1, total_steps // 2, total_steps))
+    assert all(
+        math.isfinite(lr_lambda(cfg, total_steps)(s)) for s in (0, 1, total_steps // 2, total_steps)
+    )
     model.eval()
     with torch.no_grad():
         out = model(spec)
@@ -221,21 +280,31 @@ def _set(raw: dict, key: str, value):
     for p in parts[:-1]:
         nxt = node.get(p)
         if not isinstance(nxt, dict):
-            if nxt is not None:  # a value where a section should be: the loader must reject it, naming the key
+            if (
+                nxt is not None
+            ):  # a value where a section should be: the loader must reject it, naming the key
                 return
             nxt = node[p] = {}
         node = nxt
     node[parts[-1]] = value
 
 
-PROPS = settings(max_examples=examples(80), deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPS = settings(
+    max_examples=examples(80),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 # Every failure the random properties have found, pinned: the derandomized CI profile (tests/conftest.py) runs
 # these first on every run, whatever the draw.
 FOUND = [
-    [("model.n_layers", 0)],  # accepted, then nn.TransformerEncoder crashed (now: the chunking-only ablation)
-    [("train.lr", math.inf)], [("curriculum.anneal_epochs", math.nan)], [("seed", 2**32)],
-    [("model.chunking.target_ratio", 1e400)], [("audio.clip_seconds", 0.001)],
+    [
+        ("model.n_layers", 0)
+    ],  # accepted, then nn.TransformerEncoder crashed (now: the chunking-only ablation)
+    [("train.lr", math.inf)],
+    [("curriculum.anneal_epochs", math.nan)],
+    [("seed", 2**32)],
+    [("model.chunking.target_ratio", 1e400)],
+    [("audio.clip_seconds", 0.001)],
     [("model.flow.hole_max", 0)],  # the error named model.flow.hole_min, not the key the user set
 ]
 
@@ -253,8 +322,11 @@ def test_random_cli_overrides_are_rejected_naming_the_key_or_usable(ov):
     check(ov)
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(ov=overrides())
 @pinned
 def test_random_yaml_files_are_rejected_naming_the_key_or_usable(tmp_path, ov):
@@ -266,12 +338,24 @@ def shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("cfgprop") / "s")
 
 
-DATA_KEYS = ["data.batch_size", "data.val_batch_size", "data.shuffle_buffer", "data.samples_per_epoch",
-             "data.verify_shards", "audio.clip_seconds", "audio.n_fft", "audio.hop_length", "seed"]
+DATA_KEYS = [
+    "data.batch_size",
+    "data.val_batch_size",
+    "data.shuffle_buffer",
+    "data.samples_per_epoch",
+    "data.verify_shards",
+    "audio.clip_seconds",
+    "audio.n_fft",
+    "audio.hop_length",
+    "seed",
+]
 
 
-@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(ov=overrides(DATA_KEYS))
 def test_accepted_data_configs_drive_both_loaders(shards, ov):
     ov = [("data.shards", str(shards)), ("audio.sample_rate", SR)] + ov
@@ -280,12 +364,25 @@ def test_accepted_data_configs_drive_both_loaders(shards, ov):
         return
     d = cfg.data
     n = int(round(cfg.audio.clip_seconds * SR))
-    loader = train_loader(d.shards, d.batch_size, cfg.audio.clip_seconds, min(d.samples_per_epoch, 2 * d.batch_size),
-                          num_workers=0, shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, verify=d.verify_shards)
+    loader = train_loader(
+        d.shards,
+        d.batch_size,
+        cfg.audio.clip_seconds,
+        min(d.samples_per_epoch, 2 * d.batch_size),
+        num_workers=0,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=cfg.seed,
+        verify=d.verify_shards,
+    )
     batch = next(iter(loader))
     assert batch["audio"].shape == (d.batch_size, n) and torch.isfinite(batch["audio"]).all()
-    seen = [k for b in eval_loader(d.shards, "val", d.val_batch_size, cfg.audio.clip_seconds,
-                                    verify=d.verify_shards) for k in b["keys"]]
+    seen = [
+        k
+        for b in eval_loader(
+            d.shards, "val", d.val_batch_size, cfg.audio.clip_seconds, verify=d.verify_shards
+        )
+        for k in b["keys"]
+    ]
     assert sorted(seen) == [f"val{i:04d}" for i in range(24)]
 
 
@@ -298,18 +395,33 @@ def test_zz_report():
 # the gaps the properties found, one regression case each (all were accepted before, then crashed or went NaN)
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("train.lr=.inf", "config key 'train.lr': must be a finite number"),
-    ("train.dist_timeout_s=.inf", "config key 'train.dist_timeout_s': must be a finite number"),
-    ("curriculum.anneal_epochs=.nan", "config key 'curriculum.anneal_epochs': must be a finite number"),
-    ("model.chunking.target_ratio=1e400", "config key 'model.chunking.target_ratio': must be a finite number"),
-    ("audio.clip_seconds=0.001", "config key 'audio.clip_seconds': must hold at least audio.n_fft=512 samples"),
-    ("seed=4294967296", "config key 'seed': must be in [0, 2^31)"),
-    ("audio.sample_rate=1000000000", "config key 'audio.sample_rate': must be in [4000, 192000]"),
-    ("model.dim=1000000", "config key 'model.dim': must be in [8, 8192]"),
-    ("train.lr=1e30", "config key 'train.lr': must be in (0, 10]"),
-    ("data.batch_size=10000000", "config key 'data.batch_size': must be in [1, 65536]"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.lr=.inf", "config key 'train.lr': must be a finite number"),
+        ("train.dist_timeout_s=.inf", "config key 'train.dist_timeout_s': must be a finite number"),
+        (
+            "curriculum.anneal_epochs=.nan",
+            "config key 'curriculum.anneal_epochs': must be a finite number",
+        ),
+        (
+            "model.chunking.target_ratio=1e400",
+            "config key 'model.chunking.target_ratio': must be a finite number",
+        ),
+        (
+            "audio.clip_seconds=0.001",
+            "config key 'audio.clip_seconds': must hold at least audio.n_fft=512 samples",
+        ),
+        ("seed=4294967296", "config key 'seed': must be in [0, 2^31)"),
+        (
+            "audio.sample_rate=1000000000",
+            "config key 'audio.sample_rate': must be in [4000, 192000]",
+        ),
+        ("model.dim=1000000", "config key 'model.dim': must be in [8, 8192]"),
+        ("train.lr=1e30", "config key 'train.lr': must be in (0, 10]"),
+        ("data.batch_size=10000000", "config key 'data.batch_size': must be in [1, 65536]"),
+    ],
+)
 def test_gaps_found_are_rejected_naming_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config("tiny", [override])
@@ -326,6 +438,7 @@ def test_shortest_accepted_clip_trains():
 # the range audit (issue #13): every single-key edge value, deterministic. Each is rejected naming the key or
 # builds and runs forward/backward, like the random properties above but exhaustive over the edges.
 
+
 def _edges(key: str) -> list:
     tp, _ = KEYS[key]
     v = _base_value(key)
@@ -334,7 +447,9 @@ def _edges(key: str) -> list:
     return sorted({-1.0, -0.0, 0.0, 1e-6, 0.5, 0.999, 1.0, 1.001, 2.0, v * 0.5, v, v * 2})
 
 
-NUMERIC = [k for k, (tp, _) in sorted(KEYS.items()) if tp in (int, float) and not k.startswith("metrics.")]
+NUMERIC = [
+    k for k, (tp, _) in sorted(KEYS.items()) if tp in (int, float) and not k.startswith("metrics.")
+]
 
 
 @pytest.mark.parametrize("key", NUMERIC)
@@ -351,4 +466,7 @@ def test_chunking_only_ablation_trains():
     assert model.transformer is None
     out = model(torch.randn(2, 33, 40))
     out.recon.square().mean().backward()
-    assert model.chunker.q_proj.weight.grad is not None and model.chunker.q_proj.weight.grad.abs().sum() > 0
+    assert (
+        model.chunker.q_proj.weight.grad is not None
+        and model.chunker.q_proj.weight.grad.abs().sum() > 0
+    )

@@ -9,11 +9,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from weaktok.audio import (AudioError, SpecFrontEnd, load_audio, peak_normalize, read_audio,
-                           resample, spectral_convergence, to_mono, write_wav)
+from weaktok.audio import (
+    AudioError,
+    SpecFrontEnd,
+    load_audio,
+    peak_normalize,
+    read_audio,
+    resample,
+    spectral_convergence,
+    to_mono,
+    write_wav,
+)
 
 SAMPLES = Path("/usr/share/sonic-pi/samples")
-AMEN = SAMPLES / "loop_amen.flac"            # 1.75 s, 44.1 kHz stereo
+AMEN = SAMPLES / "loop_amen.flac"  # 1.75 s, 44.1 kHz stereo
 AMEN_FULL = SAMPLES / "loop_amen_full.flac"  # 6.9 s, 44.1 kHz stereo
 needs_samples = pytest.mark.skipif(not AMEN_FULL.exists(), reason="sonic-pi-samples not installed")
 
@@ -31,6 +40,7 @@ def peak_hz(y, sr):
 # -----------------------------------------------------------------------------
 # Griffin-Lim round trip on real audio
 
+
 @needs_samples
 def test_round_trip_griffin_lim_amen():
     # loop_amen.flac is only 1.75 s long, so take the first 4 s of the full amen loop
@@ -47,8 +57,13 @@ def test_round_trip_griffin_lim_amen():
 
     # baseline: same magnitude, uniformly random phase, one inverse STFT (no GL iterations)
     phase = torch.rand(mag.shape, generator=torch.Generator().manual_seed(0)) * 2 * math.pi
-    wave_rp = torch.istft(mag * torch.exp(1j * phase), fe.n_fft, fe.hop_length,
-                          window=torch.hann_window(fe.n_fft), length=len(x))
+    wave_rp = torch.istft(
+        mag * torch.exp(1j * phase),
+        fe.n_fft,
+        fe.hop_length,
+        window=torch.hann_window(fe.n_fft),
+        length=len(x),
+    )
     sc_rp = spectral_convergence(mag, fe.magnitude(fe(wave_rp)))
 
     # Griffin-Lim only estimates phase, and not every magnitude array is a consistent STFT of
@@ -72,6 +87,7 @@ def test_spectral_convergence_basics():
 
 # -----------------------------------------------------------------------------
 # resampling and waveform helpers
+
 
 @pytest.mark.parametrize("orig_sr", [8000, 44100, 96000])
 def test_resample_keeps_frequency_and_length(orig_sr):
@@ -131,6 +147,7 @@ def test_write_wav_roundtrip(tmp_path):
 
 # -----------------------------------------------------------------------------
 # bad inputs
+
 
 def assert_audio_error(path, reason, **kw):
     with pytest.raises(AudioError) as ei:
@@ -240,6 +257,7 @@ def test_audio_error_pickles():
 # -----------------------------------------------------------------------------
 # SpecFrontEnd
 
+
 @pytest.mark.parametrize("n", [1025, 4097, 22051])
 def test_spec_shapes_odd_lengths(n):
     fe = SpecFrontEnd()
@@ -265,8 +283,9 @@ def test_magnitude_and_power():
     fe = SpecFrontEnd()
     x = torch.randn(2, 5000)
     spec = fe(x)
-    ref = torch.stft(x, 1024, 256, window=torch.hann_window(1024), center=True,
-                     return_complex=True).abs()
+    ref = torch.stft(
+        x, 1024, 256, window=torch.hann_window(1024), center=True, return_complex=True
+    ).abs()
     torch.testing.assert_close(fe.magnitude(spec), ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fe.power(spec), fe.magnitude(spec) ** 2)
     assert torch.all(fe.magnitude(-torch.ones(1, 3, 3)) == 0)  # negative model output clamps

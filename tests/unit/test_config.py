@@ -14,27 +14,41 @@ def test_shipped_configs_load_and_validate():
 
 
 def test_dotted_overrides_parse_yaml_values():
-    cfg = load_config("tiny", ["model.dim=96", "model.chunking.tau=0.5", "model.channels=[8,16,24]",
-                               "model.chunking.smoothing=false", "model.n_heads=4"])
+    cfg = load_config(
+        "tiny",
+        [
+            "model.dim=96",
+            "model.chunking.tau=0.5",
+            "model.channels=[8,16,24]",
+            "model.chunking.smoothing=false",
+            "model.n_heads=4",
+        ],
+    )
     assert cfg.model.dim == 96 and cfg.model.chunking.tau == 0.5
     assert cfg.model.channels == [8, 16, 24] and cfg.model.chunking.smoothing is False
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("model.dmi=3", "unknown config key 'model.dmi' (did you mean 'dim'?)"),
-    ("modle.dim=3", "unknown config key 'modle'"),
-    ("model.dim=abc", "config key 'model.dim': expected an integer"),
-    ("model.dim=1.5", "config key 'model.dim': expected an integer"),
-    ("model.chunking.tau=0", "config key 'model.chunking.tau': must be > 0"),
-    ("model.chunking.tau=-1", "must be > 0"),
-    ("model.chunking.routing=sigmoid", "config key 'model.chunking.routing': 'sigmoid' is not one of cosine, paper"),
-    ("model.n_heads=3", "config key 'model.n_heads': must be >= 1 and divide model.dim"),
-    ("model.channels=[1,2]", "config key 'model.channels': must list exactly 3"),
-    ("model.chunking.smoothing=3", "expected true/false"),
-    ("model.chunking=5", "config key 'model.chunking': expected a mapping"),
-    ("audio.n_fft=1000", "config key 'audio.n_fft': must be a power of 2"),
-    ("model.dim", "not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("model.dmi=3", "unknown config key 'model.dmi' (did you mean 'dim'?)"),
+        ("modle.dim=3", "unknown config key 'modle'"),
+        ("model.dim=abc", "config key 'model.dim': expected an integer"),
+        ("model.dim=1.5", "config key 'model.dim': expected an integer"),
+        ("model.chunking.tau=0", "config key 'model.chunking.tau': must be > 0"),
+        ("model.chunking.tau=-1", "must be > 0"),
+        (
+            "model.chunking.routing=sigmoid",
+            "config key 'model.chunking.routing': 'sigmoid' is not one of cosine, paper",
+        ),
+        ("model.n_heads=3", "config key 'model.n_heads': must be >= 1 and divide model.dim"),
+        ("model.channels=[1,2]", "config key 'model.channels': must list exactly 3"),
+        ("model.chunking.smoothing=3", "expected true/false"),
+        ("model.chunking=5", "config key 'model.chunking': expected a mapping"),
+        ("audio.n_fft=1000", "config key 'audio.n_fft': must be a power of 2"),
+        ("model.dim", "not of the form key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config("tiny", [override])
@@ -68,10 +82,16 @@ def test_parse_override_values():
 
 
 def test_cli_reports_config_errors_clearly():
-    r = subprocess.run([sys.executable, "-m", "weaktok", "config", "tiny", "model.dmi=3"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "weaktok", "config", "tiny", "model.dmi=3"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "model.dmi" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "weaktok", "config", "tiny", "model.dim=32"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "weaktok", "config", "tiny", "model.dim=32"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "dim: 32" in r.stdout

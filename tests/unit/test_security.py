@@ -10,6 +10,7 @@
   member is never unpickled by either loader; shard files are opened as local files even when their names look
   like commands.
 """
+
 import ast
 import io
 import json
@@ -21,15 +22,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import REPO
 from tests.unit.data.test_loader import make_shards
 from weaktok.config import ConfigError, MetricsConfig, load_config
 from weaktok.data.loader import eval_loader, train_loader
 from weaktok.data.manifest import MANIFEST, ShardsError, sha256_file, write_manifest
-from tests.helpers import REPO
 
 PY = sorted((REPO / "weaktok").rglob("*.py")) + sorted((REPO / "ray_jobs").glob("*.py"))
-SCRIPTS = sorted(p for p in [*(REPO / "cluster").rglob("*"), *(REPO / "ray_jobs").rglob("*"), REPO / "Makefile"]
-                 if p.is_file() and p.suffix in ("", ".sh", ".yaml", ".yml", ".json", ".py"))
+SCRIPTS = sorted(
+    p
+    for p in [*(REPO / "cluster").rglob("*"), *(REPO / "ray_jobs").rglob("*"), REPO / "Makefile"]
+    if p.is_file() and p.suffix in ("", ".sh", ".yaml", ".yml", ".json", ".py")
+)
 
 
 def _calls(path: Path):
@@ -86,7 +90,10 @@ def scan_unsafe_loads(paths) -> list[str]:
         for call in _calls(path):
             name = _name(call.func)
             where = f"{path.name}:{call.lineno} {name}"
-            if re.fullmatch(r"(c?[Pp]ickle|dill|joblib|cloudpickle|marshal|shelve)\.(loads?|Unpickler|open)", name):
+            if re.fullmatch(
+                r"(c?[Pp]ickle|dill|joblib|cloudpickle|marshal|shelve)\.(loads?|Unpickler|open)",
+                name,
+            ):
                 bad.append(where)
             if name in ("np.load", "numpy.load"):
                 ap = _kw(call, "allow_pickle")
@@ -94,7 +101,9 @@ def scan_unsafe_loads(paths) -> list[str]:
                     bad.append(where + " allow_pickle=True")
             if name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"):
                 bad.append(where)
-            if re.fullmatch(r"(wds|webdataset)\.(decode|WebDataset|torch_loads|autodecode\..*)", name):
+            if re.fullmatch(
+                r"(wds|webdataset)\.(decode|WebDataset|torch_loads|autodecode\..*)", name
+            ):
                 bad.append(where + " (webdataset decoders unpickle .pyd/.pickle/.pth members)")
     return bad
 
@@ -105,13 +114,24 @@ def scan_wildcard_binds(paths) -> list[str]:
     bad = []
     for path in paths:
         tree = ast.parse(path.read_text())
-        compared = {id(c) for node in ast.walk(tree) if isinstance(node, ast.Compare) for c in ast.walk(node)}
+        compared = {
+            id(c)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Compare)
+            for c in ast.walk(node)
+        }
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and node.value in ("0.0.0.0", "::") and id(node) not in compared:
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in ("0.0.0.0", "::")
+                and id(node) not in compared
+            ):
                 bad.append(f"{path.name}:{node.lineno} {node.value!r}")
         for call in _calls(path):
-            if re.search(r"(^|\.)(bind|start_http_server|start_wsgi_server|serve|run_simple|make_server)$",
-                         _name(call.func)):
+            if re.search(
+                r"(^|\.)(bind|start_http_server|start_wsgi_server|serve|run_simple|make_server)$",
+                _name(call.func),
+            ):
                 for arg in [*call.args, *(k.value for k in call.keywords)]:
                     for c in ast.walk(arg):
                         if isinstance(c, ast.Constant) and c.value in ("0.0.0.0", "::", ""):
@@ -122,7 +142,9 @@ def scan_wildcard_binds(paths) -> list[str]:
 def test_every_torch_load_uses_weights_only_true():
     found, bad = scan_torch_load(PY)
     assert not bad, f"torch.load without weights_only=True: {bad}"
-    assert found >= 2  # the scan sees the real call sites (generate.py loads checkpoints and cached stats)
+    assert (
+        found >= 2
+    )  # the scan sees the real call sites (generate.py loads checkpoints and cached stats)
 
 
 def test_nothing_unpickles_or_loads_unsafely():
@@ -133,15 +155,17 @@ def test_nothing_unpickles_or_loads_unsafely():
 def test_security_scans_would_catch_a_violation(tmp_path):
     """The scanners are not vacuous: each flags a planted violation."""
     bad = tmp_path / "bad.py"
-    bad.write_text("import torch, pickle, numpy as np, webdataset as wds\n"
-                   "torch.load('x.pt')\n"
-                   "torch.load('y.pt', weights_only=False)\n"
-                   "torch.load('z.pt', weights_only=True)\n"
-                   "pickle.loads(b'')\n"
-                   "np.load('a.npy', allow_pickle=True)\n"
-                   "ds = wds.WebDataset('x.tar')\n"
-                   "HOST = '0.0.0.0'\n"
-                   "server.bind(('', 80))\n")
+    bad.write_text(
+        "import torch, pickle, numpy as np, webdataset as wds\n"
+        "torch.load('x.pt')\n"
+        "torch.load('y.pt', weights_only=False)\n"
+        "torch.load('z.pt', weights_only=True)\n"
+        "pickle.loads(b'')\n"
+        "np.load('a.npy', allow_pickle=True)\n"
+        "ds = wds.WebDataset('x.tar')\n"
+        "HOST = '0.0.0.0'\n"
+        "server.bind(('', 80))\n"
+    )
     assert scan_torch_load([bad]) == (3, ["bad.py:2", "bad.py:3"])
     assert len(scan_unsafe_loads([bad])) == 3
     assert scan_wildcard_binds([bad]) == ["bad.py:8 '0.0.0.0'", "bad.py:9 binds ''"]
@@ -178,8 +202,16 @@ def _poison(shards: Path, marker: Path):
     manifest = json.loads((shards / MANIFEST).read_text())
     for split in ("train", "val"):
         for entry in manifest["splits"][split]["shards"]:
-            _add_members(shards / entry["file"], {"pyd": payload, "pickle": payload, "pth": pth.getvalue(),
-                                                  "cls": payload, "npy": payload})
+            _add_members(
+                shards / entry["file"],
+                {
+                    "pyd": payload,
+                    "pickle": payload,
+                    "pth": pth.getvalue(),
+                    "cls": payload,
+                    "npy": payload,
+                },
+            )
             entry["sha256"] = sha256_file(shards / entry["file"])
     write_manifest(shards, manifest)
     assert pickle.loads(payload) is None and marker.exists()  # the payload really works...
@@ -191,7 +223,9 @@ def test_malicious_pickle_members_are_never_unpickled(tmp_path, workers):
     shards = make_shards(tmp_path / "s")
     marker = tmp_path / "PWNED"
     _poison(shards, marker)
-    keys = [k for b in eval_loader(str(shards), "val", 4, 0.5, num_workers=workers) for k in b["keys"]]
+    keys = [
+        k for b in eval_loader(str(shards), "val", 4, 0.5, num_workers=workers) for k in b["keys"]
+    ]
     assert len(keys) == 24  # the items themselves still load (their .flac and .json are fine)
     batches = list(train_loader(str(shards), 4, 0.5, 16, num_workers=workers, shuffle_buffer=4))
     assert len(batches) == 4 and set(batches[0]) == {"audio", "lscore", "keys", "skipped"}
@@ -203,16 +237,28 @@ def test_malicious_pickle_members_are_never_unpickled(tmp_path, workers):
 # pipe: and URL shard locations
 
 
-@pytest.mark.parametrize("url", ["pipe:touch {marker}", "pipe:curl -s http://127.0.0.1:9/x.tar",
-                                 "http://127.0.0.1:9/shards", "s3://bucket/shards", "file:///etc"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "pipe:touch {marker}",
+        "pipe:curl -s http://127.0.0.1:9/x.tar",
+        "http://127.0.0.1:9/shards",
+        "s3://bucket/shards",
+        "file:///etc",
+    ],
+)
 def test_url_and_pipe_shard_folders_are_refused(tmp_path, url):
     marker = tmp_path / "PWNED"
     url = url.format(marker=marker)
-    with pytest.raises(ShardsError, match="looks like a URL or a pipe: command; weaktok reads local shard folders"):
+    with pytest.raises(
+        ShardsError, match="looks like a URL or a pipe: command; weaktok reads local shard folders"
+    ):
         train_loader(url, 2, 0.5, 4, num_workers=0)
     with pytest.raises(ShardsError, match="looks like a URL or a pipe: command"):
         eval_loader(url, "val", 2, 0.5)
-    with pytest.raises(ConfigError, match="config key 'data.shards': must be a local folder, not a URL or pipe:"):
+    with pytest.raises(
+        ConfigError, match="config key 'data.shards': must be a local folder, not a URL or pipe:"
+    ):
         load_config("tiny", [f"data.shards={url}"])
     assert not marker.exists()
 
@@ -256,6 +302,7 @@ def test_manifest_entries_that_look_like_commands_are_opened_as_files(tmp_path):
 def test_exporter_default_bind_is_loopback_in_every_shipped_config():
     assert MetricsConfig().host == "127.0.0.1"
     from weaktok.config import shipped_configs
+
     for name in shipped_configs():
         assert load_config(name).metrics.host == "127.0.0.1", name
 
@@ -270,8 +317,9 @@ def test_ray_dashboard_is_off_or_loopback_in_code():
         for call in _calls(path):
             if _name(call.func) in ("ray.init",):
                 host = _kw(call, "dashboard_host")
-                assert host is None or (isinstance(host, ast.Constant) and host.value == "127.0.0.1"), \
-                    f"{path}:{call.lineno}"
+                assert host is None or (
+                    isinstance(host, ast.Constant) and host.value == "127.0.0.1"
+                ), f"{path}:{call.lineno}"
     pool = (REPO / "weaktok/lscore/pool.py").read_text()
     assert '"include_dashboard": False' in pool  # the local L-Score pool starts no dashboard at all
 
@@ -279,12 +327,16 @@ def test_ray_dashboard_is_off_or_loopback_in_code():
 def test_scripts_bind_loopback_except_the_documented_cluster_head():
     """0.0.0.0 in cluster/ and ray_jobs/ only where a remote client must reach the service: the multi-node Ray
     head's dashboard/job server (token auth on, see the next test)."""
-    allowed = {("cluster/ray-cluster.yaml", "ray start --head --port=6379 --dashboard-host=0.0.0.0")}
+    allowed = {
+        ("cluster/ray-cluster.yaml", "ray start --head --port=6379 --dashboard-host=0.0.0.0")
+    }
     hits = set()
     for path in SCRIPTS:
         for line in path.read_text(errors="replace").splitlines():
             if "0.0.0.0" in line and not line.lstrip().startswith("#"):
-                hits.add((str(path.relative_to(REPO)), line.strip().split(" --metrics")[0].lstrip("- ")))
+                hits.add(
+                    (str(path.relative_to(REPO)), line.strip().split(" --metrics")[0].lstrip("- "))
+                )
     assert hits <= allowed, hits - allowed
     prom = (REPO / "cluster/prometheus/prometheus.yml").read_text()
     assert "--web.listen-address=127.0.0.1:" in prom  # the documented way to start Prometheus
@@ -292,7 +344,9 @@ def test_scripts_bind_loopback_except_the_documented_cluster_head():
     assert "RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}" in submit
 
 
-AUTH_SET = re.compile(r"RAY_AUTH_MODE['\"]?\]?\s*(?:[:=]|,)\s*['\"]?(?:\$\{RAY_AUTH_MODE:-)?([A-Za-z_]*)")
+AUTH_SET = re.compile(
+    r"RAY_AUTH_MODE['\"]?\]?\s*(?:[:=]|,)\s*['\"]?(?:\$\{RAY_AUTH_MODE:-)?([A-Za-z_]*)"
+)
 
 
 def scan_ray_auth(paths) -> list[str]:
@@ -303,7 +357,9 @@ def scan_ray_auth(paths) -> list[str]:
         for m in AUTH_SET.finditer(text):
             if m.group(1) != "token":
                 bad.append(f"{path.name}: {m.group(0)}")
-        if re.search(r"auth_mode\s*=\s*['\"](?!token)|--disable-auth|RAY_AUTH_MODE\s+disabled", text):
+        if re.search(
+            r"auth_mode\s*=\s*['\"](?!token)|--disable-auth|RAY_AUTH_MODE\s+disabled", text
+        ):
             bad.append(path.name)
     return bad
 
@@ -311,10 +367,18 @@ def scan_ray_auth(paths) -> list[str]:
 def test_ray_token_auth_is_never_switched_off(tmp_path):
     assert not scan_ray_auth([*PY, *SCRIPTS])
     submit = (REPO / "ray_jobs/submit.sh").read_text()
-    assert "export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}" in submit  # the job client asks for token auth
+    assert (
+        "export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}" in submit
+    )  # the job client asks for token auth
     planted = []
-    for i, line in enumerate(['os.environ["RAY_AUTH_MODE"] = "disabled"', "export RAY_AUTH_MODE=disabled",
-                              'env = {"RAY_AUTH_MODE": "none"}', "RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} ray start"]):
+    for i, line in enumerate(
+        [
+            'os.environ["RAY_AUTH_MODE"] = "disabled"',
+            "export RAY_AUTH_MODE=disabled",
+            'env = {"RAY_AUTH_MODE": "none"}',
+            "RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} ray start",
+        ]
+    ):
         planted.append(tmp_path / f"planted{i}.sh")
         planted[-1].write_text(line + "\n")
     assert len(scan_ray_auth(planted)) == 4  # the scanner catches each way of switching it off
@@ -322,15 +386,20 @@ def test_ray_token_auth_is_never_switched_off(tmp_path):
 
 def test_exporter_binds_loopback_unless_configured_and_says_so_when_not(tmp_path, capsys):
     from weaktok.train.prometheus import MetricsExporter
+
     e = MetricsExporter(load_config("tiny"), tmp_path / "a", rank=0, local_rank=0)
     try:
         assert e.server.server_address[0] == "127.0.0.1"
         assert "note: metrics.host" not in capsys.readouterr().out
     finally:
         e.close()
-    e = MetricsExporter(load_config("tiny", ["metrics.host=0.0.0.0"]), tmp_path / "b", rank=0, local_rank=0)
+    e = MetricsExporter(
+        load_config("tiny", ["metrics.host=0.0.0.0"]), tmp_path / "b", rank=0, local_rank=0
+    )
     try:
         assert e.server.server_address[0] == "0.0.0.0"  # configured: honoured...
-        assert "note: metrics.host=0.0.0.0 serves /metrics" in capsys.readouterr().out  # ...and said out loud
+        assert (
+            "note: metrics.host=0.0.0.0 serves /metrics" in capsys.readouterr().out
+        )  # ...and said out loud
     finally:
         e.close()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -21,7 +21,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 class BenchResult:
     name: str  # what was measured, e.g. "model fwd+bwd, dynamic vs fixed"
     value: float  # the measured number for the thing under test
-    baseline: float | None  # the same number for the reference it is compared with (None: absolute goal)
+    baseline: (
+        float | None
+    )  # the same number for the reference it is compared with (None: absolute goal)
     units: str  # units of value/baseline, e.g. "ms", "samples/s"
     goal: str  # human-readable goal, e.g. "ratio <= 1.25"
     ratio: float | None = None  # value / baseline (computed when baseline is given)
@@ -49,8 +51,19 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
 # aten ops that read device data back to the host (a device->host sync on an accelerator): ``.item()``,
 # ``int()/float()/bool()`` on a tensor dispatch ``_local_scalar_dense``; the others have an output shape that depends
 # on the data or compare whole tensors on the host. ``_sync_label`` adds the cases an op name alone does not tell.
-SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique",
-                      "_unique2", "unique_dim", "unique_consecutive"})
+SYNC_OPS = frozenset(
+    {
+        "_local_scalar_dense",
+        "nonzero",
+        "masked_select",
+        "is_nonzero",
+        "equal",
+        "_unique",
+        "_unique2",
+        "unique_dim",
+        "unique_consecutive",
+    }
+)
 # ops that only relabel memory (no kernel), beyond those aten marks as views (view, t, expand, detach, ...)
 _METADATA_OPS = frozenset({"_unsafe_view", "lift_fresh", "alias"})
 
@@ -62,15 +75,25 @@ def _sync_label(name: str, args: tuple, kwargs: dict) -> str | None:
     if name in SYNC_OPS:
         return name
     if name in ("index", "index_put", "index_put_", "_index_put_impl_") and len(args) > 1:
-        if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]):
+        if any(
+            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]
+        ):
             return f"{name} (boolean mask)"
-    if name == "repeat_interleave" and isinstance(args[0], torch.Tensor) and kwargs.get("output_size") is None:
+    if (
+        name == "repeat_interleave"
+        and isinstance(args[0], torch.Tensor)
+        and kwargs.get("output_size") is None
+    ):
         return "repeat_interleave (no output_size)"
     if name in ("_to_copy", "copy_") and isinstance(args[0], torch.Tensor):
         src = args[1] if name == "copy_" else args[0]
         dst = args[0].device if name == "copy_" else kwargs.get("device")
-        if isinstance(src, torch.Tensor) and src.device.type != "cpu" and dst is not None and \
-                torch.device(dst).type == "cpu":
+        if (
+            isinstance(src, torch.Tensor)
+            and src.device.type != "cpu"
+            and dst is not None
+            and torch.device(dst).type == "cpu"
+        ):
             return f"{name} (to cpu)"
     return None
 
@@ -78,10 +101,14 @@ def _sync_label(name: str, args: tuple, kwargs: dict) -> str | None:
 @dataclass
 class OpCounts:
     ops: int  # aten ops dispatched (forward and backward), views and factory calls included
-    kernels: int  # of which ops that do work: ops less views; ~ kernel launches on a GPU in eager mode
+    kernels: (
+        int  # of which ops that do work: ops less views; ~ kernel launches on a GPU in eager mode
+    )
     syncs: int  # host syncs (see ``count_syncs_and_ops``)
     by_op: dict[str, int]  # op name (e.g. "index_add_") -> count, most frequent first
-    sync_ops: dict[str, int]  # the syncs by kind, e.g. {"_local_scalar_dense": 1, "index (boolean mask)": 2}
+    sync_ops: dict[
+        str, int
+    ]  # the syncs by kind, e.g. {"_local_scalar_dense": 1, "index (boolean mask)": 2}
 
 
 class _CountOps(TorchDispatchMode):
@@ -93,7 +120,9 @@ class _CountOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = func._schema.name.rpartition(":")[2]  # overloads share a name: aten::add.Tensor -> add
+        name = func._schema.name.rpartition(":")[
+            2
+        ]  # overloads share a name: aten::add.Tensor -> add
         self.by_op[name] = self.by_op.get(name, 0) + 1
         self.kernels += not (func.is_view or name in _METADATA_OPS)
         label = _sync_label(name, args, kwargs)
@@ -114,8 +143,13 @@ def count_syncs_and_ops(fn: Callable[[], object]) -> OpCounts:
     with _CountOps() as mode:
         fn()
     by_op = dict(sorted(mode.by_op.items(), key=lambda kv: -kv[1]))
-    return OpCounts(ops=sum(by_op.values()), kernels=mode.kernels, syncs=sum(mode.sync_ops.values()), by_op=by_op,
-                    sync_ops=mode.sync_ops)
+    return OpCounts(
+        ops=sum(by_op.values()),
+        kernels=mode.kernels,
+        syncs=sum(mode.sync_ops.values()),
+        by_op=by_op,
+        sync_ops=mode.sync_ops,
+    )
 
 
 def _fmt(x: float | None) -> str:

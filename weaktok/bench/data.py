@@ -45,7 +45,9 @@ def per_file(sources: list[str], n: int) -> float:
 def shard_loader(shards: Path, n: int, workers: int, batch: int = 8) -> float:
     from weaktok.data.loader import train_loader
 
-    loader = train_loader(str(shards), batch, CLIP_SECONDS, samples_per_rank=n, num_workers=workers, seed=0)
+    loader = train_loader(
+        str(shards), batch, CLIP_SECONDS, samples_per_rank=n, num_workers=workers, seed=0
+    )
     t0 = time.perf_counter()
     got = sum(b["audio"].shape[0] for b in loader)
     return got * CLIP_SECONDS / (time.perf_counter() - t0)
@@ -63,9 +65,17 @@ def run(quick: bool = False) -> list[BenchResult]:
     results = []
     for workers in (0, 1, 2):
         rate = shard_loader(shards, n, workers)
-        results.append(BenchResult(
-            name=f"shard loader, {workers} worker(s) vs per-file soundfile+resample", value=rate, baseline=base,
-            units="audio-s/s", goal="ratio >= 5" if workers == 2 else "info",
-            passed=(rate / base >= 5) if workers == 2 else None,
-            note=f"{n} clips of {CLIP_SECONDS:.0f} s, batch 8; includes DataLoader start-up" if workers else ""))
+        results.append(
+            BenchResult(
+                name=f"shard loader, {workers} worker(s) vs per-file soundfile+resample",
+                value=rate,
+                baseline=base,
+                units="audio-s/s",
+                goal="ratio >= 5" if workers == 2 else "info",
+                passed=(rate / base >= 5) if workers == 2 else None,
+                note=f"{n} clips of {CLIP_SECONDS:.0f} s, batch 8; includes DataLoader start-up"
+                if workers
+                else "",
+            )
+        )
     return results

@@ -52,12 +52,14 @@ def model_flops(model, front, lscore_fn, batch_audio, target, cfg) -> float:
     """FLOPs of one forward + backward of the model and loss (counted, not estimated)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from weaktok.train.curriculum import weights_at
     from weaktok.train import compute_loss
+    from weaktok.train.curriculum import weights_at
 
     spec = front(batch_audio)
     with FlopCounterMode(display=False) as counter:
-        losses, _ = compute_loss(model, front, lscore_fn, spec, spec, weights_at(1e9, cfg.curriculum), target, cfg)
+        losses, _ = compute_loss(
+            model, front, lscore_fn, spec, spec, weights_at(1e9, cfg.curriculum), target, cfg
+        )
         losses.total.backward()
     return float(counter.get_total_flops())
 
@@ -82,8 +84,9 @@ def bare_parts(cfg, device: str | torch.device = "cpu", bf16: bool = False):
     from weaktok.model.unet import build_model
 
     front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length).to(device)
-    lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
-                                     mode=cfg.lscore.mode).to(device)
+    lscore_fn = DifferentiableLScore(
+        cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, mode=cfg.lscore.mode
+    ).to(device)
     model = build_model(cfg.model, front.n_freqs).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     return front, lscore_fn, Autocast(model) if bf16 else model, opt
@@ -94,8 +97,8 @@ def bare_step(cfg, front, lscore_fn, model, opt, audio, target):
     on, as at the end of the curriculum), the NaN check, backward, clipping, AdamW. ``step(update=False)``
     stops before the optimizer: AdamW's ``.item()`` reads of its step counters are of CPU tensors, which the op
     counter cannot tell from device reads on a CPU-only machine."""
-    from weaktok.train.curriculum import weights_at
     from weaktok.train import Dist, all_finite, compute_loss
+    from weaktok.train.curriculum import weights_at
 
     w = weights_at(1e9, cfg.curriculum)
     dist = Dist(rank=0, world=1, local_rank=0, device=audio.device)
@@ -110,6 +113,7 @@ def bare_step(cfg, front, lscore_fn, model, opt, audio, target):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         if update:
             opt.step()
+
     return step
 
 
@@ -118,7 +122,9 @@ def step_counts(step) -> tuple[OpCounts, OpCounts]:
     return count_syncs_and_ops(step), count_syncs_and_ops(lambda: step(update=False))
 
 
-def bare_step_time(cfg, batch_audio, target, repeat: int) -> tuple[float, float, tuple[OpCounts, OpCounts]]:
+def bare_step_time(
+    cfg, batch_audio, target, repeat: int
+) -> tuple[float, float, tuple[OpCounts, OpCounts]]:
     """Seconds per step of a plain PyTorch loop on one fixed batch, the step's FLOPs and op counts."""
     front, lscore_fn, model, opt = bare_parts(cfg)
     step = bare_step(cfg, front, lscore_fn, model, opt, batch_audio, target)
@@ -135,12 +141,16 @@ def full_run(cfg, out: Path, hooks: list | None = None) -> dict:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     train(cfg, out, hooks)
     import json
+
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["kind"] == "train"][1:]
-    return {"step_time": statistics.median(r["step_time_s"] for r in rows),
-            "samples_per_s": statistics.median(r["samples_per_s"] for r in rows),
-            "audio_s_per_s": statistics.median(r["audio_s_per_s"] for r in rows),
-            "data_wait_share": statistics.mean(r["data_wait_share"] for r in rows), "windows": len(rows)}
+    return {
+        "step_time": statistics.median(r["step_time_s"] for r in rows),
+        "samples_per_s": statistics.median(r["samples_per_s"] for r in rows),
+        "audio_s_per_s": statistics.median(r["audio_s_per_s"] for r in rows),
+        "data_wait_share": statistics.mean(r["data_wait_share"] for r in rows),
+        "windows": len(rows),
+    }
 
 
 def run(quick: bool = False, shards: str | None = None) -> list[BenchResult]:
@@ -150,33 +160,76 @@ def run(quick: bool = False, shards: str | None = None) -> list[BenchResult]:
 
     shards = shards or bench_shards()
     steps = 12 if quick else 40
-    cfg = load_config("demo", [f"data.shards={shards}", "train.epochs=1", "lscore.pool_every=0",
-                               "lscore.val_items=0", "data.val_max_items=8", "train.log_every=4",
-                               f"data.samples_per_epoch={steps * 8}", "train.checkpoint_every=0",
-                               "metrics.port=0"])
+    cfg = load_config(
+        "demo",
+        [
+            f"data.shards={shards}",
+            "train.epochs=1",
+            "lscore.pool_every=0",
+            "lscore.val_items=0",
+            "data.val_max_items=8",
+            "train.log_every=4",
+            f"data.samples_per_epoch={steps * 8}",
+            "train.checkpoint_every=0",
+            "metrics.port=0",
+        ],
+    )
     target = {k: torch.tensor(load_manifest(shards)["lscore_target"][k]) for k in ("mean", "std")}
-    batch = next(iter(eval_loader(str(shards), "train", cfg.data.batch_size, cfg.audio.clip_seconds)))
-    bare, flops, (whole, to_opt) = bare_step_time(cfg, batch["audio"], target, repeat=5 if quick else 10)
+    batch = next(
+        iter(eval_loader(str(shards), "train", cfg.data.batch_size, cfg.audio.clip_seconds))
+    )
+    bare, flops, (whole, to_opt) = bare_step_time(
+        cfg, batch["audio"], target, repeat=5 if quick else 10
+    )
     with tempfile.TemporaryDirectory() as tmp:
         full = full_run(cfg, Path(tmp) / "run")
     peak = matmul_flops()
     achieved = flops / full["step_time"]
     return [
-        BenchResult(name=f"train step, demo model B={cfg.data.batch_size}: full (engine+loader+metrics) vs bare",
-                    value=full["step_time"] * 1e3, baseline=bare * 1e3, units="ms/step", goal="ratio <= 1.10",
-                    passed=full["step_time"] / bare <= 1.10,
-                    note=f"median over {full['windows']} logging windows of a real train() run, ZeRO "
-                         f"{cfg.train.zero_stage}, {cfg.data.num_workers} loader worker(s)"),
-        BenchResult(name="model FLOP/s / torch.matmul FLOP/s", value=achieved / 1e9, baseline=peak / 1e9,
-                    units="GFLOP/s", goal="ratio >= 0.25", passed=achieved / peak >= 0.25,
-                    note=f"{flops / 1e9:.2f} GFLOP per fwd+bwd step (FlopCounterMode); matmul 1024^2 fp32"),
-        BenchResult(name="data-wait share of step time", value=full["data_wait_share"] * 100, baseline=None,
-                    units="%", goal="<= 5 %", passed=full["data_wait_share"] <= 0.05),
-        BenchResult(name="host syncs per bare step", value=to_opt.syncs, baseline=None, units="syncs",
-                    goal="<= 1 (the NaN check)", passed=to_opt.syncs <= 1,
-                    note=f"sync ops {to_opt.sync_ops} (front end + compute_loss + all_finite + backward + "
-                         "clipping; AdamW not counted: its .item() reads are of CPU step counters)"),
-        BenchResult(name="aten ops per bare step", value=whole.ops, baseline=None, units="ops", goal="info",
-                    note=f"kernel-launching ops (views excluded): {whole.kernels}, of which {to_opt.kernels} before "
-                         "the optimizer (CPU AdamW runs per parameter; on a GPU it is foreach)"),
+        BenchResult(
+            name=f"train step, demo model B={cfg.data.batch_size}: full (engine+loader+metrics) vs bare",
+            value=full["step_time"] * 1e3,
+            baseline=bare * 1e3,
+            units="ms/step",
+            goal="ratio <= 1.10",
+            passed=full["step_time"] / bare <= 1.10,
+            note=f"median over {full['windows']} logging windows of a real train() run, ZeRO "
+            f"{cfg.train.zero_stage}, {cfg.data.num_workers} loader worker(s)",
+        ),
+        BenchResult(
+            name="model FLOP/s / torch.matmul FLOP/s",
+            value=achieved / 1e9,
+            baseline=peak / 1e9,
+            units="GFLOP/s",
+            goal="ratio >= 0.25",
+            passed=achieved / peak >= 0.25,
+            note=f"{flops / 1e9:.2f} GFLOP per fwd+bwd step (FlopCounterMode); matmul 1024^2 fp32",
+        ),
+        BenchResult(
+            name="data-wait share of step time",
+            value=full["data_wait_share"] * 100,
+            baseline=None,
+            units="%",
+            goal="<= 5 %",
+            passed=full["data_wait_share"] <= 0.05,
+        ),
+        BenchResult(
+            name="host syncs per bare step",
+            value=to_opt.syncs,
+            baseline=None,
+            units="syncs",
+            goal="<= 1 (the NaN check)",
+            passed=to_opt.syncs <= 1,
+            note=f"sync ops {to_opt.sync_ops} (front end + compute_loss + all_finite + backward + "
+            "clipping; AdamW not counted: its .item() reads are of CPU step counters)",
+        ),
+        BenchResult(
+            name="aten ops per bare step",
+            value=whole.ops,
+            baseline=None,
+            units="ops",
+            goal="info",
+            note=f"kernel-launching ops (views excluded): {whole.kernels}, of which {to_opt.kernels} before "
+            "the optimizer (CPU AdamW runs per parameter; on a GPU it is foreach)",
+        ),
     ]

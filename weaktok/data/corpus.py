@@ -61,7 +61,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -75,25 +75,73 @@ MIN_S, MAX_S = 4.0, 8.0
 PEAK = 0.9
 
 # fake Freesound users: username -> user id (the <userid> in file names)
-USERS = {"glitchkid": 41001, "idm_lab": 41002, "breakfiend": 41003, "dronewhisper": 41004,
-         "floorfiller": 41005, "boombap_b": 41006, "sonicpi_loops": 41007}
+USERS = {
+    "glitchkid": 41001,
+    "idm_lab": 41002,
+    "breakfiend": 41003,
+    "dronewhisper": 41004,
+    "floorfiller": 41005,
+    "boombap_b": 41006,
+    "sonicpi_loops": 41007,
+}
 
 # meters as 16th-step groupings; a group start is an accent (7/8 = 2+2+3 eighths)
-METERS = {"4/4": (4, 4, 4, 4), "3/4": (4, 4, 4), "5/8": (6, 4), "7/8": (4, 4, 6), "9/8": (4, 4, 4, 6),
-          "11/16": (3, 3, 3, 2), "13/16": (3, 3, 3, 2, 2)}
+METERS = {
+    "4/4": (4, 4, 4, 4),
+    "3/4": (4, 4, 4),
+    "5/8": (6, 4),
+    "7/8": (4, 4, 6),
+    "9/8": (4, 4, 4, 6),
+    "11/16": (3, 3, 3, 2),
+    "13/16": (3, 3, 3, 2, 2),
+}
 ODD = ("5/8", "7/8", "9/8", "11/16", "13/16")
 
 # bank categories: sonic-pi file-name prefixes (or exact stems) that feed each voice
 CATEGORIES = {
     "kick": ("bd_", "drum_heavy_kick", "drum_bass_", "elec_hollow_kick", "elec_soft_kick"),
-    "snare": ("sn_", "drum_snare_", "elec_snare", "elec_hi_snare", "elec_lo_snare", "elec_mid_snare",
-              "elec_filt_snare", "perc_snap"),
-    "hat": ("drum_cymbal_closed", "drum_cymbal_pedal", "elec_tick", "elec_cymbal", "drum_cymbal_soft"),
-    "glitch": ("glitch_", "mehackit_robot", "mehackit_phone", "elec_blip", "elec_twip", "elec_flip",
-               "elec_plip", "elec_pop", "vinyl_scratch", "vinyl_backspin"),
+    "snare": (
+        "sn_",
+        "drum_snare_",
+        "elec_snare",
+        "elec_hi_snare",
+        "elec_lo_snare",
+        "elec_mid_snare",
+        "elec_filt_snare",
+        "perc_snap",
+    ),
+    "hat": (
+        "drum_cymbal_closed",
+        "drum_cymbal_pedal",
+        "elec_tick",
+        "elec_cymbal",
+        "drum_cymbal_soft",
+    ),
+    "glitch": (
+        "glitch_",
+        "mehackit_robot",
+        "mehackit_phone",
+        "elec_blip",
+        "elec_twip",
+        "elec_flip",
+        "elec_plip",
+        "elec_pop",
+        "vinyl_scratch",
+        "vinyl_backspin",
+    ),
     "bass": ("bass_",),
-    "elec": ("elec_beep", "elec_bell", "elec_bong", "elec_chime", "elec_ping", "elec_twang", "elec_wood",
-             "elec_blup", "elec_triangle", "perc_bell"),
+    "elec": (
+        "elec_beep",
+        "elec_bell",
+        "elec_bong",
+        "elec_chime",
+        "elec_ping",
+        "elec_twang",
+        "elec_wood",
+        "elec_blup",
+        "elec_triangle",
+        "perc_bell",
+    ),
     "perc": ("tabla_", "drum_tom_", "drum_cowbell", "perc_till", "perc_door", "elec_fuzz_tom"),
     "pad": ("ambi_", "guit_"),
     "breaks": ("loop_amen", "loop_amen_full", "loop_breakbeat"),
@@ -102,9 +150,17 @@ BREAK_BEATS = {"loop_amen": 4, "loop_amen_full": 16, "loop_breakbeat": 4}  # bea
 
 # real loops: stem -> (beats in the file (tempo = beats / duration), tags, original Freesound page)
 REAL_LOOPS = {
-    "loop_3d_printer": (16, ["glitch", "experimental", "noise", "found-sound"], "hullum/sounds/415571"),
+    "loop_3d_printer": (
+        16,
+        ["glitch", "experimental", "noise", "found-sound"],
+        "hullum/sounds/415571",
+    ),
     "loop_amen": (4, ["breakbeat", "amen", "drums", "jungle", "breaks"], "Dolfeus/sounds/43389"),
-    "loop_amen_full": (16, ["breakbeat", "amen", "drums", "jungle", "breaks"], "gowers/sounds/202537"),
+    "loop_amen_full": (
+        16,
+        ["breakbeat", "amen", "drums", "jungle", "breaks"],
+        "gowers/sounds/202537",
+    ),
     "loop_breakbeat": (4, ["breakbeat", "drums", "breaks", "hip-hop"], "Snapper4298/sounds/160354"),
     "loop_compus": (16, ["electronic", "experimental", "percussion"], "godspine/sounds/212288"),
     "loop_drone_g_97": (8, ["drone", "ambient", "bass"], "hullum/sounds/415570"),
@@ -125,6 +181,7 @@ REAL_LOOPS = {
 @dataclass(frozen=True)
 class Style:
     """A style family: fixed tags/meters/voices and the ranges each item draws its knobs from."""
+
     tags: tuple[str, ...]
     user: str
     weight: float
@@ -132,57 +189,173 @@ class Style:
     bpm: tuple[int, int]
     voices: tuple[str, ...]
     density: tuple[float, float]  # hit probability per 16th step (before per-voice scaling)
-    jitter: tuple[float, float]   # timing jitter std, as a fraction of a step
+    jitter: tuple[float, float]  # timing jitter std, as a fraction of a step
     stutter: tuple[float, float]  # P(ratchet) per hit; buffer repeats per bar ~ 2x this
-    repeat: tuple[float, float]   # P(a bar replays a motif) -- 1 = loop, 0 = through-composed
-    gaps: tuple[float, float]     # micro-cuts per second
-    pitch: tuple[float, float]    # semitone spread of one-shots
-    crush: float = 0.0            # P(the item is bitcrushed)
+    repeat: tuple[float, float]  # P(a bar replays a motif) -- 1 = loop, 0 = through-composed
+    gaps: tuple[float, float]  # micro-cuts per second
+    pitch: tuple[float, float]  # semitone spread of one-shots
+    crush: float = 0.0  # P(the item is bitcrushed)
     swing: tuple[float, float] = (0.0, 0.0)
-    subdiv: tuple[float, ...] = (1.0,)  # hat/breaks grid per 16th: 1 = 16ths, 1.5 = triplets, 2 = 32nds
-    grid: bool = False            # straight dance templates (four-on-the-floor, backbeat)
+    subdiv: tuple[float, ...] = (
+        1.0,
+    )  # hat/breaks grid per 16th: 1 = 16ths, 1.5 = triplets, 2 = 32nds
+    grid: bool = False  # straight dance templates (four-on-the-floor, backbeat)
 
 
 IRREG = ODD + ("4/4",)
 STYLES = {
-    "idm": Style(("idm", "electronic", "experimental"), "idm_lab", 0.24, IRREG, (90, 160),
-                 ("kick", "snare", "hat", "glitch", "elec", "bass"), (0.15, 0.9), (0.0, 0.3), (0.05, 0.35),
-                 (0.1, 0.95), (0.0, 0.6), (0.0, 7.0), crush=0.2,
-                 subdiv=(1.0, 1.0, 1.0, 1.5, 2.0)),
-    "glitch": Style(("glitch", "electronic", "experimental", "clicks"), "glitchkid", 0.18, IRREG, (80, 150),
-                    ("glitch", "glitch", "hat", "kick", "elec"), (0.1, 0.8), (0.05, 0.45), (0.2, 0.6),
-                    (0.0, 0.7), (0.3, 1.5), (0.0, 12.0), crush=0.6,
-                    subdiv=(1.0, 1.0, 2.0)),
-    "breakcore": Style(("breakcore", "drill-and-bass", "breaks", "drum-and-bass"), "breakfiend", 0.14,
-                       ("4/4", "4/4", "7/8", "13/16"), (160, 180), ("breaks", "kick", "snare", "hat", "bass"),
-                       (0.5, 1.0), (0.0, 0.12), (0.1, 0.5), (0.0, 0.6), (0.0, 0.4), (0.0, 5.0), crush=0.3,
-                       subdiv=(1.0, 1.5, 2.0)),
-    "ambient": Style(("ambient", "drone", "atmospheric"), "dronewhisper", 0.12, ("4/4", "3/4", "5/8"), (80, 110),
-                     ("pad", "elec"), (0.01, 0.06), (0.0, 0.3), (0.0, 0.0), (0.3, 1.0), (0.0, 0.0), (0.0, 5.0)),
-    "techno": Style(("techno", "electronic", "dance"), "floorfiller", 0.12, ("4/4",), (120, 140),
-                    ("kick", "hat", "snare", "perc", "bass"), (0.1, 0.4), (0.0, 0.0), (0.0, 0.05),
-                    (0.85, 1.0), (0.0, 0.0), (0.0, 1.0), grid=True),
-    "house": Style(("house", "electronic", "dance"), "floorfiller", 0.08, ("4/4",), (118, 128),
-                   ("kick", "hat", "snare", "bass", "elec"), (0.1, 0.35), (0.0, 0.0), (0.0, 0.0), (0.85, 1.0),
-                   (0.0, 0.0), (0.0, 1.0), swing=(0.0, 0.15), grid=True),
-    "hip-hop": Style(("hip-hop", "boom-bap", "beats"), "boombap_b", 0.12, ("4/4",), (80, 100),
-                     ("kick", "snare", "hat", "bass", "perc"), (0.1, 0.35), (0.0, 0.05), (0.0, 0.1), (0.6, 1.0),
-                     (0.0, 0.0), (0.0, 2.0), swing=(0.1, 0.3), grid=True),
+    "idm": Style(
+        ("idm", "electronic", "experimental"),
+        "idm_lab",
+        0.24,
+        IRREG,
+        (90, 160),
+        ("kick", "snare", "hat", "glitch", "elec", "bass"),
+        (0.15, 0.9),
+        (0.0, 0.3),
+        (0.05, 0.35),
+        (0.1, 0.95),
+        (0.0, 0.6),
+        (0.0, 7.0),
+        crush=0.2,
+        subdiv=(1.0, 1.0, 1.0, 1.5, 2.0),
+    ),
+    "glitch": Style(
+        ("glitch", "electronic", "experimental", "clicks"),
+        "glitchkid",
+        0.18,
+        IRREG,
+        (80, 150),
+        ("glitch", "glitch", "hat", "kick", "elec"),
+        (0.1, 0.8),
+        (0.05, 0.45),
+        (0.2, 0.6),
+        (0.0, 0.7),
+        (0.3, 1.5),
+        (0.0, 12.0),
+        crush=0.6,
+        subdiv=(1.0, 1.0, 2.0),
+    ),
+    "breakcore": Style(
+        ("breakcore", "drill-and-bass", "breaks", "drum-and-bass"),
+        "breakfiend",
+        0.14,
+        ("4/4", "4/4", "7/8", "13/16"),
+        (160, 180),
+        ("breaks", "kick", "snare", "hat", "bass"),
+        (0.5, 1.0),
+        (0.0, 0.12),
+        (0.1, 0.5),
+        (0.0, 0.6),
+        (0.0, 0.4),
+        (0.0, 5.0),
+        crush=0.3,
+        subdiv=(1.0, 1.5, 2.0),
+    ),
+    "ambient": Style(
+        ("ambient", "drone", "atmospheric"),
+        "dronewhisper",
+        0.12,
+        ("4/4", "3/4", "5/8"),
+        (80, 110),
+        ("pad", "elec"),
+        (0.01, 0.06),
+        (0.0, 0.3),
+        (0.0, 0.0),
+        (0.3, 1.0),
+        (0.0, 0.0),
+        (0.0, 5.0),
+    ),
+    "techno": Style(
+        ("techno", "electronic", "dance"),
+        "floorfiller",
+        0.12,
+        ("4/4",),
+        (120, 140),
+        ("kick", "hat", "snare", "perc", "bass"),
+        (0.1, 0.4),
+        (0.0, 0.0),
+        (0.0, 0.05),
+        (0.85, 1.0),
+        (0.0, 0.0),
+        (0.0, 1.0),
+        grid=True,
+    ),
+    "house": Style(
+        ("house", "electronic", "dance"),
+        "floorfiller",
+        0.08,
+        ("4/4",),
+        (118, 128),
+        ("kick", "hat", "snare", "bass", "elec"),
+        (0.1, 0.35),
+        (0.0, 0.0),
+        (0.0, 0.0),
+        (0.85, 1.0),
+        (0.0, 0.0),
+        (0.0, 1.0),
+        swing=(0.0, 0.15),
+        grid=True,
+    ),
+    "hip-hop": Style(
+        ("hip-hop", "boom-bap", "beats"),
+        "boombap_b",
+        0.12,
+        ("4/4",),
+        (80, 100),
+        ("kick", "snare", "hat", "bass", "perc"),
+        (0.1, 0.35),
+        (0.0, 0.05),
+        (0.0, 0.1),
+        (0.6, 1.0),
+        (0.0, 0.0),
+        (0.0, 2.0),
+        swing=(0.1, 0.3),
+        grid=True,
+    ),
 }
 # per-voice scale of the item's density, and the longest a hit may ring (s) before it is gated
-VOICE_DENSITY = {"kick": 0.5, "snare": 0.35, "hat": 1.0, "glitch": 0.6, "bass": 0.3, "elec": 0.4,
-                 "perc": 0.5, "pad": 1.0, "breaks": 1.0}
-VOICE_GATE = {"kick": 0.6, "snare": 0.5, "hat": 0.25, "glitch": 0.5, "bass": 0.8, "elec": 0.6, "perc": 0.6,
-              "pad": 8.0, "breaks": 1.0}
-VOICE_GAIN = {"kick": 1.0, "snare": 0.8, "hat": 0.45, "glitch": 0.7, "bass": 0.8, "elec": 0.5, "perc": 0.6,
-              "pad": 0.7, "breaks": 0.9}
+VOICE_DENSITY = {
+    "kick": 0.5,
+    "snare": 0.35,
+    "hat": 1.0,
+    "glitch": 0.6,
+    "bass": 0.3,
+    "elec": 0.4,
+    "perc": 0.5,
+    "pad": 1.0,
+    "breaks": 1.0,
+}
+VOICE_GATE = {
+    "kick": 0.6,
+    "snare": 0.5,
+    "hat": 0.25,
+    "glitch": 0.5,
+    "bass": 0.8,
+    "elec": 0.6,
+    "perc": 0.6,
+    "pad": 8.0,
+    "breaks": 1.0,
+}
+VOICE_GAIN = {
+    "kick": 1.0,
+    "snare": 0.8,
+    "hat": 0.45,
+    "glitch": 0.7,
+    "bass": 0.8,
+    "elec": 0.5,
+    "perc": 0.6,
+    "pad": 0.7,
+    "breaks": 0.9,
+}
 SCALE = (0, 3, 5, 7, 10, 12, 15)  # minor pentatonic, for pitched voices
 
 
 # -----------------------------------------------------------------------------
 # DSP helpers
 
-@lru_cache(maxsize=None)
+
+@cache
 def _lowpass(up: int, down: int) -> np.ndarray:
     """The anti-aliasing FIR ``resample_poly`` would design for (up, down); cached (design dominated)."""
     max_rate = max(up, down)
@@ -202,7 +375,7 @@ def gate(x: np.ndarray, n: int, fade: int = 64) -> np.ndarray:
     """Truncate x to n samples with a short linear fade-out (no click)."""
     if len(x) <= n:
         return x
-    x = x[:max(n, 1)].copy()
+    x = x[: max(n, 1)].copy()
     k = min(fade, len(x))
     x[-k:] *= np.linspace(1.0, 0.0, k, dtype=np.float32)
     return x
@@ -210,7 +383,7 @@ def gate(x: np.ndarray, n: int, fade: int = 64) -> np.ndarray:
 
 def bitcrush(x: np.ndarray, bits: int, hold: int) -> np.ndarray:
     """Sample-and-hold by ``hold`` samples, then quantise to ``bits`` bits."""
-    y = np.repeat(x[::hold], hold)[:len(x)]
+    y = np.repeat(x[::hold], hold)[: len(x)]
     q = 2.0 ** (bits - 1)
     return (np.round(y * q) / q).astype(np.float32)
 
@@ -221,9 +394,9 @@ def mix_in(buf: np.ndarray, x: np.ndarray, start: int, gain: float) -> None:
     start %= n
     x = x[:n]
     head = min(len(x), n - start)
-    buf[start:start + head] += gain * x[:head]
+    buf[start : start + head] += gain * x[:head]
     if head < len(x):
-        buf[:len(x) - head] += gain * x[head:]
+        buf[: len(x) - head] += gain * x[head:]
 
 
 def ramp_mute(y: np.ndarray, a: int, b: int, ramp: int = 44) -> None:
@@ -231,13 +404,14 @@ def ramp_mute(y: np.ndarray, a: int, b: int, ramp: int = 44) -> None:
     a, b = max(a, 0), min(b, len(y))
     if b - a <= 2 * ramp:
         return
-    y[a:a + ramp] *= np.linspace(1.0, 0.0, ramp, dtype=np.float32)
-    y[a + ramp:b - ramp] = 0.0
-    y[b - ramp:b] *= np.linspace(0.0, 1.0, ramp, dtype=np.float32)
+    y[a : a + ramp] *= np.linspace(1.0, 0.0, ramp, dtype=np.float32)
+    y[a + ramp : b - ramp] = 0.0
+    y[b - ramp : b] *= np.linspace(0.0, 1.0, ramp, dtype=np.float32)
 
 
 # -----------------------------------------------------------------------------
 # sound banks: sonic-pi files (loaded once, cached) or synthesis
+
 
 class SampleBank:
     """One-shots by category: sonic-pi files, or synthesised sounds (named ``synth:<category><i>``) for
@@ -250,9 +424,17 @@ class SampleBank:
         self.dir, self.sr, self.seed = Path(samples_dir), sr, seed
         self.files = sorted(p.stem for p in self.dir.glob("*.flac")) if self.dir.is_dir() else []
         self.loops = [f for f in self.files if f in REAL_LOOPS]
-        self.categories = {c: [f for f in self.files if f.startswith(prefixes) and
-                               (f.startswith("loop_") == (c == "breaks"))] for c, prefixes in CATEGORIES.items()}
-        self.synthesised = [c for c, names in self.categories.items() if not names and c != "breaks"]
+        self.categories = {
+            c: [
+                f
+                for f in self.files
+                if f.startswith(prefixes) and (f.startswith("loop_") == (c == "breaks"))
+            ]
+            for c, prefixes in CATEGORIES.items()
+        }
+        self.synthesised = [
+            c for c, names in self.categories.items() if not names and c != "breaks"
+        ]
         for c in self.synthesised:
             self.categories[c] = [f"synth:{c}{i}" for i in range(self.SYNTH_VARIANTS)]
         self._cache: dict[tuple[str, float], np.ndarray] = {}
@@ -261,20 +443,27 @@ class SampleBank:
         """Sound ``name`` at sr, played at ``rate`` (varispeed); cached."""
         key = (name, round(rate, 4))
         if key not in self._cache:
-            self._cache[key] = self._load(name) if key[1] == 1.0 else varispeed(self.get(name), key[1])
+            self._cache[key] = (
+                self._load(name) if key[1] == 1.0 else varispeed(self.get(name), key[1])
+            )
         return self._cache[key]
 
     def _load(self, name: str) -> np.ndarray:
         if name.startswith("synth:"):
-            cat, i = name[len("synth:"):-1], int(name[-1])
-            return synth_sound(cat, np.random.default_rng([self.seed, 7919, list(CATEGORIES).index(cat), i]),
-                               self.sr)
+            cat, i = name[len("synth:") : -1], int(name[-1])
+            return synth_sound(
+                cat,
+                np.random.default_rng([self.seed, 7919, list(CATEGORIES).index(cat), i]),
+                self.sr,
+            )
         from weaktok.audio import load_audio
+
         return load_audio(self.dir / f"{name}.flac", sr=self.sr)
 
 
 def synth_sound(cat: str, rng: np.random.Generator, sr: int) -> np.ndarray:
     """One synthetic one-shot of category ``cat``, peak-normalised float32."""
+
     def t(sec):
         return np.arange(int(sec * sr)) / sr
 
@@ -284,29 +473,49 @@ def synth_sound(cat: str, rng: np.random.Generator, sr: int) -> np.ndarray:
 
     noise = lambda sec: rng.standard_normal(int(sec * sr))  # noqa: E731
     if cat == "kick":
-        x = sweep(rng.uniform(110, 200), rng.uniform(38, 60), 0.03, 0.45) * np.exp(-t(0.45) / rng.uniform(0.08, 0.2))
+        x = sweep(rng.uniform(110, 200), rng.uniform(38, 60), 0.03, 0.45) * np.exp(
+            -t(0.45) / rng.uniform(0.08, 0.2)
+        )
     elif cat == "snare":
-        x = (0.8 * noise(0.3) * np.exp(-t(0.3) / rng.uniform(0.05, 0.12))
-             + 0.5 * np.sin(2 * np.pi * rng.uniform(160, 240) * t(0.3)) * np.exp(-t(0.3) / 0.04))
+        x = 0.8 * noise(0.3) * np.exp(-t(0.3) / rng.uniform(0.05, 0.12)) + 0.5 * np.sin(
+            2 * np.pi * rng.uniform(160, 240) * t(0.3)
+        ) * np.exp(-t(0.3) / 0.04)
     elif cat == "hat":
         b, a = signal.butter(4, rng.uniform(5000, 8000) / (sr / 2), btype="high")
         x = signal.lfilter(b, a, noise(0.2)) * np.exp(-t(0.2) / rng.uniform(0.015, 0.06))
     elif cat == "glitch":
         sec = rng.uniform(0.03, 0.2)
-        src = np.sign(np.sin(2 * np.pi * rng.uniform(80, 3000) * t(sec))) if rng.random() < 0.5 else noise(sec)
-        x = bitcrush((src * np.exp(-t(sec) / (sec / 2))).astype(np.float32), int(rng.integers(2, 5)),
-                     int(rng.integers(4, 24)))
+        src = (
+            np.sign(np.sin(2 * np.pi * rng.uniform(80, 3000) * t(sec)))
+            if rng.random() < 0.5
+            else noise(sec)
+        )
+        x = bitcrush(
+            (src * np.exp(-t(sec) / (sec / 2))).astype(np.float32),
+            int(rng.integers(2, 5)),
+            int(rng.integers(4, 24)),
+        )
     elif cat == "bass":
         f = rng.uniform(40, 70)
-        x = (np.sin(2 * np.pi * f * t(0.8)) + 0.3 * signal.sawtooth(2 * np.pi * f * t(0.8))) * np.exp(-t(0.8) / 0.3)
+        x = (
+            np.sin(2 * np.pi * f * t(0.8)) + 0.3 * signal.sawtooth(2 * np.pi * f * t(0.8))
+        ) * np.exp(-t(0.8) / 0.3)
     elif cat == "elec":
-        x = np.sin(2 * np.pi * rng.uniform(400, 2000) * t(0.3)) * np.exp(-t(0.3) / rng.uniform(0.03, 0.12))
+        x = np.sin(2 * np.pi * rng.uniform(400, 2000) * t(0.3)) * np.exp(
+            -t(0.3) / rng.uniform(0.03, 0.12)
+        )
     elif cat == "perc":
         x = sweep(rng.uniform(200, 400), rng.uniform(90, 180), 0.05, 0.4) * np.exp(-t(0.4) / 0.1)
     elif cat == "pad":
         f = rng.uniform(110, 220)
         env = np.minimum(t(4.0) / 1.0, 1.0) * np.minimum((4.0 - t(4.0)) / 1.5, 1.0)
-        x = sum(np.sin(2 * np.pi * f * r * (1 + rng.uniform(-0.003, 0.003)) * t(4.0)) for r in (1, 1.5, 2, 3)) * env
+        x = (
+            sum(
+                np.sin(2 * np.pi * f * r * (1 + rng.uniform(-0.003, 0.003)) * t(4.0))
+                for r in (1, 1.5, 2, 3)
+            )
+            * env
+        )
     else:
         raise ValueError(f"no synthesiser for category {cat!r}")
     x = np.asarray(x, dtype=np.float32)
@@ -316,15 +525,25 @@ def synth_sound(cat: str, rng: np.random.Generator, sr: int) -> np.ndarray:
 # -----------------------------------------------------------------------------
 # composition
 
+
 def draw_knobs(rng: np.random.Generator, style: Style) -> dict:
     """One item's generator knobs, uniform within the family's ranges."""
     u = lambda lo_hi: float(rng.uniform(*lo_hi))  # noqa: E731
     meter = str(rng.choice(style.meters))
-    return dict(meter=meter, bpm=int(rng.integers(style.bpm[0], style.bpm[1] + 1)), density=u(style.density),
-                jitter=u(style.jitter), stutter=u(style.stutter), repeat=u(style.repeat),
-                gaps=u(style.gaps) if rng.random() < 0.6 else 0.0,  # 40% of items have no cuts at all
-                pitch=u(style.pitch), swing=u(style.swing), crush=bool(rng.random() < style.crush),
-                subdiv=float(rng.choice(style.subdiv)), dynamics=float(rng.uniform(0.0, 0.5)))
+    return dict(
+        meter=meter,
+        bpm=int(rng.integers(style.bpm[0], style.bpm[1] + 1)),
+        density=u(style.density),
+        jitter=u(style.jitter),
+        stutter=u(style.stutter),
+        repeat=u(style.repeat),
+        gaps=u(style.gaps) if rng.random() < 0.6 else 0.0,  # 40% of items have no cuts at all
+        pitch=u(style.pitch),
+        swing=u(style.swing),
+        crush=bool(rng.random() < style.crush),
+        subdiv=float(rng.choice(style.subdiv)),
+        dynamics=float(rng.uniform(0.0, 0.5)),
+    )
 
 
 def accents(meter: str) -> np.ndarray:
@@ -341,8 +560,9 @@ def euclid(k: int, n: int, rot: int) -> np.ndarray:
     return np.roll(hits, rot)
 
 
-def bar_pattern(rng: np.random.Generator, voice: str, meter: str, p: float, grid: bool,
-                subdiv: float = 1.0) -> np.ndarray:
+def bar_pattern(
+    rng: np.random.Generator, voice: str, meter: str, p: float, grid: bool, subdiv: float = 1.0
+) -> np.ndarray:
     """Which grid steps of one bar this voice hits (bool, one per 16th, or per 16th/subdiv)."""
     steps = round(len(accents(meter)) * subdiv)
     if grid and voice == "kick":
@@ -353,7 +573,9 @@ def bar_pattern(rng: np.random.Generator, voice: str, meter: str, p: float, grid
     if grid and voice == "hat":
         return (np.arange(steps) % 2 == 0) | (rng.random(steps) < p * 0.5)
     if voice == "pad":
-        return np.isin(np.arange(steps), rng.choice(steps, size=1 + int(rng.random() < p * 10), replace=False))
+        return np.isin(
+            np.arange(steps), rng.choice(steps, size=1 + int(rng.random() < p * 10), replace=False)
+        )
     if rng.random() < 0.4:  # Euclidean: even but odd-feeling in odd meters
         return euclid(max(1, round(p * steps)), steps, int(rng.integers(steps)))
     w = accents(meter) if subdiv == 1.0 else np.ones(steps)
@@ -365,7 +587,9 @@ def pick_sample(rng, bank: SampleBank, voice: str) -> str | None:
     return str(rng.choice(names)) if names else None
 
 
-def compose(rng: np.random.Generator, bank: SampleBank, style: Style, sr: int) -> tuple[np.ndarray, dict]:
+def compose(
+    rng: np.random.Generator, bank: SampleBank, style: Style, sr: int
+) -> tuple[np.ndarray, dict]:
     """One composed loop -> (y float32, info with knobs, meter, bpm and the source files used)."""
     k = draw_knobs(rng, style)
     steps = len(accents(k["meter"]))
@@ -388,7 +612,11 @@ def compose(rng: np.random.Generator, bank: SampleBank, style: Style, sr: int) -
     buffer_repeats(rng, buf, k, n_bars, step_s, sr)
     micro_cuts(rng, buf, k, step_s, sr)
     if k["crush"]:
-        buf = bitcrush(buf / max(float(np.abs(buf).max()), 1e-9), int(rng.integers(4, 9)), int(rng.integers(2, 9)))
+        buf = bitcrush(
+            buf / max(float(np.abs(buf).max()), 1e-9),
+            int(rng.integers(4, 9)),
+            int(rng.integers(2, 9)),
+        )
     if style is STYLES["breakcore"]:
         drive = float(rng.uniform(1.0, 4.0))
         buf = np.tanh(drive * buf / max(float(np.abs(buf).max()), 1e-9))
@@ -404,11 +632,13 @@ def voice_bars(rng, voice, style, k, n_bars, steps, sub) -> list[tuple[np.ndarra
     items move harmonically (what the chroma-based structural term can see), repeated ones sit on few notes.
     """
     p = min(1.0, k["density"] * VOICE_DENSITY[voice])
-    palette = np.array(SCALE[:1 + round((1.0 - k["repeat"]) * (len(SCALE) - 1))])
+    palette = np.array(SCALE[: 1 + round((1.0 - k["repeat"]) * (len(SCALE) - 1))])
 
     def fresh(shift):
-        return (bar_pattern(rng, voice, k["meter"], p, style.grid, sub),
-                rng.choice(palette, size=steps) + shift)
+        return (
+            bar_pattern(rng, voice, k["meter"], p, style.grid, sub),
+            rng.choice(palette, size=steps) + shift,
+        )
 
     motifs = [fresh(0.0) for _ in range(int(rng.integers(1, 3)))]
     bars = []
@@ -425,14 +655,22 @@ def render_voice(rng, buf, bank, voice, name, style, k, n_bars, steps, step_s, s
     pitched = voice in ("bass", "elec", "pad")
     sub = k["subdiv"] if voice in ("hat", "breaks") else 1.0  # rolls / drill chops: a finer grid
     steps, step_s = round(steps * sub), steps * step_s / round(steps * sub)  # same bar length
-    base = float(rng.choice((-12, -5, 0, 7))) if pitched else float(rng.uniform(-k["pitch"], k["pitch"]))
+    base = (
+        float(rng.choice((-12, -5, 0, 7)))
+        if pitched
+        else float(rng.uniform(-k["pitch"], k["pitch"]))
+    )
     gate_n = int(VOICE_GATE[voice] * sr if voice != "pad" else steps * step_s * sr)
     for b, (hits, notes) in enumerate(voice_bars(rng, voice, style, k, n_bars, steps, sub)):
         for s in np.flatnonzero(hits):
             t = (b * steps + s) * step_s
-            t += k["swing"] * step_s * (s % 4 == 2 and sub == 1.0) + k["jitter"] * step_s * float(rng.standard_normal())
+            t += k["swing"] * step_s * (s % 4 == 2 and sub == 1.0) + k["jitter"] * step_s * float(
+                rng.standard_normal()
+            )
             semis = base + (float(notes[s]) if pitched else float(rng.normal(0, k["pitch"] / 4)))
-            gain = VOICE_GAIN[voice] * (1.0 if s == 0 else float(rng.uniform(1.0 - k["dynamics"], 1.0)))
+            gain = VOICE_GAIN[voice] * (
+                1.0 if s == 0 else float(rng.uniform(1.0 - k["dynamics"], 1.0))
+            )
             if voice == "breaks":
                 x = break_slice(rng, bank, name, s, k, step_s, sr)
             else:
@@ -451,7 +689,7 @@ def break_slice(rng, bank, name, s, k, step_s, sr) -> np.ndarray:
     n_slices = BREAK_BEATS[name] * 4
     idx = s % n_slices if rng.random() < k["repeat"] else int(rng.integers(n_slices))
     w = len(x) // n_slices
-    return gate(x[idx * w:(idx + 2) * w], int(step_s * sr * float(rng.choice((1, 1, 2)))))
+    return gate(x[idx * w : (idx + 2) * w], int(step_s * sr * float(rng.choice((1, 1, 2)))))
 
 
 def ratchet(rng, buf, x, start, step_s, sr, gain) -> None:
@@ -473,12 +711,12 @@ def buffer_repeats(rng, buf, k, n_bars, step_s, sr) -> None:
         a = int(rng.integers(0, max(1, len(buf) - 8 * w)))
         if rng.random() < 0.5:
             a -= a % int(step_s * sr)  # on the grid
-        piece = gate(buf[a:a + w].copy(), w)
+        piece = gate(buf[a : a + w].copy(), w)
         for j in range(1, int(rng.integers(2, 9))):
             b = a + j * w
             if b + w > len(buf):
                 break
-            buf[b:b + w] = piece
+            buf[b : b + w] = piece
 
 
 def micro_cuts(rng, buf, k, step_s, sr) -> None:
@@ -495,7 +733,9 @@ def micro_cuts(rng, buf, k, step_s, sr) -> None:
         budget -= w
 
 
-def real_loop(rng: np.random.Generator, bank: SampleBank, name: str, sr: int) -> tuple[np.ndarray, dict]:
+def real_loop(
+    rng: np.random.Generator, bank: SampleBank, name: str, sr: int
+) -> tuple[np.ndarray, dict]:
     """A package loop as its own item: tiled whole (if short) or trimmed to whole beats (if long)."""
     x = bank.get(name)
     beats = REAL_LOOPS[name][0]
@@ -517,6 +757,7 @@ def real_loop(rng: np.random.Generator, bank: SampleBank, name: str, sr: int) ->
 # -----------------------------------------------------------------------------
 # writing
 
+
 def plan_items(rng: np.random.Generator, n: int, loops: list[str]) -> list[str]:
     """Kinds of the n items: real loop stems (about n/6, each at most once) and style names, shuffled."""
     n_real = min(len(loops), max(1, n // 6)) if loops else 0
@@ -535,9 +776,14 @@ def make_item(i: int, kind: str, seed: int, bank: SampleBank, sr: int) -> tuple[
     if kind in REAL_LOOPS:
         y, info = real_loop(rng, bank, kind, sr)
         tags = ["loop"] + REAL_LOOPS[kind][1]
-        user, pack, desc = "sonicpi_loops", "sonic-pi-samples loops", (
-            f"{kind} from Debian sonic-pi-samples (CC0), original https://freesound.org/people/"
-            f"{REAL_LOOPS[kind][2]}/; tiled/trimmed to a 4-8 s loop by weaktok")
+        user, pack, desc = (
+            "sonicpi_loops",
+            "sonic-pi-samples loops",
+            (
+                f"{kind} from Debian sonic-pi-samples (CC0), original https://freesound.org/people/"
+                f"{REAL_LOOPS[kind][2]}/; tiled/trimmed to a 4-8 s loop by weaktok"
+            ),
+        )
     else:
         style = STYLES[kind]
         y, info = compose(rng, bank, style, sr)
@@ -547,19 +793,35 @@ def make_item(i: int, kind: str, seed: int, bank: SampleBank, sr: int) -> tuple[
             tags.append("glitch")
         if info["knobs"]["crush"]:
             tags.append("bitcrush")
-        user = style.user if rng.random() < 0.75 else str(rng.choice([u for u in USERS if u != "sonicpi_loops"]))
+        user = (
+            style.user
+            if rng.random() < 0.75
+            else str(rng.choice([u for u in USERS if u != "sonicpi_loops"]))
+        )
         synth = all(x.startswith("synth:") for x in info["sources"])
         pack = f"weaktok {kind} loops" + (" (synthesised)" if synth else "")
-        desc = (f"{kind} loop in {meter} at {info['knobs']['bpm']} bpm, composed by weaktok from "
-                + ("synthesised sounds" if synth else "sonic-pi-samples one-shots (CC0)"))
+        desc = (
+            f"{kind} loop in {meter} at {info['knobs']['bpm']} bpm, composed by weaktok from "
+            + ("synthesised sounds" if synth else "sonic-pi-samples one-shots (CC0)")
+        )
     y = np.asarray(y, np.float32)
     y = y * (PEAK / max(float(np.abs(y).max()), 1e-9))
     k = info["knobs"]
-    meta = dict(name=f"{kind}_{i:04d}", tags=list(dict.fromkeys(tags)), license=CC0, username=user, pack=pack,
-                description=desc, annotations={"bpm": int(k["bpm"])}, meter=k["meter"],
-                source_samples=[f"{s}.flac" for s in info["sources"] if not s.startswith("synth:")],
-                generator={"kind": kind, **{key: (round(v, 4) if isinstance(v, float) else v)
-                                            for key, v in k.items()}})
+    meta = dict(
+        name=f"{kind}_{i:04d}",
+        tags=list(dict.fromkeys(tags)),
+        license=CC0,
+        username=user,
+        pack=pack,
+        description=desc,
+        annotations={"bpm": int(k["bpm"])},
+        meter=k["meter"],
+        source_samples=[f"{s}.flac" for s in info["sources"] if not s.startswith("synth:")],
+        generator={
+            "kind": kind,
+            **{key: (round(v, 4) if isinstance(v, float) else v) for key, v in k.items()},
+        },
+    )
     return y.astype(np.float32), meta
 
 
@@ -571,31 +833,45 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def readme_text(summary: dict, samples_dir: Path) -> str:
-    src = ("Every sound was SYNTHESISED (fallback: synthesis): sonic-pi-samples was not found at "
-           f"{samples_dir}." if summary["fallback"] else
-           f"Source sounds: Debian package sonic-pi-samples ({samples_dir}), all CC0 (public domain), originally "
-           "from freesound.org; see its README.md for the original links.")
-    return (f"{README_MARKER}\n\n"
-            f"{summary['n']} loops in the Freesound Loop Dataset (FSLD) layout, written by `weaktok corpus` "
-            f"(seed {summary['seed']}): audio/wav/<soundid>_<userid>.wav (22050 Hz mono PCM16, 4-8 s) and "
-            "metadata.json (tags, license, username, pack, annotations.bpm, meter, source_samples).\n"
-            f"{summary['composed']} are composed IDM/glitch-style loops (irregular meters, stutters, micro-cuts, "
-            f"pitch/time variation); {summary['real_loops']} are the package's own loops.\n"
-            f"{src}\nLicense of this corpus: CC0 ({CC0}).\n"
-            f"fallback: {summary['fallback'] or 'none'}\n")
+    src = (
+        "Every sound was SYNTHESISED (fallback: synthesis): sonic-pi-samples was not found at "
+        f"{samples_dir}."
+        if summary["fallback"]
+        else f"Source sounds: Debian package sonic-pi-samples ({samples_dir}), all CC0 (public domain), originally "
+        "from freesound.org; see its README.md for the original links."
+    )
+    return (
+        f"{README_MARKER}\n\n"
+        f"{summary['n']} loops in the Freesound Loop Dataset (FSLD) layout, written by `weaktok corpus` "
+        f"(seed {summary['seed']}): audio/wav/<soundid>_<userid>.wav (22050 Hz mono PCM16, 4-8 s) and "
+        "metadata.json (tags, license, username, pack, annotations.bpm, meter, source_samples).\n"
+        f"{summary['composed']} are composed IDM/glitch-style loops (irregular meters, stutters, micro-cuts, "
+        f"pitch/time variation); {summary['real_loops']} are the package's own loops.\n"
+        f"{src}\nLicense of this corpus: CC0 ({CC0}).\n"
+        f"fallback: {summary['fallback'] or 'none'}\n"
+    )
 
 
 def check_out_dir(out: Path) -> None:
     """Refuse to overwrite a metadata.json that is not ours (e.g. a real FSLD download)."""
     readme = out / "README.txt"
-    if (out / "metadata.json").exists() and not (readme.exists() and
-                                                 readme.read_text().startswith(README_MARKER)):
-        raise FileExistsError(f"{out} already holds a metadata.json not written by `weaktok corpus`; "
-                              "choose an empty folder")
+    if (out / "metadata.json").exists() and not (
+        readme.exists() and readme.read_text().startswith(README_MARKER)
+    ):
+        raise FileExistsError(
+            f"{out} already holds a metadata.json not written by `weaktok corpus`; "
+            "choose an empty folder"
+        )
 
 
-def build_corpus(out: Path, n: int = 300, seed: int = 0, sr: int = 22050, samples_dir=SONIC_PI_SAMPLES,
-                 progress: bool = True) -> dict:
+def build_corpus(
+    out: Path,
+    n: int = 300,
+    seed: int = 0,
+    sr: int = 22050,
+    samples_dir=SONIC_PI_SAMPLES,
+    progress: bool = True,
+) -> dict:
     """Write n loops in the FSLD layout under ``out``; returns a summary (counts per tag/family, fallback)."""
     from tqdm import tqdm
 
@@ -606,12 +882,17 @@ def build_corpus(out: Path, n: int = 300, seed: int = 0, sr: int = 22050, sample
     t0 = time.perf_counter()
     out, samples_dir = Path(out), Path(samples_dir)
     check_out_dir(out)
-    (out / "metadata.json").unlink(missing_ok=True)  # until the new one lands, the folder reads unfinished
+    (out / "metadata.json").unlink(
+        missing_ok=True
+    )  # until the new one lands, the folder reads unfinished
     bank = SampleBank(samples_dir, sr, seed)
     fallback = None if bank.files else "synthesis"
     if fallback:
-        print(f"weaktok corpus: WARNING: no sonic-pi samples (*.flac) in {samples_dir}; every sound is "
-              "synthesised instead (fallback: synthesis)", file=sys.stderr)
+        print(
+            f"weaktok corpus: WARNING: no sonic-pi samples (*.flac) in {samples_dir}; every sound is "
+            "synthesised instead (fallback: synthesis)",
+            file=sys.stderr,
+        )
     kinds = plan_items(np.random.default_rng([seed, 2**31]), n, bank.loops)
     wav_dir, partial = out / "audio" / "wav", out / ".partial"
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -625,12 +906,18 @@ def build_corpus(out: Path, n: int = 300, seed: int = 0, sr: int = 22050, sample
         os.replace(tmp, wav_dir / tmp.name)
         metadata[str(sid)] = meta
         seconds += len(y) / sr
-    summary = dict(out=str(out), n=n, seed=seed, composed=sum(k not in REAL_LOOPS for k in kinds),
-                   real_loops=sum(k in REAL_LOOPS for k in kinds), fallback=fallback,
-                   families=dict(Counter("real" if k in REAL_LOOPS else k for k in kinds).most_common()),
-                   synthesised_categories=bank.synthesised,
-                   tags=dict(Counter(t for m in metadata.values() for t in m["tags"]).most_common()),
-                   audio_seconds=round(seconds, 1))
+    summary = dict(
+        out=str(out),
+        n=n,
+        seed=seed,
+        composed=sum(k not in REAL_LOOPS for k in kinds),
+        real_loops=sum(k in REAL_LOOPS for k in kinds),
+        fallback=fallback,
+        families=dict(Counter("real" if k in REAL_LOOPS else k for k in kinds).most_common()),
+        synthesised_categories=bank.synthesised,
+        tags=dict(Counter(t for m in metadata.values() for t in m["tags"]).most_common()),
+        audio_seconds=round(seconds, 1),
+    )
     (out / "README.txt").write_text(readme_text(summary, samples_dir))
     write_json_atomic(out / "metadata.json", metadata)
     keep = {f"{sid}_{USERS[m['username']]}.wav" for sid, m in metadata.items()}
@@ -646,10 +933,17 @@ def print_summary(summary: dict) -> None:
     """A few human-readable lines for the CLI."""
     fam = ", ".join(f"{k} {v}" for k, v in summary["families"].items())
     tags = ", ".join(f"{k} {v}" for k, v in list(summary["tags"].items())[:16])
-    print(f"corpus: {summary['n']} loops ({summary['composed']} composed, {summary['real_loops']} real) "
-          f"-> {summary['out']} in {summary['build_seconds']} s, {summary['audio_seconds']} s of audio")
-    print(f"fallback: {summary['fallback'] or 'none'}"
-          + (f" (synthesised: {', '.join(summary['synthesised_categories'])})"
-             if summary["synthesised_categories"] and not summary["fallback"] else ""))
+    print(
+        f"corpus: {summary['n']} loops ({summary['composed']} composed, {summary['real_loops']} real) "
+        f"-> {summary['out']} in {summary['build_seconds']} s, {summary['audio_seconds']} s of audio"
+    )
+    print(
+        f"fallback: {summary['fallback'] or 'none'}"
+        + (
+            f" (synthesised: {', '.join(summary['synthesised_categories'])})"
+            if summary["synthesised_categories"] and not summary["fallback"]
+            else ""
+        )
+    )
     print(f"families: {fam}")
     print(f"tags: {tags}")

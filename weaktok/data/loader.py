@@ -46,7 +46,10 @@ from weaktok.data.manifest import ShardsError, load_manifest, shard_paths
 
 log = logging.getLogger(__name__)
 
-MEMBERS = ("flac", "json")  # the only members of an item that are ever read; .pyd/.pickle/.pth are never touched
+MEMBERS = (
+    "flac",
+    "json",
+)  # the only members of an item that are ever read; .pyd/.pickle/.pth are never touched
 
 
 class Tally:
@@ -71,14 +74,18 @@ class Tally:
 
 
 def _describe(exc: Exception) -> str:
-    parts = [str(a) for a in exc.args if a is not None and not hasattr(a, "read")]  # drop stream objects
+    parts = [
+        str(a) for a in exc.args if a is not None and not hasattr(a, "read")
+    ]  # drop stream objects
     return f"{type(exc).__name__}: {' '.join(parts) or exc}"
 
 
 def _local_path(url) -> str:
     """Accept only an absolute local path (the loaders pass those); a URL or ``pipe:`` command is refused."""
     if not isinstance(url, str) or not os.path.isabs(url):
-        raise ShardsError(f"shard {url!r}: not an absolute local path (URLs and pipe: commands are never opened)")
+        raise ShardsError(
+            f"shard {url!r}: not an absolute local path (URLs and pipe: commands are never opened)"
+        )
     return url
 
 
@@ -90,9 +97,11 @@ def open_local_shards(src, tally: Tally, max_barren: int | None = None):
     for sample in src:
         url = _local_path(sample["url"])
         if max_barren is not None and tally.opened - tally.last_good_at >= max_barren:
-            raise ShardsError(f"no readable item in the last {tally.opened - tally.last_good_at} shards opened "
-                              f"(last: {url}); every shard of this split looks corrupt: rebuild it with "
-                              "`weaktok shards`, or find the bad files with data.verify_shards=true")
+            raise ShardsError(
+                f"no readable item in the last {tally.opened - tally.last_good_at} shards opened "
+                f"(last: {url}); every shard of this split looks corrupt: rebuild it with "
+                "`weaktok shards`, or find the bad files with data.verify_shards=true"
+            )
         try:
             stream = open(url, "rb")
         except OSError as e:
@@ -121,8 +130,11 @@ def _check_meta(meta) -> dict:
         raise ValueError(f"metadata is a {type(meta).__name__}, not a mapping")
     if "lscore" in meta:
         ls = meta["lscore"]
-        if (not isinstance(ls, list) or len(ls) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ls)):
+        if (
+            not isinstance(ls, list)
+            or len(ls) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ls)
+        ):
             raise ValueError(f"metadata 'lscore' must be a list of 4 numbers, got {ls!r:.80}")
     return meta
 
@@ -136,7 +148,9 @@ def decode_samples(src, tally: Tally, sample_rate: int | None = None):
         try:
             if "flac" not in sample:
                 raise ValueError("no .flac member")
-            audio, sr = read_audio(io.BytesIO(sample["flac"]), name=f"{sample.get('__key__')}.flac")  # (C, N)
+            audio, sr = read_audio(
+                io.BytesIO(sample["flac"]), name=f"{sample.get('__key__')}.flac"
+            )  # (C, N)
             meta = _check_meta(json.loads(sample["json"])) if "json" in sample else {}
             if audio.shape[0] != 1:
                 raise ValueError(f"audio must be mono, got {audio.shape[0]} channels")
@@ -178,8 +192,10 @@ def require_items(src, tally: Tally, urls: list[str], split: str):
         n += 1
         yield s
     if n == 0 and (tally.opened > opened_before or tally.pending):
-        raise ShardsError(f"split '{split}': no readable item in its shards ({tally.pending} corrupt items "
-                          f"skipped; shards: {', '.join(urls[:4])}{' ...' if len(urls) > 4 else ''})")
+        raise ShardsError(
+            f"split '{split}': no readable item in its shards ({tally.pending} corrupt items "
+            f"skipped; shards: {', '.join(urls[:4])}{' ...' if len(urls) > 4 else ''})"
+        )
 
 
 def loop_crop(audio: np.ndarray, n: int, start: int) -> np.ndarray:
@@ -205,24 +221,42 @@ def collate(samples: list[dict], skipped: int = 0) -> dict:
     lscore = [s["meta"].get("lscore", [float("nan")] * 4) for s in samples]
     return {
         "audio": torch.from_numpy(np.stack([s["audio"] for s in samples])),  # (B, N)
-        "lscore": torch.tensor(lscore, dtype=torch.float32),  # (B, 4) exact L-Score from the manifest build
+        "lscore": torch.tensor(
+            lscore, dtype=torch.float32
+        ),  # (B, 4) exact L-Score from the manifest build
         "keys": [s["key"] for s in samples],
         "skipped": skipped,  # corrupt items this worker dropped since its previous batch
     }
 
 
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
-    return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
-                         persistent_workers=num_workers > 0)
+    return wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def _urls(shards: str, split: str, verify: bool) -> tuple[dict, list[str]]:
     manifest = load_manifest(shards)
-    return manifest, [os.path.abspath(u) for u in shard_paths(shards, split, manifest, verify=verify)]
+    return manifest, [
+        os.path.abspath(u) for u in shard_paths(shards, split, manifest, verify=verify)
+    ]
 
 
-def train_loader(shards: str, batch_size: int, clip_seconds: float, samples_per_rank: int, num_workers: int = 2,
-                 shuffle_buffer: int = 256, seed: int = 0, epoch: int = 0, verify: bool = False):
+def train_loader(
+    shards: str,
+    batch_size: int,
+    clip_seconds: float,
+    samples_per_rank: int,
+    num_workers: int = 2,
+    shuffle_buffer: int = 256,
+    seed: int = 0,
+    epoch: int = 0,
+    verify: bool = False,
+):
     """Infinite-source training loader; one epoch = ceil(samples_per_rank / batch_size) batches per rank."""
     manifest, urls = _urls(shards, "train", verify)
     sr = int(manifest["sample_rate"])
@@ -246,8 +280,14 @@ def train_loader(shards: str, batch_size: int, clip_seconds: float, samples_per_
     return _loader(pipeline, num_workers)
 
 
-def eval_loader(shards: str, split: str, batch_size: int, clip_seconds: float, num_workers: int = 0,
-                verify: bool = False):
+def eval_loader(
+    shards: str,
+    split: str,
+    batch_size: int,
+    clip_seconds: float,
+    num_workers: int = 0,
+    verify: bool = False,
+):
     """Deterministic loader: each item exactly once across ranks (split by node, then by worker)."""
     manifest, urls = _urls(shards, split, verify)
     sr = int(manifest["sample_rate"])

@@ -43,7 +43,9 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     return path
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # pipe:, http:, s3:, file: ... (a scheme, as webdataset reads it)
+_URL = re.compile(
+    r"^[A-Za-z][A-Za-z0-9+.-]*:"
+)  # pipe:, http:, s3:, file: ... (a scheme, as webdataset reads it)
 
 
 def check_local_folder(folder: str | Path) -> None:
@@ -51,8 +53,10 @@ def check_local_folder(folder: str | Path) -> None:
     with a clear error; a local folder whose name starts like one can be given as ``./name``."""
     text = str(folder)
     if _URL.match(text) and not Path(text).is_absolute():
-        raise ShardsError(f"shard folder {text!r} looks like a URL or a pipe: command; weaktok reads local shard "
-                          f"folders only (a local folder of that name: ./{text})")
+        raise ShardsError(
+            f"shard folder {text!r} looks like a URL or a pipe: command; weaktok reads local shard "
+            f"folders only (a local folder of that name: ./{text})"
+        )
 
 
 def load_manifest(folder: str | Path) -> dict:
@@ -60,10 +64,14 @@ def load_manifest(folder: str | Path) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise ShardsError(f"shard folder not found: {folder} (build it with `weaktok shards --out {folder} ...`)")
+        raise ShardsError(
+            f"shard folder not found: {folder} (build it with `weaktok shards --out {folder} ...`)"
+        )
     if not path.is_file():
-        raise ShardsError(f"no manifest in {folder}: expected {path}; the build did not finish — re-run "
-                          "`weaktok shards` for this folder")
+        raise ShardsError(
+            f"no manifest in {folder}: expected {path}; the build did not finish — re-run "
+            "`weaktok shards` for this folder"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -79,18 +87,30 @@ def load_manifest(folder: str | Path) -> dict:
 def _entry_file(folder: Path, split: str, entry) -> Path:
     """A manifest shard entry's file, which must be a plain file name inside ``folder`` (no paths, no URLs)."""
     name = entry.get("file") if isinstance(entry, dict) else None
-    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
-        raise ShardsError(f"{folder / MANIFEST}: split '{split}' lists {name!r} as a shard; entries must be plain "
-                          "file names inside the shard folder")
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or Path(name).name != name
+        or "\\" in name
+    ):
+        raise ShardsError(
+            f"{folder / MANIFEST}: split '{split}' lists {name!r} as a shard; entries must be plain "
+            "file names inside the shard folder"
+        )
     return folder / name
 
 
-def shard_paths(folder: str | Path, split: str, manifest: dict | None = None, verify: bool = False) -> list[str]:
+def shard_paths(
+    folder: str | Path, split: str, manifest: dict | None = None, verify: bool = False
+) -> list[str]:
     """Paths of a split's shards; every one must exist (and match its sha256 when ``verify``)."""
     folder = Path(folder)
     manifest = manifest or load_manifest(folder)
     if split not in manifest["splits"]:
-        raise ShardsError(f"{folder / MANIFEST}: no split '{split}' (has: {', '.join(manifest['splits'])})")
+        raise ShardsError(
+            f"{folder / MANIFEST}: no split '{split}' (has: {', '.join(manifest['splits'])})"
+        )
     info = manifest["splits"][split]
     entries = info.get("shards") if isinstance(info, dict) else None
     if not isinstance(entries, list):
@@ -103,6 +123,8 @@ def shard_paths(folder: str | Path, split: str, manifest: dict | None = None, ve
         if not path.is_file():
             raise ShardsError(f"shard missing: {path} (listed in {folder / MANIFEST})")
         if verify and sha256_file(path) != entry.get("sha256"):
-            raise ShardsError(f"shard corrupted: {path} does not match the sha256 in {folder / MANIFEST}")
+            raise ShardsError(
+                f"shard corrupted: {path} does not match the sha256 in {folder / MANIFEST}"
+            )
         paths.append(str(path))
     return paths

@@ -18,8 +18,14 @@ PRIOR_COMPONENTS = 16  # principal spectral shapes (0: mean spectrum + white noi
 
 
 @torch.no_grad()
-def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: int = PRIOR_COMPONENTS,
-                    split: str = "train", max_items: int = 512) -> dict[str, torch.Tensor]:
+def corpus_spectrum(
+    shards: str | Path,
+    front,
+    clip_seconds: float,
+    components: int = PRIOR_COMPONENTS,
+    split: str = "train",
+    max_items: int = 512,
+) -> dict[str, torch.Tensor]:
     """Second-order statistics of the log1p spectrogram frames of a split (the prior noise).
 
     Returns mean (F,), the top ``components`` principal spectral shapes (k, F) with their std (k,) and
@@ -28,7 +34,10 @@ def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: 
     from weaktok.data.loader import eval_loader
 
     F, dev = front.n_freqs, front.device
-    s1, s2 = torch.zeros(F, dtype=torch.float64, device=dev), torch.zeros(F, F, dtype=torch.float64, device=dev)
+    s1, s2 = (
+        torch.zeros(F, dtype=torch.float64, device=dev),
+        torch.zeros(F, F, dtype=torch.float64, device=dev),
+    )
     lag, n, n_lag, items = torch.zeros(F, F, dtype=torch.float64, device=dev), 0, 0, 0
     for batch in eval_loader(str(shards), split, 16, clip_seconds):
         x = front(batch["audio"].to(dev)).transpose(1, 2).double()  # (B, T, F)
@@ -36,7 +45,11 @@ def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: 
         s1 += flat.sum(0)
         s2 += flat.T @ flat
         lag += torch.einsum("btf,btg->fg", x[:, :-1], x[:, 1:])
-        n, n_lag, items = n + flat.shape[0], n_lag + x.shape[0] * (x.shape[1] - 1), items + x.shape[0]
+        n, n_lag, items = (
+            n + flat.shape[0],
+            n_lag + x.shape[0] * (x.shape[1] - 1),
+            items + x.shape[0],
+        )
         if items >= max_items:
             break
     if not n:
@@ -46,15 +59,24 @@ def corpus_spectrum(shards: str | Path, front, clip_seconds: float, components: 
     cov1 = lag / n_lag - torch.outer(mean, mean)  # (F, F) lag-1 cross-covariance
     var, vecs = torch.linalg.eigh(cov)  # ascending
     k = min(components, F)
-    u = vecs[:, -k:].flip(1).T if k else torch.zeros(0, F, dtype=torch.float64, device=dev)  # (k, F)
+    u = (
+        vecs[:, -k:].flip(1).T if k else torch.zeros(0, F, dtype=torch.float64, device=dev)
+    )  # (k, F)
     comp_var = var.flip(0)[:k].clamp_min(1e-12)  # (k,)
     rho = (torch.einsum("kf,fg,kg->k", u, cov1, u) / comp_var).clamp(0, 0.999)  # (k,)
-    resid = (cov.diagonal() - (comp_var[:, None] * u ** 2).sum(0)).clamp_min(0)  # (F,)
-    return {"mean": mean.float(), "components": u.float(), "comp_std": comp_var.sqrt().float(),
-            "comp_rho": rho.float(), "resid_std": resid.sqrt().float()}
+    resid = (cov.diagonal() - (comp_var[:, None] * u**2).sum(0)).clamp_min(0)  # (F,)
+    return {
+        "mean": mean.float(),
+        "components": u.float(),
+        "comp_std": comp_var.sqrt().float(),
+        "comp_rho": rho.float(),
+        "resid_std": resid.sqrt().float(),
+    }
 
 
-def sample_prior(stats: dict, n: int, frames: int, gen: torch.Generator | None = None) -> torch.Tensor:
+def sample_prior(
+    stats: dict, n: int, frames: int, gen: torch.Generator | None = None
+) -> torch.Tensor:
     """(n, F, frames) log1p spectrograms of noise shaped like the corpus: mean + principal shapes whose
     coefficients follow an AR(1) in time with the corpus' std and lag-1 correlation + independent residual.
 
@@ -66,10 +88,11 @@ def sample_prior(stats: dict, n: int, frames: int, gen: torch.Generator | None =
     eps = torch.randn(n, k, frames, generator=gen, device=draw).to(dev)  # (n, k, T)
     c = torch.empty_like(eps)
     c[..., 0] = eps[..., 0]
-    a, b = rho[None, :], (1 - rho ** 2).sqrt()[None, :]
+    a, b = rho[None, :], (1 - rho**2).sqrt()[None, :]
     for t in range(1, frames):  # AR(1) with unit stationary variance
         c[..., t] = a * c[..., t - 1] + b * eps[..., t]
     shaped = torch.einsum("kf,nkt->nft", u, c * sd[None, :, None])  # (n, F, T)
-    resid = stats["resid_std"][None, :, None] * torch.randn(n, u.shape[1], frames, generator=gen,
-                                                            device=draw).to(dev)
+    resid = stats["resid_std"][None, :, None] * torch.randn(
+        n, u.shape[1], frames, generator=gen, device=draw
+    ).to(dev)
     return (stats["mean"][None, :, None] + shaped + resid).clamp_min(0)

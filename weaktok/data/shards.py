@@ -95,7 +95,9 @@ def _track_from_meta(path: Path, track_id: str, meta: dict) -> Track:
     except (TypeError, ValueError):
         bpm = None
     tags = [str(t).strip().lower() for t in meta.get("tags") or [] if str(t).strip()]
-    return Track(path, track_id, tags, str(meta.get("license", "")), bpm, str(meta.get("username", "")))
+    return Track(
+        path, track_id, tags, str(meta.get("license", "")), bpm, str(meta.get("username", ""))
+    )
 
 
 def _discover_fsld(source: Path, metadata: dict) -> tuple[list[Track], list[dict]]:
@@ -107,7 +109,9 @@ def _discover_fsld(source: Path, metadata: dict) -> tuple[list[Track], list[dict
             continue
         sound_id = m.group(1)
         if sound_id not in metadata:
-            skipped.append({"path": str(path), "reason": f"metadata: no entry for sound id {sound_id}"})
+            skipped.append(
+                {"path": str(path), "reason": f"metadata: no entry for sound id {sound_id}"}
+            )
             continue
         tracks.append(_track_from_meta(path, sound_id, metadata[sound_id]))
     return tracks, skipped
@@ -115,7 +119,9 @@ def _discover_fsld(source: Path, metadata: dict) -> tuple[list[Track], list[dict
 
 def _discover_folder(source: Path, metadata: dict) -> list[Track]:
     tracks = []
-    for path in sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
+    for path in sorted(
+        p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+    ):
         rel = str(path.relative_to(source))
         meta = metadata.get(rel) or metadata.get(path.stem) or {}
         tracks.append(_track_from_meta(path, rel, meta))
@@ -157,14 +163,16 @@ def _describe_repairs(path: Path, sr: int) -> str:
     return ", ".join(parts)
 
 
-def decode_track(track: Track, sr: int, segment_seconds: float, min_seconds: float, split: str) -> list[Item]:
+def decode_track(
+    track: Track, sr: int, segment_seconds: float, min_seconds: float, split: str
+) -> list[Item]:
     """Decode, mono, resample, peak-normalise; cut long tracks into segments. Raises AudioError on bad audio."""
     y = load_audio(track.path, sr)
     seg = int(segment_seconds * sr)
     n_segments = max(1, int(np.ceil(len(y) / seg)))
     items = []
     for i in range(n_segments):
-        part = y[i * seg:(i + 1) * seg]
+        part = y[i * seg : (i + 1) * seg]
         if len(part) < min_seconds * sr:
             if i == 0:
                 raise AudioError(track.path, "too-short", f"{len(y) / sr:.3f} s < {min_seconds} s")
@@ -174,9 +182,16 @@ def decode_track(track: Track, sr: int, segment_seconds: float, min_seconds: flo
             continue
         key = _safe_key(f"{track.track_id}_{i:03d}" if n_segments > 1 else track.track_id)
         meta = {
-            "id": key, "track_id": track.track_id, "segment": i, "source": str(track.path), "tags": track.tags,
-            "license": track.license, "username": track.username, "bpm": track.bpm,
-            "duration": len(part) / sr, "sample_rate": sr,
+            "id": key,
+            "track_id": track.track_id,
+            "segment": i,
+            "source": str(track.path),
+            "tags": track.tags,
+            "license": track.license,
+            "username": track.username,
+            "bpm": track.bpm,
+            "duration": len(part) / sr,
+            "sample_rate": sr,
         }
         items.append(Item(key, split, (part / peak * 0.95).astype(np.float32), meta))
     return items
@@ -204,8 +219,12 @@ class SplitWriters:
     def write(self, item: Item, flac: bytes) -> None:
         if item.split not in self.writers:
             pattern = str(self.folder / f"{item.split}-%06d.tar")
-            self.writers[item.split] = wds.ShardWriter(pattern, maxcount=self.maxcount[item.split], verbose=0)
-        self.writers[item.split].write({"__key__": item.key, "flac": flac, "json": json.dumps(item.meta).encode()})
+            self.writers[item.split] = wds.ShardWriter(
+                pattern, maxcount=self.maxcount[item.split], verbose=0
+            )
+        self.writers[item.split].write(
+            {"__key__": item.key, "flac": flac, "json": json.dumps(item.meta).encode()}
+        )
         self.items[item.split] += 1
         self.seconds[item.split] += item.meta["duration"]
 
@@ -221,23 +240,32 @@ def _split_summary(folder: Path, writers: SplitWriters) -> dict:
         for path in sorted(folder.glob(f"{split}-*.tar")):
             n = sum(1 for name in _tar_names(path) if name.endswith(".flac"))
             shards.append({"file": path.name, "items": n, "sha256": sha256_file(path)})
-        splits[split] = {"count": writers.items[split], "seconds": round(writers.seconds[split], 3),
-                         "shards": shards}
+        splits[split] = {
+            "count": writers.items[split],
+            "seconds": round(writers.seconds[split], 3),
+            "shards": shards,
+        }
     return splits
 
 
 def _tar_names(path: Path) -> list[str]:
     import tarfile
+
     with tarfile.open(path) as tar:
         return tar.getnames()
 
 
 def lscore_target(scores: np.ndarray) -> dict:
     from weaktok.lscore.exact import LSCORE_NAMES
+
     if len(scores) == 0:
         return {"names": list(LSCORE_NAMES), "mean": [0.0] * 4, "std": [0.0] * 4, "count": 0}
-    return {"names": list(LSCORE_NAMES), "mean": scores.mean(0).tolist(), "std": scores.std(0).tolist(),
-            "count": int(len(scores))}
+    return {
+        "names": list(LSCORE_NAMES),
+        "mean": scores.mean(0).tolist(),
+        "std": scores.std(0).tolist(),
+        "count": int(len(scores)),
+    }
 
 
 def _maxcount(counts: dict[str, int], shard_size: int, min_shards: int) -> dict[str, int]:
@@ -246,17 +274,31 @@ def _maxcount(counts: dict[str, int], shard_size: int, min_shards: int) -> dict[
     return {s: max(1, min(shard_size, -(-n // min_shards))) for s, n in counts.items()}
 
 
-def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = None, sr: int = 22050,
-                 shard_size: int = 64, min_shards: int = 4, segment_seconds: float = 10.0,
-                 min_seconds: float = 0.5, batch_items: int = 64, num_actors: int | None = None,
-                 command: str | None = None, progress: bool = True, pool=None, split: str | None = None) -> dict:
+def build_shards(
+    source: str | Path,
+    out: str | Path,
+    tags: list[str] | None = None,
+    sr: int = 22050,
+    shard_size: int = 64,
+    min_shards: int = 4,
+    segment_seconds: float = 10.0,
+    min_seconds: float = 0.5,
+    batch_items: int = 64,
+    num_actors: int | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    pool=None,
+    split: str | None = None,
+) -> dict:
     """Build shards in ``out`` and return the manifest (also written to ``out/manifest.json``).
 
     ``pool``: an open ``LScorePool`` to use; by default one is started (and closed) for this build.
     ``split``: put every item in this one split (e.g. ``eval``) instead of the 70/15/15 hash split.
     """
     if split is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", split):
-        raise ValueError(f"split name {split!r}: use lower-case letters, digits and '_' (it names shard files)")
+        raise ValueError(
+            f"split name {split!r}: use lower-case letters, digits and '_' (it names shard files)"
+        )
     from contextlib import nullcontext
 
     from weaktok.lscore.pool import LScorePool
@@ -267,10 +309,15 @@ def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = N
     n_found = len(tracks)
     tracks = filter_tags(tracks, tags)
     if not tracks:
-        raise ValueError(f"no audio to shard in {source}: {n_found} files found, 0 left after tag filter {tags}")
+        raise ValueError(
+            f"no audio to shard in {source}: {n_found} files found, 0 left after tag filter {tags}"
+        )
     split_of = {t.track_id: split or assign_split(t.track_id) for t in tracks}
     # estimate per-split counts up front to size shards (one item per track; long files add a few more)
-    est = {s: sum(1 for t in tracks if split_of[t.track_id] == s) for s in ((split,) if split else SPLITS)}
+    est = {
+        s: sum(1 for t in tracks if split_of[t.track_id] == s)
+        for s in ((split,) if split else SPLITS)
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -281,16 +328,20 @@ def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = N
     with nullcontext(pool) if pool is not None else LScorePool(num_actors=num_actors) as pool:
         for start in range(0, len(tracks), batch_items):
             batch: list[Item] = []
-            for track in tracks[start:start + batch_items]:
+            for track in tracks[start : start + batch_items]:
                 try:
-                    batch += decode_track(track, sr, segment_seconds, min_seconds, split_of[track.track_id])
+                    batch += decode_track(
+                        track, sr, segment_seconds, min_seconds, split_of[track.track_id]
+                    )
                     what = _describe_repairs(track.path, sr)
                     if what:
                         repaired.append({"path": str(track.path), "what": what})
                 except AudioError as e:
                     skipped.append({"path": str(track.path), "reason": f"{e.reason}: {e.detail}"})
                 except Exception as e:  # never let one file stop the build; record why
-                    skipped.append({"path": str(track.path), "reason": f"error: {type(e).__name__}: {e}"})
+                    skipped.append(
+                        {"path": str(track.path), "reason": f"error: {type(e).__name__}: {e}"}
+                    )
                 bar.update(1)
             if not batch:
                 continue
@@ -303,11 +354,18 @@ def build_shards(source: str | Path, out: str | Path, tags: list[str] | None = N
     bar.close()
     writers.close()
     manifest = {
-        "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": command or "", "source": str(source), "tags": tags or [], "sample_rate": sr,
-        "segment_seconds": segment_seconds, "splits": _split_summary(tmp, writers),
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": command or "",
+        "source": str(source),
+        "tags": tags or [],
+        "sample_rate": sr,
+        "segment_seconds": segment_seconds,
+        "splits": _split_summary(tmp, writers),
         "lscore_target": lscore_target(np.array(train_scores)),
-        "skipped": skipped, "repaired": repaired, "build_seconds": round(time.time() - t0, 2),
+        "skipped": skipped,
+        "repaired": repaired,
+        "build_seconds": round(time.time() - t0, 2),
     }
     _swap_in(tmp, out, manifest)
     return manifest
@@ -327,10 +385,14 @@ def _swap_in(tmp: Path, out: Path, manifest: dict) -> None:
 
 def print_summary(manifest: dict, out: Path) -> None:
     for split, s in manifest["splits"].items():
-        print(f"  {split:5s} {s['count']:6d} items  {s['seconds'] / 60:7.1f} min  {len(s['shards'])} shards")
+        print(
+            f"  {split:5s} {s['count']:6d} items  {s['seconds'] / 60:7.1f} min  {len(s['shards'])} shards"
+        )
     t = manifest["lscore_target"]
-    print("  L-Score target (train): " + ", ".join(
-        f"{n}={m:.3f}±{sd:.3f}" for n, m, sd in zip(t["names"], t["mean"], t["std"])))
+    print(
+        "  L-Score target (train): "
+        + ", ".join(f"{n}={m:.3f}±{sd:.3f}" for n, m, sd in zip(t["names"], t["mean"], t["std"]))
+    )
     if manifest["repaired"]:
         print(f"  repaired {len(manifest['repaired'])} files (resampled/downmixed)")
     skipped = manifest["skipped"]

@@ -54,7 +54,13 @@ from weaktok import generate as G
 from weaktok.evaluation import features as FT
 from weaktok.evaluation.stats import summarize, summarize_seeds
 from weaktok.model.unet import chunk_path_cut
-from weaktok.plots import md_table, pct, plot_lscore_hist, plot_spectrogram_rows, plot_training_curves
+from weaktok.plots import (
+    md_table,
+    pct,
+    plot_lscore_hist,
+    plot_spectrogram_rows,
+    plot_training_curves,
+)
 
 GOAL = 0.15  # the research goal: every term within 15 % of the target
 # Length of every evaluated clip. Measured on the demo shards (300 items, exact L-Score, 8-s crops): the coefficient
@@ -73,11 +79,15 @@ PAPER_TABLE1 = {
     "uncond": [0.409, 2.962, 0.739, 0.496],
     "seed": [0.502, 6.667, 0.067, 0.571],
     "note": "The paper's targets are predefined numbers, not dataset statistics; its outputs' length and scored "
-            "region are not stated. Its relative errors are quoted for reference, not as a like-for-like "
-            "comparison with ours (our target: the training split's mean on crops of the scored region).",
+    "region are not stated. Its relative errors are quoted for reference, not as a like-for-like "
+    "comparison with ours (our target: the training split's mean on crops of the scored region).",
 }
-PAPER_TABLE1["uncond_rel_err"] = [(u - t) / t for u, t in zip(PAPER_TABLE1["uncond"], PAPER_TABLE1["target"])]
-PAPER_TABLE1["seed_rel_err"] = [(s - t) / t for s, t in zip(PAPER_TABLE1["seed"], PAPER_TABLE1["target"])]
+PAPER_TABLE1["uncond_rel_err"] = [
+    (u - t) / t for u, t in zip(PAPER_TABLE1["uncond"], PAPER_TABLE1["target"])
+]
+PAPER_TABLE1["seed_rel_err"] = [
+    (s - t) / t for s, t in zip(PAPER_TABLE1["seed"], PAPER_TABLE1["target"])
+]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -91,8 +101,10 @@ class Scorer:
     def __init__(self, sr: int, workers: int = 0, onset: str = "paper"):
         self.sr, self.pool, self.onset = sr, None, onset
         if onset != "paper" and workers > 1:
-            raise ValueError(f"--onset {onset} is scored serially: the Ray pool runs the paper's preset "
-                             "(drop --workers)")
+            raise ValueError(
+                f"--onset {onset} is scored serially: the Ray pool runs the paper's preset "
+                "(drop --workers)"
+            )
         if workers > 1:
             from weaktok.lscore.pool import LScorePool
 
@@ -138,18 +150,29 @@ class Regions:
     hole_sample: int  # first scored sample (seed mode): hole_frame x hop
     sr: int
 
-    def crop(self, mode: str, waves: np.ndarray) -> list[np.ndarray]:  # (B, n) -> B waves of the mode's region
-        return list(waves if mode == "uncond" else waves[:, self.hole_sample:])
+    def crop(
+        self, mode: str, waves: np.ndarray
+    ) -> list[np.ndarray]:  # (B, n) -> B waves of the mode's region
+        return list(waves if mode == "uncond" else waves[:, self.hole_sample :])
 
     def seconds(self, mode: str) -> float:
         return (self.n - (0 if mode == "uncond" else self.hole_sample)) / self.sr
 
     def describe(self) -> dict:
-        return {"uncond": {"start_s": 0.0, "start_sample": 0, "seconds": round(self.seconds("uncond"), 3),
-                           "what": "the whole output"},
-                "seed": {"start_s": round(self.hole_sample / self.sr, 3), "start_sample": self.hole_sample,
-                         "seconds": round(self.seconds("seed"), 3),
-                         "what": "the in-painted region only (the seed's part is not scored)"}}
+        return {
+            "uncond": {
+                "start_s": 0.0,
+                "start_sample": 0,
+                "seconds": round(self.seconds("uncond"), 3),
+                "what": "the whole output",
+            },
+            "seed": {
+                "start_s": round(self.hole_sample / self.sr, 3),
+                "start_sample": self.hole_sample,
+                "seconds": round(self.seconds("seed"), 3),
+                "what": "the in-painted region only (the seed's part is not scored)",
+            },
+        }
 
 
 def make_regions(front, sr: int, seconds: float, mask_fraction: float) -> Regions:
@@ -174,8 +197,14 @@ def copy_seed(spec: torch.Tensor, hole_frame: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def training_reference(loaded: G.Loaded, shards: str, regions: Regions, score: Scorer, max_items: int,
-                       onset: str = "paper") -> dict:
+def training_reference(
+    loaded: G.Loaded,
+    shards: str,
+    regions: Regions,
+    score: Scorer,
+    max_items: int,
+    onset: str = "paper",
+) -> dict:
     """Exact L-Scores and features of the training split's clips, per mode's region: the length-matched target
     and the memorisation bank. Cached beside the first model (reference_<seconds>s_<hole>.pt)."""
     from weaktok.data.loader import eval_loader
@@ -218,21 +247,40 @@ class Collector:
 
 
 @torch.no_grad()
-def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str, regions: Regions, n_items: int,
-                    n_gen: int, mask_fraction: float, steps: int, score: Scorer, seed: int,
-                    guidance: G.Guidance | None, keep: int = 3) -> dict:
+def evaluation_pass(
+    models: list[G.Loaded],
+    stats: dict,
+    shards: str,
+    split: str,
+    regions: Regions,
+    n_items: int,
+    n_gen: int,
+    mask_fraction: float,
+    steps: int,
+    score: Scorer,
+    seed: int,
+    guidance: G.Guidance | None,
+    keep: int = 3,
+) -> dict:
     """One pass over the evaluation split: real data on every item; baselines, model outputs (per model) and the
     bypass ablation on the first ``n_gen``. Returns a Collector plus the ablation's L1 rows and examples."""
     from weaktok.data.loader import eval_loader
 
     front, dev, sr = models[0].front, models[0].device, regions.sr
     hole = torch.zeros(regions.frames, dtype=torch.bool, device=dev)
-    hole[regions.hole_frame:] = True
+    hole[regions.hole_frame :] = True
     col = Collector()
     l1 = {k: [] for k in ("recon_mean_spectrum", "inpaint_mean_spectrum")}
     for i in range(len(models)):
-        for k in ("recon_intact", "recon_cut", "inpaint_intact", "inpaint_cut", "boundary_rate", "chunks_per_s",
-                  "gen_boundary_rate"):
+        for k in (
+            "recon_intact",
+            "recon_cut",
+            "inpaint_intact",
+            "inpaint_cut",
+            "boundary_rate",
+            "chunks_per_s",
+            "gen_boundary_rate",
+        ):
             l1[f"{i}:{k}"] = []
     examples: list[dict] = []
     seen = 0
@@ -250,50 +298,99 @@ def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str
         if g > 0:
             spec = front(audio[:g].to(dev))  # (g, F, T)
             gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
-            mean = stats["mean"][None, :, None]  # (1, F, 1) the corpus mean spectrum: the trivial predictor
+            mean = stats["mean"][
+                None, :, None
+            ]  # (1, F, 1) the corpus mean spectrum: the trivial predictor
             l1["recon_mean_spectrum"] += (mean - spec).abs().mean(dim=(1, 2)).tolist()
             l1["inpaint_mean_spectrum"] += (mean - spec[..., hole]).abs().mean(dim=(1, 2)).tolist()
-            specs = {("data_vocoder", "uncond"): spec, ("data_vocoder", "seed"): spec,
-                     ("copy_seed", "seed"): copy_seed(spec, regions.hole_frame),
-                     ("prior_noise", "uncond"): G.sample_prior(stats, g, regions.frames, gen),
-                     ("prior_noise", "seed"): torch.where(hole, G.sample_prior(stats, g, regions.frames, gen), spec)}
+            specs = {
+                ("data_vocoder", "uncond"): spec,
+                ("data_vocoder", "seed"): spec,
+                ("copy_seed", "seed"): copy_seed(spec, regions.hole_frame),
+                ("prior_noise", "uncond"): G.sample_prior(stats, g, regions.frames, gen),
+                ("prior_noise", "seed"): torch.where(
+                    hole, G.sample_prior(stats, g, regions.frames, gen), spec
+                ),
+            }
             for i, loaded in enumerate(models):
                 model = loaded.model
                 seed_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 7 * b)  # noqa: E731
                 uncond_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 7 * b + 3)  # noqa: E731
-                out = ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fraction, steps, l1,
-                                      f"{i}:", "intact")
+                out = ablation_losses(
+                    model,
+                    spec,
+                    hole,
+                    seed_gen,
+                    uncond_gen,
+                    stats,
+                    mask_fraction,
+                    steps,
+                    l1,
+                    f"{i}:",
+                    "intact",
+                )
                 y_s, mo_s = out["seed"]
                 y_u, mo_u = out["uncond"]
                 with chunk_path_cut(model):
-                    cut = ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fraction, steps, l1,
-                                          f"{i}:", "cut")
+                    cut = ablation_losses(
+                        model,
+                        spec,
+                        hole,
+                        seed_gen,
+                        uncond_gen,
+                        stats,
+                        mask_fraction,
+                        steps,
+                        l1,
+                        f"{i}:",
+                        "cut",
+                    )
                 specs[(f"model{i}_cut", "seed")] = cut["seed"][0]
                 specs[(f"model{i}_cut", "uncond")] = cut["uncond"][0]
                 out = out["forward"]
                 n_chunks = out.chunk.num_chunks.float()
-                l1[f"{i}:boundary_rate"] += (out.chunk.boundaries.sum(1) / out.chunk.frame_mask.sum(1)).tolist()
-                for mo in (mo_u, mo_s):  # the chunks while generating (flow: mean over the ODE's calls; else last)
+                l1[f"{i}:boundary_rate"] += (
+                    out.chunk.boundaries.sum(1) / out.chunk.frame_mask.sum(1)
+                ).tolist()
+                for mo in (
+                    mo_u,
+                    mo_s,
+                ):  # the chunks while generating (flow: mean over the ODE's calls; else last)
                     rate = mo.stats.get("sampling_boundary_rate", mo.stats["boundary_rate"])
                     l1[f"{i}:gen_boundary_rate"].append(float(rate))
-                l1[f"{i}:chunks_per_s"] += (n_chunks / (regions.frames * front.frame_seconds)).tolist()
+                l1[f"{i}:chunks_per_s"] += (
+                    n_chunks / (regions.frames * front.frame_seconds)
+                ).tolist()
                 specs[(f"model{i}", "seed")] = y_s
                 specs[(f"model{i}", "uncond")] = y_u
                 if guidance is not None:
                     specs[(f"model{i}_guided", "seed")] = G.guide(y_s, hole, guidance)
-                    specs[(f"model{i}_guided", "uncond")] = G.guide(y_u, torch.ones_like(hole), guidance)
+                    specs[(f"model{i}_guided", "uncond")] = G.guide(
+                        y_u, torch.ones_like(hole), guidance
+                    )
                 if i == 0:
                     for j in range(min(g, keep - len(examples))):
-                        examples.append({"key": batch["keys"][j], "data": spec[j].cpu(), "seed": y_s[j].cpu(),
-                                         "uncond": y_u[j].cpu(), "data_starts": G.chunk_start_frames(out, j),
-                                         "seed_starts": G.chunk_start_frames(mo_s, j),
-                                         "uncond_starts": G.chunk_start_frames(mo_u, j)})
-            unique = list({id(v): v for v in specs.values()}.values())  # data_vocoder serves both modes
-            wav = front.inverse(torch.cat(unique), length=regions.n).cpu().numpy()  # one Griffin-Lim call
+                        examples.append(
+                            {
+                                "key": batch["keys"][j],
+                                "data": spec[j].cpu(),
+                                "seed": y_s[j].cpu(),
+                                "uncond": y_u[j].cpu(),
+                                "data_starts": G.chunk_start_frames(out, j),
+                                "seed_starts": G.chunk_start_frames(mo_s, j),
+                                "uncond_starts": G.chunk_start_frames(mo_u, j),
+                            }
+                        )
+            unique = list(
+                {id(v): v for v in specs.values()}.values()
+            )  # data_vocoder serves both modes
+            wav = (
+                front.inverse(torch.cat(unique), length=regions.n).cpu().numpy()
+            )  # one Griffin-Lim call
             at = {id(v): j for j, v in enumerate(unique)}
             for (name, m), v in specs.items():
                 j = at[id(v)]
-                cropped = regions.crop(m, wav[j * g:(j + 1) * g])
+                cropped = regions.crop(m, wav[j * g : (j + 1) * g])
                 col.add(name, m, score(cropped), clip_features(cropped, sr))
         seen += take
         bar.update(take)
@@ -303,8 +400,19 @@ def evaluation_pass(models: list[G.Loaded], stats: dict, shards: str, split: str
     return {"col": col, "l1": l1, "examples": examples, "n_items": seen, "n_gen": min(n_gen, seen)}
 
 
-def ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fraction, steps, l1: dict, prefix: str,
-                    which: str) -> dict:
+def ablation_losses(
+    model,
+    spec,
+    hole,
+    seed_gen,
+    uncond_gen,
+    stats,
+    mask_fraction,
+    steps,
+    l1: dict,
+    prefix: str,
+    which: str,
+) -> dict:
     """One model (intact, or under ``chunk_path_cut``): its seed-based and unconditional outputs (the same noise
     draws for intact and cut) and the bypass rows ``l1[prefix + "recon_" + which]`` / ``"inpaint_"``:
 
@@ -321,7 +429,11 @@ def ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fractio
         nothing = torch.zeros(frames, dtype=torch.bool, device=spec.device)
         recon = flow.eval_loss(model, spec, nothing, uncond_gen())[0]
         inpaint = flow.eval_loss(model, spec, ~hole, seed_gen())[0]
-        fwd = model(flow.normalise(model, spec), t=torch.ones(g, device=spec.device), known=nothing.expand(g, -1))
+        fwd = model(
+            flow.normalise(model, spec),
+            t=torch.ones(g, device=spec.device),
+            known=nothing.expand(g, -1),
+        )
     else:
         fwd = model(spec)
         recon = (fwd.recon - spec).abs().mean(dim=(1, 2))
@@ -335,22 +447,35 @@ def ablation_losses(model, spec, hole, seed_gen, uncond_gen, stats, mask_fractio
 # Tables
 
 
-def distribution_metrics(col: Collector, mode: str, sets: list[str], n_gen: int, train_feat: np.ndarray,
-                         seed: int) -> dict:
+def distribution_metrics(
+    col: Collector, mode: str, sets: list[str], n_gen: int, train_feat: np.ndarray, seed: int
+) -> dict:
     """Fréchet distance, KID and real-vs-generated accuracy of each set against held-out real clips (evaluation
     items that carry no outputs), on features z-scored by that reference; memorisation against the training bank."""
     real = col.get("data", mode, "feat")
-    ref = real[n_gen:] if len(real) - n_gen >= 16 else real  # too few spare items: the reference overlaps `data`
+    ref = (
+        real[n_gen:] if len(real) - n_gen >= 16 else real
+    )  # too few spare items: the reference overlaps `data`
     mu, sd = FT.standardizer(ref)
     z = lambda x: (x - mu) / sd  # noqa: E731
-    cands = {"data": real[:n_gen] if len(real) - n_gen >= 16 else real, **{s: col.get(s, mode, "feat") for s in sets}}
-    out = {"reference_items": int(len(ref)), "reference_overlaps_data": bool(len(real) - n_gen < 16)}
+    cands = {
+        "data": real[:n_gen] if len(real) - n_gen >= 16 else real,
+        **{s: col.get(s, mode, "feat") for s in sets},
+    }
+    out = {
+        "reference_items": int(len(ref)),
+        "reference_overlaps_data": bool(len(real) - n_gen < 16),
+    }
     for name, f in cands.items():
         kid_mean, kid_std = FT.kid(z(f), z(ref), seed=seed)
-        out[name] = {"n": int(len(f)), "frechet": float(FT.frechet_distance(z(f), z(ref))),
-                     "kid": float(kid_mean), "kid_std": float(kid_std),
-                     "two_sample": FT.two_sample_accuracy(z(ref), z(f), seed=seed),
-                     "memorisation": FT.memorisation(z(f), z(train_feat), z(ref))}
+        out[name] = {
+            "n": int(len(f)),
+            "frechet": float(FT.frechet_distance(z(f), z(ref))),
+            "kid": float(kid_mean),
+            "kid_std": float(kid_std),
+            "two_sample": FT.two_sample_accuracy(z(ref), z(f), seed=seed),
+            "memorisation": FT.memorisation(z(f), z(train_feat), z(ref)),
+        }
     return out
 
 
@@ -358,88 +483,155 @@ def seeds_of(name: str, n_models: int, col: Collector, mode: str) -> list[np.nda
     return [col.get(f"{name}{i}", mode) for i in range(n_models)]
 
 
-def build_table(p: dict, models: list[G.Loaded], ref: dict, manifest_target: dict, regions: Regions, args: dict,
-                n_boot: int, seed: int) -> dict:
+def build_table(
+    p: dict,
+    models: list[G.Loaded],
+    ref: dict,
+    manifest_target: dict,
+    regions: Regions,
+    args: dict,
+    n_boot: int,
+    seed: int,
+) -> dict:
     col, n_models = p["col"], len(models)
     names = list(manifest_target["names"])
     guided = ("model0_guided", "seed") in col.lscore
-    t: dict = {"names": names, "goal": GOAL, "scored_region": regions.describe(),
-               "n_items": {"data": p["n_items"], "generated_per_seed": p["n_gen"],
-                           "target": int(len(ref["lscore_uncond"]))},
-               "seeds": [{"checkpoint": str(m.path), "train_seed": m.cfg.seed} for m in models],
-               "target": {"definition": "mean exact L-Score of the training split's clips, cropped to each mode's "
-                                        "scored region",
-                          "whole_items": {"mean": manifest_target["mean"], "std": manifest_target["std"],
-                                          "definition": "mean exact L-Score of whole training items (manifest)"}},
-               "baselines": {}, "paper": PAPER_TABLE1}
+    t: dict = {
+        "names": names,
+        "goal": GOAL,
+        "scored_region": regions.describe(),
+        "n_items": {
+            "data": p["n_items"],
+            "generated_per_seed": p["n_gen"],
+            "target": int(len(ref["lscore_uncond"])),
+        },
+        "seeds": [{"checkpoint": str(m.path), "train_seed": m.cfg.seed} for m in models],
+        "target": {
+            "definition": "mean exact L-Score of the training split's clips, cropped to each mode's "
+            "scored region",
+            "whole_items": {
+                "mean": manifest_target["mean"],
+                "std": manifest_target["std"],
+                "definition": "mean exact L-Score of whole training items (manifest)",
+            },
+        },
+        "baselines": {},
+        "paper": PAPER_TABLE1,
+    }
     for m in MODES:
         # the target is a fixed number (the mean of *these* training items, which the model was fitted to), like the
         # paper's predefined targets; its ci95 says how well it estimates the corpus-wide mean, for reference
         items = ref[f"lscore_{m}"]
         tgt = items.mean(0)
         own = summarize(items, tgt, n_boot=n_boot, seed=seed)
-        t["target"][m] = {"mean": tgt.tolist(), "std": items.std(0).tolist(), "n": int(len(items)),
-                          "ci95": own["ci95"]}
+        t["target"][m] = {
+            "mean": tgt.tolist(),
+            "std": items.std(0).tolist(),
+            "n": int(len(items)),
+            "ci95": own["ci95"],
+        }
         t[m] = summarize_seeds(seeds_of("model", n_models, col, m), tgt, n_boot=n_boot, seed=seed)
         if guided:
-            t[f"{m}_guided"] = summarize_seeds([col.get(f"model{i}_guided", m) for i in range(n_models)], tgt,
-                                               n_boot=n_boot, seed=seed)
+            t[f"{m}_guided"] = summarize_seeds(
+                [col.get(f"model{i}_guided", m) for i in range(n_models)],
+                tgt,
+                n_boot=n_boot,
+                seed=seed,
+            )
         for b in ("data", "data_vocoder", "copy_seed", "prior_noise"):
             if (b, m) in col.lscore:
-                t["baselines"].setdefault(b, {})[m] = summarize(col.get(b, m), tgt, n_boot=n_boot, seed=seed)
+                t["baselines"].setdefault(b, {})[m] = summarize(
+                    col.get(b, m), tgt, n_boot=n_boot, seed=seed
+                )
     # goal: every term's relative error within GOAL (point estimate, and the whole interval)
     pooled = {m: t[m]["pooled"] for m in MODES}
     t["goal_met"] = all(abs(e) <= GOAL for m in MODES for e in pooled[m]["rel_err"])
-    t["goal_met_ci"] = all(-GOAL <= lo and hi <= GOAL for m in MODES for lo, hi in pooled[m]["rel_err_ci95"])
+    t["goal_met_ci"] = all(
+        -GOAL <= lo and hi <= GOAL for m in MODES for lo, hi in pooled[m]["rel_err_ci95"]
+    )
     t["within_goal"] = {m: [bool(abs(e) <= GOAL) for e in pooled[m]["rel_err"]] for m in MODES}
-    t["data_floor_ci_halfwidth"] = {m: [(hi - lo) / 2 for lo, hi in t["baselines"]["data"][m]["rel_err_ci95"]]
-                                    for m in MODES}
+    t["data_floor_ci_halfwidth"] = {
+        m: [(hi - lo) / 2 for lo, hi in t["baselines"]["data"][m]["rel_err_ci95"]] for m in MODES
+    }
     # distributions: per training seed, then mean and sd over seeds
     t["frechet"], t["kid"], t["two_sample_accuracy"], t["memorisation"] = {}, {}, {}, {}
     for m in MODES:
-        sets = [f"model{i}" for i in range(n_models)] + [f"model{i}_cut" for i in range(n_models)] + [
-            b for b in ("data_vocoder", "copy_seed", "prior_noise") if (b, m) in col.feat]
+        sets = (
+            [f"model{i}" for i in range(n_models)]
+            + [f"model{i}_cut" for i in range(n_models)]
+            + [b for b in ("data_vocoder", "copy_seed", "prior_noise") if (b, m) in col.feat]
+        )
         d = distribution_metrics(col, m, sets, p["n_gen"], ref[f"feat_{m}"], seed)
-        for key, field in (("frechet", "frechet"), ("kid", "kid"), ("two_sample_accuracy", "two_sample"),
-                           ("memorisation", "memorisation")):
-            row = {"reference_items": d["reference_items"], "reference_overlaps_data": d["reference_overlaps_data"]}
+        for key, field in (
+            ("frechet", "frechet"),
+            ("kid", "kid"),
+            ("two_sample_accuracy", "two_sample"),
+            ("memorisation", "memorisation"),
+        ):
+            row = {
+                "reference_items": d["reference_items"],
+                "reference_overlaps_data": d["reference_overlaps_data"],
+            }
             for name in ["data", "data_vocoder", "copy_seed", "prior_noise"]:
                 if name in d:
                     row[name] = d[name][field]
             row["model"] = _over_seeds([d[f"model{i}"][field] for i in range(n_models)])
-            if f"model0_cut" in d:  # the bypass ablation's outputs (chunk path cut), same noise as the model's
+            if (
+                "model0_cut" in d
+            ):  # the bypass ablation's outputs (chunk path cut), same noise as the model's
                 row["model_cut"] = _over_seeds([d[f"model{i}_cut"][field] for i in range(n_models)])
             t[key][m] = row
     # the bypass ablation: the chunk path cut vs intact, per seed, with the mean-spectrum predictor beside them
     l1 = p["l1"]
     flow_models = G.is_flow(models[0].model)
-    t["bypass"] = {"definition": ("flow validation loss (mean squared velocity error over the generated frames, 4 "
-                                  "fixed times, the same noise intact and cut) over the first n_gen evaluation "
-                                  "items: recon = nothing known, inpaint = the seed's part known"
-                                  if flow_models else
-                                  "L1 on log1p spectrograms over the first n_gen evaluation items: recon = "
-                                  "model(spec) vs spec; inpaint = the seed-based output's hole vs the real hole "
-                                  "(same noise draws intact and cut)") + "; cut = bottleneck replaced by the identity",
-                   "measure": "flow_loss" if flow_models else "l1",
-                   "mean_spectrum": {"recon_l1": _mean(l1["recon_mean_spectrum"]),
-                                     "inpaint_l1": _mean(l1["inpaint_mean_spectrum"])}}
+    t["bypass"] = {
+        "definition": (
+            "flow validation loss (mean squared velocity error over the generated frames, 4 "
+            "fixed times, the same noise intact and cut) over the first n_gen evaluation "
+            "items: recon = nothing known, inpaint = the seed's part known"
+            if flow_models
+            else "L1 on log1p spectrograms over the first n_gen evaluation items: recon = "
+            "model(spec) vs spec; inpaint = the seed-based output's hole vs the real hole "
+            "(same noise draws intact and cut)"
+        )
+        + "; cut = bottleneck replaced by the identity",
+        "measure": "flow_loss" if flow_models else "l1",
+        "mean_spectrum": {
+            "recon_l1": _mean(l1["recon_mean_spectrum"]),
+            "inpaint_l1": _mean(l1["inpaint_mean_spectrum"]),
+        },
+    }
     for what in ("recon", "inpaint"):
         intact = [_mean(l1[f"{i}:{what}_intact"]) for i in range(n_models)]
         cut = [_mean(l1[f"{i}:{what}_cut"]) for i in range(n_models)]
         change = [(c - a) / a for a, c in zip(intact, cut)]
-        paired = np.concatenate([np.asarray(l1[f"{i}:{what}_cut"]) - np.asarray(l1[f"{i}:{what}_intact"])
-                                 for i in range(n_models)])[:, None]
+        paired = np.concatenate(
+            [
+                np.asarray(l1[f"{i}:{what}_cut"]) - np.asarray(l1[f"{i}:{what}_intact"])
+                for i in range(n_models)
+            ]
+        )[:, None]
         ci = summarize(paired, np.zeros(1), n_boot=n_boot, seed=seed)["ci95"][0]
-        t["bypass"][what] = {"intact": float(np.mean(intact)), "cut": float(np.mean(cut)),
-                             "per_seed_intact": intact, "per_seed_cut": cut,
-                             "rel_change": float(np.mean(change)), "per_seed_rel_change": change,
-                             "cut_minus_intact_ci95": ci}
-    t["chunks"] = {"boundary_rate": float(np.mean(sum((l1[f"{i}:boundary_rate"] for i in range(n_models)), []))),
-                   "chunks_per_s": float(np.mean(sum((l1[f"{i}:chunks_per_s"] for i in range(n_models)), []))),
-                   "generation_boundary_rate": float(np.mean(sum((l1[f"{i}:gen_boundary_rate"]
-                                                                  for i in range(n_models)), []))),
-                   "target_ratio": models[0].cfg.model.chunking.target_ratio,
-                   "kind": models[0].cfg.model.chunking.kind}
+        t["bypass"][what] = {
+            "intact": float(np.mean(intact)),
+            "cut": float(np.mean(cut)),
+            "per_seed_intact": intact,
+            "per_seed_cut": cut,
+            "rel_change": float(np.mean(change)),
+            "per_seed_rel_change": change,
+            "cut_minus_intact_ci95": ci,
+        }
+    t["chunks"] = {
+        "boundary_rate": float(
+            np.mean(sum((l1[f"{i}:boundary_rate"] for i in range(n_models)), []))
+        ),
+        "chunks_per_s": float(np.mean(sum((l1[f"{i}:chunks_per_s"] for i in range(n_models)), []))),
+        "generation_boundary_rate": float(
+            np.mean(sum((l1[f"{i}:gen_boundary_rate"] for i in range(n_models)), []))
+        ),
+        "target_ratio": models[0].cfg.model.chunking.target_ratio,
+        "kind": models[0].cfg.model.chunking.kind,
+    }
     t.update(args)
     return t
 
@@ -448,8 +640,11 @@ def _over_seeds(per_seed: list[dict | float]) -> dict:
     """Per-seed values of a metric -> {per_seed, mean, sd} (dicts: their headline number; see _headline)."""
     vals = [_headline(v) for v in per_seed]
     finite = [v for v in vals if v is not None and np.isfinite(v)]
-    return {"per_seed": per_seed, "mean": float(np.mean(finite)) if finite else None,
-            "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None}
+    return {
+        "per_seed": per_seed,
+        "mean": float(np.mean(finite)) if finite else None,
+        "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+    }
 
 
 def _headline(v):
@@ -485,85 +680,185 @@ def table1_markdown(t: dict) -> str:
     model = {m: t[m]["pooled"] for m in MODES}
     rows = []
     for j, name in enumerate(names):
-        rows.append([name, f"{t['target']['uncond']['mean'][j]:.3f}", _cell(t["baselines"]["data"]["uncond"], j),
-                     _cell(model["uncond"], j), f"{t['target']['seed']['mean'][j]:.3f}",
-                     _cell(t["baselines"]["data"]["seed"], j), _cell(model["seed"], j),
-                     f"{P['target'][j]:g}", f"{P['uncond'][j]:g} ({pct(P['uncond_rel_err'][j])})",
-                     f"{P['seed'][j]:g} ({pct(P['seed_rel_err'][j])})"])
-    head = ["term", "Target uncond", "Data uncond", "Model uncond", "Target seed", "Data seed", "Model seed",
-            "paper Target", "paper Uncond", "paper Seed"]
-    goal = ("**met**" if t["goal_met"] else "**NOT met**")
-    s = (f"# Table 1: exact L-Score of generated audio vs the training target\n\n"
-         f"Evaluation split `{t['split']}` of `{t['eval_shards']}`: {t['n_items']['data']} items (the data floor); "
-         f"{t['n_items']['generated_per_seed']} outputs per mode per training seed; {nseeds} training seed(s). "
-         f"Unconditional: {reg['uncond']['what']} ({reg['uncond']['seconds']:g} s). Seed-based: "
-         f"{reg['seed']['what']} ({reg['seed']['seconds']:g} s from {reg['seed']['start_s']:g} s).\n"
-         f"Cells: mean (relative error vs the target [95 % bootstrap interval]). Target = the training split's "
-         f"mean on crops of the same region ({t['n_items']['target']} items). Goal (every model term within "
-         f"±{GOAL:.0%}): {goal} by the point estimates, {'met' if t['goal_met_ci'] else 'not met'} by the "
-         f"intervals.\n\n" + md_table(head, rows) +
-         f"\n{P['note']}\n\n## Baselines (relative error vs the target [95 % interval])\n\n")
+        rows.append(
+            [
+                name,
+                f"{t['target']['uncond']['mean'][j]:.3f}",
+                _cell(t["baselines"]["data"]["uncond"], j),
+                _cell(model["uncond"], j),
+                f"{t['target']['seed']['mean'][j]:.3f}",
+                _cell(t["baselines"]["data"]["seed"], j),
+                _cell(model["seed"], j),
+                f"{P['target'][j]:g}",
+                f"{P['uncond'][j]:g} ({pct(P['uncond_rel_err'][j])})",
+                f"{P['seed'][j]:g} ({pct(P['seed_rel_err'][j])})",
+            ]
+        )
+    head = [
+        "term",
+        "Target uncond",
+        "Data uncond",
+        "Model uncond",
+        "Target seed",
+        "Data seed",
+        "Model seed",
+        "paper Target",
+        "paper Uncond",
+        "paper Seed",
+    ]
+    goal = "**met**" if t["goal_met"] else "**NOT met**"
+    s = (
+        f"# Table 1: exact L-Score of generated audio vs the training target\n\n"
+        f"Evaluation split `{t['split']}` of `{t['eval_shards']}`: {t['n_items']['data']} items (the data floor); "
+        f"{t['n_items']['generated_per_seed']} outputs per mode per training seed; {nseeds} training seed(s). "
+        f"Unconditional: {reg['uncond']['what']} ({reg['uncond']['seconds']:g} s). Seed-based: "
+        f"{reg['seed']['what']} ({reg['seed']['seconds']:g} s from {reg['seed']['start_s']:g} s).\n"
+        f"Cells: mean (relative error vs the target [95 % bootstrap interval]). Target = the training split's "
+        f"mean on crops of the same region ({t['n_items']['target']} items). Goal (every model term within "
+        f"±{GOAL:.0%}): {goal} by the point estimates, {'met' if t['goal_met_ci'] else 'not met'} by the "
+        f"intervals.\n\n"
+        + md_table(head, rows)
+        + f"\n{P['note']}\n\n## Baselines (relative error vs the target [95 % interval])\n\n"
+    )
     for m in MODES:
         rows = []
         for b, per in t["baselines"].items():
             if m in per:
-                rows.append([b, per[m]["n"] if isinstance(per[m]["n"], int) else per[m]["n"][0],
-                             *[f"{pct(e)} {_ci(c)}" for e, c in zip(per[m]["rel_err"], per[m]["rel_err_ci95"])]])
+                rows.append(
+                    [
+                        b,
+                        per[m]["n"] if isinstance(per[m]["n"], int) else per[m]["n"][0],
+                        *[
+                            f"{pct(e)} {_ci(c)}"
+                            for e, c in zip(per[m]["rel_err"], per[m]["rel_err_ci95"])
+                        ],
+                    ]
+                )
         pm = t[m]
-        rows.append([f"model ({nseeds} seed{'s' if nseeds > 1 else ''})", pm["pooled"]["n"] if isinstance(
-            pm["pooled"]["n"], int) else pm["pooled"]["n"][0],
-            *[f"{pct(e)} {_ci(c)}" for e, c in zip(pm["pooled"]["rel_err"], pm["pooled"]["rel_err_ci95"])]])
+        rows.append(
+            [
+                f"model ({nseeds} seed{'s' if nseeds > 1 else ''})",
+                pm["pooled"]["n"] if isinstance(pm["pooled"]["n"], int) else pm["pooled"]["n"][0],
+                *[
+                    f"{pct(e)} {_ci(c)}"
+                    for e, c in zip(pm["pooled"]["rel_err"], pm["pooled"]["rel_err_ci95"])
+                ],
+            ]
+        )
         if f"{m}_guided" in t:
             g = t[f"{m}_guided"]["pooled"]
-            rows.append(["model + L-Score guidance", g["n"] if isinstance(g["n"], int) else g["n"][0],
-                         *[f"{pct(e)} {_ci(c)}" for e, c in zip(g["rel_err"], g["rel_err_ci95"])]])
-        s += f"**{m}** ({reg[m]['seconds']:g} s scored)\n\n" + md_table(["set", "n", *names], rows) + "\n"
+            rows.append(
+                [
+                    "model + L-Score guidance",
+                    g["n"] if isinstance(g["n"], int) else g["n"][0],
+                    *[f"{pct(e)} {_ci(c)}" for e, c in zip(g["rel_err"], g["rel_err_ci95"])],
+                ]
+            )
+        s += (
+            f"**{m}** ({reg[m]['seconds']:g} s scored)\n\n"
+            + md_table(["set", "n", *names], rows)
+            + "\n"
+        )
         if nseeds > 1:
-            s += ("Across training seeds (mean ± sd of the per-seed relative errors): " + ", ".join(
-                f"{n} {pct(mu)} ± {100 * sd:.1f}" for n, mu, sd in zip(
-                    names, pm["rel_err_over_seeds"]["mean"], pm["rel_err_over_seeds"]["sd"])) + "\n\n")
-    s += ("## Distributions (offline features; reference: held-out real clips)\n\n"
-          "Fréchet distance and KID on z-scored features (weaktok/evaluation/features.py; lower = closer to real "
-          "audio); two-sample = a real-vs-generated classifier's cross-validated accuracy (0.5 = indistinguishable); "
-          "memorisation = median distance to the nearest training clip relative to held-out real clips' (< 1: "
-          "closer to training items than new real audio is) and the share of near-copies.\n\n")
+            s += (
+                "Across training seeds (mean ± sd of the per-seed relative errors): "
+                + ", ".join(
+                    f"{n} {pct(mu)} ± {100 * sd:.1f}"
+                    for n, mu, sd in zip(
+                        names, pm["rel_err_over_seeds"]["mean"], pm["rel_err_over_seeds"]["sd"]
+                    )
+                )
+                + "\n\n"
+            )
+    s += (
+        "## Distributions (offline features; reference: held-out real clips)\n\n"
+        "Fréchet distance and KID on z-scored features (weaktok/evaluation/features.py; lower = closer to real "
+        "audio); two-sample = a real-vs-generated classifier's cross-validated accuracy (0.5 = indistinguishable); "
+        "memorisation = median distance to the nearest training clip relative to held-out real clips' (< 1: "
+        "closer to training items than new real audio is) and the share of near-copies.\n\n"
+    )
     for m in MODES:
         rows = []
         for name in ("data", "data_vocoder", "copy_seed", "prior_noise", "model", "model_cut"):
             if name not in t["frechet"][m]:
                 continue
-            fd, kd, ts, mem = (t[k][m][name] for k in ("frechet", "kid", "two_sample_accuracy", "memorisation"))
+            fd, kd, ts, mem = (
+                t[k][m][name] for k in ("frechet", "kid", "two_sample_accuracy", "memorisation")
+            )
             if name in ("model", "model_cut"):
                 fd, kd = fd["mean"], kd["mean"]
                 ts, mem = ts["per_seed"][0], mem["per_seed"][0]
                 name = {"model": "model", "model_cut": "model, chunk path cut"}[name] + (
-                    " (seed 1 of several; see JSON)" if nseeds > 1 else "")
-            acc = "—" if ts.get("accuracy") is None else f"{ts['accuracy']:.2f} [{ts['ci95'][0]:.2f}, " \
-                                                        f"{ts['ci95'][1]:.2f}]"
-            rows.append([name, f"{fd:.2f}", f"{kd:.3f}", acc, f"{mem['ratio']:.2f}",
-                         f"{mem['near_copy_fraction']:.2f}"])
-        s += (f"**{m}** (reference: {t['frechet'][m]['reference_items']} real clips)\n\n" +
-              md_table(["set", "Fréchet", "KID", "two-sample acc", "memorisation ratio", "near-copies"], rows) + "\n")
+                    " (seed 1 of several; see JSON)" if nseeds > 1 else ""
+                )
+            acc = (
+                "—"
+                if ts.get("accuracy") is None
+                else f"{ts['accuracy']:.2f} [{ts['ci95'][0]:.2f}, {ts['ci95'][1]:.2f}]"
+            )
+            rows.append(
+                [
+                    name,
+                    f"{fd:.2f}",
+                    f"{kd:.3f}",
+                    acc,
+                    f"{mem['ratio']:.2f}",
+                    f"{mem['near_copy_fraction']:.2f}",
+                ]
+            )
+        s += (
+            f"**{m}** (reference: {t['frechet'][m]['reference_items']} real clips)\n\n"
+            + md_table(
+                ["set", "Fréchet", "KID", "two-sample acc", "memorisation ratio", "near-copies"],
+                rows,
+            )
+            + "\n"
+        )
     bp = t["bypass"]
     flow_measure = bp.get("measure") == "flow_loss"
-    fd_rows = "".join(f"Fréchet distance ({m}): intact {t['frechet'][m]['model']['mean']:.2f}, chunk path cut "
-                      f"{t['frechet'][m]['model_cut']['mean']:.2f}.\n" for m in MODES
-                      if "model_cut" in t["frechet"][m])
-    s += ("## Bypass ablation: is the chunk path load-bearing?\n\n" +
-          md_table(["flow loss (velocity MSE)" if flow_measure else "L1 (log1p spectrogram)", "intact",
-                    "chunk path cut", "change", "cut − intact [95 %]", "corpus mean spectrum (L1)"],
-                   [[w, f"{bp[w]['intact']:.4f}", f"{bp[w]['cut']:.4f}", pct(bp[w]["rel_change"]),
-                     f"[{bp[w]['cut_minus_intact_ci95'][0]:+.4f}, {bp[w]['cut_minus_intact_ci95'][1]:+.4f}]",
-                     "—" if flow_measure else f"{bp['mean_spectrum'][w + '_l1']:.4f}"] for w in ("recon", "inpaint")]) +
-          f"\n{bp['definition']}.\n\n{fd_rows}\n")
+    fd_rows = "".join(
+        f"Fréchet distance ({m}): intact {t['frechet'][m]['model']['mean']:.2f}, chunk path cut "
+        f"{t['frechet'][m]['model_cut']['mean']:.2f}.\n"
+        for m in MODES
+        if "model_cut" in t["frechet"][m]
+    )
+    s += (
+        "## Bypass ablation: is the chunk path load-bearing?\n\n"
+        + md_table(
+            [
+                "flow loss (velocity MSE)" if flow_measure else "L1 (log1p spectrogram)",
+                "intact",
+                "chunk path cut",
+                "change",
+                "cut − intact [95 %]",
+                "corpus mean spectrum (L1)",
+            ],
+            [
+                [
+                    w,
+                    f"{bp[w]['intact']:.4f}",
+                    f"{bp[w]['cut']:.4f}",
+                    pct(bp[w]["rel_change"]),
+                    f"[{bp[w]['cut_minus_intact_ci95'][0]:+.4f}, {bp[w]['cut_minus_intact_ci95'][1]:+.4f}]",
+                    "—" if flow_measure else f"{bp['mean_spectrum'][w + '_l1']:.4f}",
+                ]
+                for w in ("recon", "inpaint")
+            ],
+        )
+        + f"\n{bp['definition']}.\n\n{fd_rows}\n"
+    )
     c = t["chunks"]
-    s += (f"Chunks ({c['kind']}, eval-mode boundaries): boundary rate {c['boundary_rate']:.3f} per bottleneck frame "
-          f"on real clips (target 1/{c['target_ratio']:g}), {c['chunks_per_s']:.2f} chunks/s; "
-          f"{c['generation_boundary_rate']:.3f} while generating (flow: mean over the ODE's model calls).\n")
+    s += (
+        f"Chunks ({c['kind']}, eval-mode boundaries): boundary rate {c['boundary_rate']:.3f} per bottleneck frame "
+        f"on real clips (target 1/{c['target_ratio']:g}), {c['chunks_per_s']:.2f} chunks/s; "
+        f"{c['generation_boundary_rate']:.3f} while generating (flow: mean over the ODE's model calls).\n"
+    )
     if t.get("rulers"):
         from weaktok.evaluation.rulers import ruler_markdown
 
-        s += "\n## What the rulers read (exact L-Score on reference signals)\n\n" + ruler_markdown(t["rulers"])
+        s += "\n## What the rulers read (exact L-Score on reference signals)\n\n" + ruler_markdown(
+            t["rulers"]
+        )
     return s
 
 
@@ -571,11 +866,26 @@ def table1_markdown(t: dict) -> str:
 # The command
 
 
-def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int = 0, n_gen: int = N_GEN,
-             mask_fraction: float = G.MASK_FRACTION, steps: int | None = None, seconds: float | None = None,
-             shards: str | None = None, train_shards: str | None = None, workers: int = 0, seed: int = 0,
-             guidance_steps: int = 0, device: str | torch.device | None = None, n_boot: int = 2000,
-             target_items: int = TARGET_ITEMS, rulers: bool = True, onset: str = "paper") -> dict:
+def evaluate(
+    checkpoints,
+    out: str | Path,
+    split: str = "test",
+    max_items: int = 0,
+    n_gen: int = N_GEN,
+    mask_fraction: float = G.MASK_FRACTION,
+    steps: int | None = None,
+    seconds: float | None = None,
+    shards: str | None = None,
+    train_shards: str | None = None,
+    workers: int = 0,
+    seed: int = 0,
+    guidance_steps: int = 0,
+    device: str | torch.device | None = None,
+    n_boot: int = 2000,
+    target_items: int = TARGET_ITEMS,
+    rulers: bool = True,
+    onset: str = "paper",
+) -> dict:
     """Table 1 and everything beside it for one or more ``checkpoints`` (runs of different training seeds) on
     ``split`` of ``shards``; writes table1.json, table1.md and PNGs to ``out``.
 
@@ -585,8 +895,8 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
     weaktok/lscore/exact.py and docs/evaluation.md). ``max_items``: items of
     the data floor (0 = all); ``n_gen``: outputs per mode per checkpoint. ``device``: see
     ``weaktok.device.resolve_device`` (a missing GPU fails before anything is loaded or written)."""
-    from weaktok.device import resolve_device
     from weaktok.data.manifest import load_manifest
+    from weaktok.device import resolve_device
 
     t0 = time.time()
     device = resolve_device(device)
@@ -597,14 +907,18 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
     cfg, sr = models[0].cfg, models[0].cfg.audio.sample_rate
     for m in models[1:]:
         if m.cfg.audio != cfg.audio:
-            raise ValueError(f"{m.path}: audio settings differ from {models[0].path}; evaluate runs of one config")
+            raise ValueError(
+                f"{m.path}: audio settings differ from {models[0].path}; evaluate runs of one config"
+            )
     shards = str(shards or cfg.data.shards)
     train_shards = str(train_shards or cfg.data.shards)
     manifest = load_manifest(shards)
     if split not in manifest["splits"]:
         raise ValueError(f"{shards}: no split '{split}' (has: {', '.join(manifest['splits'])})")
     if manifest["sample_rate"] != sr:
-        raise ValueError(f"{shards}: sample rate {manifest['sample_rate']} Hz, the model's is {sr} Hz")
+        raise ValueError(
+            f"{shards}: sample rate {manifest['sample_rate']} Hz, the model's is {sr} Hz"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # Griffin-Lim's random phase init draws from the global generator
@@ -617,8 +931,20 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
     score = Scorer(sr, workers, onset)
     try:
         ref = training_reference(models[0], train_shards, regions, score, target_items, onset)
-        p = evaluation_pass(models, stats, shards, split, regions, n_items, n_gen, mask_fraction, steps, score,
-                            seed, guidance)
+        p = evaluation_pass(
+            models,
+            stats,
+            shards,
+            split,
+            regions,
+            n_items,
+            n_gen,
+            mask_fraction,
+            steps,
+            score,
+            seed,
+            guidance,
+        )
         ruler_rows = None
         if rulers:
             from weaktok.evaluation.rulers import ruler_check
@@ -626,11 +952,25 @@ def evaluate(checkpoints, out: str | Path, split: str = "test", max_items: int =
             ruler_rows = ruler_check(sr=sr, seconds=seconds)
     finally:
         score.close()
-    args = {"onset": onset, "split": split, "eval_shards": shards, "train_shards": train_shards, "clip_seconds": seconds,
-            "device": str(device), "lscore_mode": cfg.lscore.mode,
-            "generation": {"mask_fraction": mask_fraction, "steps": steps, "seed": seed,
-                           "guidance_steps": guidance_steps, "flow": G.is_flow(models[0].model)}}
-    t = build_table(p, models, ref, load_manifest(train_shards)["lscore_target"], regions, args, n_boot, seed)
+    args = {
+        "onset": onset,
+        "split": split,
+        "eval_shards": shards,
+        "train_shards": train_shards,
+        "clip_seconds": seconds,
+        "device": str(device),
+        "lscore_mode": cfg.lscore.mode,
+        "generation": {
+            "mask_fraction": mask_fraction,
+            "steps": steps,
+            "seed": seed,
+            "guidance_steps": guidance_steps,
+            "flow": G.is_flow(models[0].model),
+        },
+    }
+    t = build_table(
+        p, models, ref, load_manifest(train_shards)["lscore_target"], regions, args, n_boot, seed
+    )
     t["rulers"] = ruler_rows
     t["seconds"] = round(time.time() - t0, 1)
     (out / "table1.json").write_text(json.dumps(t, indent=2, default=_json_default))
@@ -659,7 +999,9 @@ def plot_rel_err(t: dict, path: Path) -> Path:
     names = t["names"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=False)
     for ax, m in zip(axes, MODES):
-        sets = [(b, per[m]) for b, per in t["baselines"].items() if m in per] + [("model", t[m]["pooled"])]
+        sets = [(b, per[m]) for b, per in t["baselines"].items() if m in per] + [
+            ("model", t[m]["pooled"])
+        ]
         if f"{m}_guided" in t:
             sets.append(("model+G", t[f"{m}_guided"]["pooled"]))
         w = 0.8 / len(sets)
@@ -667,11 +1009,16 @@ def plot_rel_err(t: dict, path: Path) -> Path:
             x = np.arange(len(names)) + (k - (len(sets) - 1) / 2) * w
             e = 100 * np.asarray(s["rel_err"])
             ci = 100 * np.asarray(s["rel_err_ci95"])
-            ax.errorbar(x, e, yerr=[e - ci[:, 0], ci[:, 1] - e], fmt="o", ms=4, capsize=2, label=label)
+            ax.errorbar(
+                x, e, yerr=[e - ci[:, 0], ci[:, 1] - e], fmt="o", ms=4, capsize=2, label=label
+            )
         ax.axhspan(-100 * GOAL, 100 * GOAL, color="g", alpha=0.08, label=f"±{GOAL:.0%} goal")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(range(len(names)), names, fontsize=8)
-        ax.set(title=f"{m}: {t['scored_region'][m]['seconds']:g} s scored", ylabel="relative error vs target (%)")
+        ax.set(
+            title=f"{m}: {t['scored_region'][m]['seconds']:g} s scored",
+            ylabel="relative error vs target (%)",
+        )
         ax.set_yscale("symlog", linthresh=50)
     axes[0].legend(fontsize=7)
     return _save(fig, path)
@@ -681,15 +1028,23 @@ def _plots(loaded: G.Loaded, p: dict, t: dict, ref: dict, out: Path) -> None:
     fs, sr = loaded.front.frame_seconds, loaded.cfg.audio.sample_rate
     col = p["col"]
     plot_rel_err(t, out / "rel_err.png")
-    plot_lscore_hist(t["names"], {"data (uncond region)": col.get("data", "uncond"),
-                                  "model uncond": col.get("model0", "uncond"),
-                                  "data (seed region)": col.get("data", "seed"),
-                                  "model seed": col.get("model0", "seed")},
-                     t["target"]["uncond"]["mean"], out / "lscore_hist.png")
+    plot_lscore_hist(
+        t["names"],
+        {
+            "data (uncond region)": col.get("data", "uncond"),
+            "model uncond": col.get("model0", "uncond"),
+            "data (seed region)": col.get("data", "seed"),
+            "model seed": col.get("model0", "seed"),
+        },
+        t["target"]["uncond"]["mean"],
+        out / "lscore_hist.png",
+    )
     for i, ex in enumerate(p["examples"]):
-        rows = [(ex["data"], ex["data_starts"], f"data {ex['key']} (model's chunks)"),
-                (ex["seed"], ex["seed_starts"], "seed-based (scored: the in-painted last part)"),
-                (ex["uncond"], ex["uncond_starts"], f"unconditional {i}")]
+        rows = [
+            (ex["data"], ex["data_starts"], f"data {ex['key']} (model's chunks)"),
+            (ex["seed"], ex["seed_starts"], "seed-based (scored: the in-painted last part)"),
+            (ex["uncond"], ex["uncond_starts"], f"unconditional {i}"),
+        ]
         plot_spectrogram_rows(rows, out / f"examples_{i}.png", fs, sr)
     run = loaded.path.parent.parent if loaded.path.parent.name == "final" else loaded.path.parent
     plot_training_curves(run / "metrics.jsonl", out / "training_curves.png")

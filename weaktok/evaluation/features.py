@@ -84,9 +84,20 @@ FEATURE_NAMES = (
     [f"mfcc_mean_{i:02d}" for i in range(N_MFCC)]
     + [f"mfcc_std_{i:02d}" for i in range(N_MFCC)]
     + [f"chroma_mean_{p}" for p in PITCH_CLASSES]
-    + [f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "flatness") for s in ("mean", "std")]
+    + [
+        f"{f}_{s}"
+        for f in ("centroid", "bandwidth", "rolloff", "flatness")
+        for s in ("mean", "std")
+    ]
     + [f"contrast_mean_{i}" for i in range(CONTRAST_BANDS + 1)]
-    + ["onset_strength_mean", "onset_strength_std", "onsets_per_s", "rms_mean", "rms_std", "zcr_mean"]
+    + [
+        "onset_strength_mean",
+        "onset_strength_std",
+        "onsets_per_s",
+        "rms_mean",
+        "rms_std",
+        "zcr_mean",
+    ]
 )
 
 
@@ -99,8 +110,12 @@ def zero_crossing_rate(y: np.ndarray) -> np.ndarray:
     frame_length=1024, hop_length=256)`` (edge-padded centred frames, |x| <= 1e-10 counts as 0, 0 as positive).
     Hand-written because librosa's is a disk-cached numba GUFunc (see the module docstring)."""
     y = np.pad(y, N_FFT // 2, mode="edge")
-    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP]  # (T, N_FFT), as librosa.util.frame
-    negative = frames < -y.dtype.type(ZC_THRESHOLD)  # librosa's signbit after zeroing |x| <= threshold
+    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[
+        ::HOP
+    ]  # (T, N_FFT), as librosa.util.frame
+    negative = frames < -y.dtype.type(
+        ZC_THRESHOLD
+    )  # librosa's signbit after zeroing |x| <= threshold
     return (negative[:, 1:] != negative[:, :-1]).sum(axis=1) / N_FFT  # (T,)
 
 
@@ -113,7 +128,9 @@ def clip_features(y: np.ndarray, sr: int) -> np.ndarray:
         y = np.pad(y, (0, N_FFT - y.size))
     S = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP))  # (513, T) magnitude
     P = S**2  # (513, T) power
-    mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=P, sr=sr, n_mels=N_MELS))  # (128, T)
+    mel_db = librosa.power_to_db(
+        librosa.feature.melspectrogram(S=P, sr=sr, n_mels=N_MELS)
+    )  # (128, T)
     mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=N_MFCC)  # (20, T)
     chroma = librosa.feature.chroma_stft(S=P, sr=sr, n_fft=N_FFT, tuning=0.0)  # (12, T)
     spectral = [  # each (T,)
@@ -122,26 +139,47 @@ def clip_features(y: np.ndarray, sr: int) -> np.ndarray:
         librosa.feature.spectral_rolloff(S=S, sr=sr, n_fft=N_FFT)[0],
         librosa.feature.spectral_flatness(S=S)[0],
     ]
-    fmin = min(CONTRAST_FMIN, 0.45 * sr / 2 ** (CONTRAST_BANDS - 1))  # top band's lower edge < Nyquist
-    contrast = librosa.feature.spectral_contrast(S=S, sr=sr, n_fft=N_FFT, fmin=fmin, n_bands=CONTRAST_BANDS)  # (7, T)
+    fmin = min(
+        CONTRAST_FMIN, 0.45 * sr / 2 ** (CONTRAST_BANDS - 1)
+    )  # top band's lower edge < Nyquist
+    contrast = librosa.feature.spectral_contrast(
+        S=S, sr=sr, n_fft=N_FFT, fmin=fmin, n_bands=CONTRAST_BANDS
+    )  # (7, T)
     env = librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=HOP, n_fft=N_FFT)  # (T,)
     rms = librosa.feature.rms(y=y, frame_length=N_FFT, hop_length=HOP)[0]  # (T,)
     loud = 20.0 * np.log10(max(float(rms.max()), 1e-20)) >= SILENCE_DBFS
     n_onsets = len(onset_detect(env, sr=sr, hop_length=HOP)) if loud else 0
-    mfcc, chroma, contrast, env, rms = (x.astype(np.float64) for x in (mfcc, chroma, contrast, env, rms))
-    spectral = [f.astype(np.float64) for f in spectral]  # frame statistics in float64 (a constant has std 0)
-    return np.concatenate([
-        mfcc.mean(1), mfcc.std(1),
-        chroma.mean(1),
-        np.ravel([(f.mean(), f.std()) for f in spectral]),
-        contrast.mean(1),
-        [env.mean(), env.std(), n_onsets / (y.size / sr), rms.mean(), rms.std(), zero_crossing_rate(y).mean()],
-    ])  # (73,)
+    mfcc, chroma, contrast, env, rms = (
+        x.astype(np.float64) for x in (mfcc, chroma, contrast, env, rms)
+    )
+    spectral = [
+        f.astype(np.float64) for f in spectral
+    ]  # frame statistics in float64 (a constant has std 0)
+    return np.concatenate(
+        [
+            mfcc.mean(1),
+            mfcc.std(1),
+            chroma.mean(1),
+            np.ravel([(f.mean(), f.std()) for f in spectral]),
+            contrast.mean(1),
+            [
+                env.mean(),
+                env.std(),
+                n_onsets / (y.size / sr),
+                rms.mean(),
+                rms.std(),
+                zero_crossing_rate(y).mean(),
+            ],
+        ]
+    )  # (73,)
 
 
 def features(waves, sr: int, progress: bool = False) -> np.ndarray:
     """A list (or (n, N) array) of mono waveforms -> (n, d) float64 features; (0, d) for no waveform."""
-    rows = [clip_features(w, sr) for w in tqdm(waves, desc="features", unit="clip", disable=not progress)]
+    rows = [
+        clip_features(w, sr)
+        for w in tqdm(waves, desc="features", unit="clip", disable=not progress)
+    ]
     return np.stack(rows) if rows else np.zeros((0, len(FEATURE_NAMES)))
 
 
@@ -167,29 +205,39 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or len(a) < 2 or len(b) < 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"frechet_distance needs two (n >= 2, d) sets, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"frechet_distance needs two (n >= 2, d) sets, got {a.shape} and {b.shape}"
+        )
     diff = a.mean(0) - b.mean(0)  # (d,)
-    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))  # (d, d)
+    ca, cb = (
+        np.atleast_2d(np.cov(a, rowvar=False)),
+        np.atleast_2d(np.cov(b, rowvar=False)),
+    )  # (d, d)
     covmean = linalg.sqrtm(ca @ cb)
     if not np.all(np.isfinite(covmean)):
         offset = np.eye(len(ca)) * eps
         covmean = linalg.sqrtm((ca + offset) @ (cb + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"frechet_distance: imaginary component {np.max(np.abs(covmean.imag)):.3g}")
+            raise ValueError(
+                f"frechet_distance: imaginary component {np.max(np.abs(covmean.imag)):.3g}"
+            )
         covmean = covmean.real
     return float(diff @ diff + np.trace(ca) + np.trace(cb) - 2.0 * np.trace(covmean))
 
 
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int | None = None,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int | None = None, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance on features: a (n, d), b (m, d) -> (mean, std over subsets) of the unbiased MMD^2
     with k(x, y) = (x . y / d + 1)^3, each subset ``subset_size`` rows of each set drawn without replacement
     (default min(n, m, 100)). Hand-written: scikit-learn has the kernel but no MMD estimator."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     m = subset_size or min(len(a), len(b), 100)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not 2 <= m <= min(len(a), len(b)):
-        raise ValueError(f"kid: subset_size {m} must be in [2, min(n, m)] for sets {a.shape}, {b.shape}")
+        raise ValueError(
+            f"kid: subset_size {m} must be in [2, min(n, m)] for sets {a.shape}, {b.shape}"
+        )
     rng = np.random.default_rng(seed)
     kernel = {"degree": 3, "gamma": 1.0 / a.shape[1], "coef0": 1.0}
     est = np.empty(subsets)
@@ -198,7 +246,9 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int | None
         y = b[rng.choice(len(b), m, replace=False)]  # (m, d)
         kxx, kyy = polynomial_kernel(x, **kernel), polynomial_kernel(y, **kernel)  # (m, m)
         kxy = polynomial_kernel(x, y, **kernel)  # (m, m)
-        est[s] = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2.0 * kxy.mean()
+        est[s] = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (
+            m * (m - 1)
+        ) - 2.0 * kxy.mean()
     return float(est.mean()), float(est.std())
 
 
@@ -264,15 +314,29 @@ def two_sample_accuracy(real: np.ndarray, gen: np.ndarray, seed: int = 0, folds:
     n = min(len(real), len(gen))
     out = {"n_per_class": n, "folds": folds}
     if n < folds:
-        return {**out, "accuracy": None, "ci95": None, "p_value": None,
-                "reason": f"{n} rows per class, fewer than {folds} folds"}
+        return {
+            **out,
+            "accuracy": None,
+            "ci95": None,
+            "p_value": None,
+            "reason": f"{n} rows per class, fewer than {folds} folds",
+        }
     rng = np.random.default_rng(seed)
     real, gen = (x[np.sort(rng.choice(len(x), n, replace=False))] for x in (real, gen))
     X = np.concatenate([real, gen])  # (2n, d)
     y = np.repeat([1, 0], n)  # 1 = real
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    pred = cross_val_predict(model, X, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    pred = cross_val_predict(
+        model, X, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)
+    )
     correct = int((pred == y).sum())
-    ci = binomtest(correct, 2 * n).proportion_ci(confidence_level=0.95, method="wilson")  # two-sided
+    ci = binomtest(correct, 2 * n).proportion_ci(
+        confidence_level=0.95, method="wilson"
+    )  # two-sided
     p_value = binomtest(correct, 2 * n, 0.5, alternative="greater").pvalue
-    return {**out, "accuracy": correct / (2 * n), "ci95": [float(ci.low), float(ci.high)], "p_value": float(p_value)}
+    return {
+        **out,
+        "accuracy": correct / (2 * n),
+        "ci95": [float(ci.low), float(ci.high)],
+        "p_value": float(p_value),
+    }

@@ -36,7 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from weaktok.lscore.exact import LSCORE_NAMES, exact_lscore, power_spectrogram, structural_exact, timbral_exact
+from weaktok.lscore.exact import (
+    LSCORE_NAMES,
+    exact_lscore,
+    power_spectrogram,
+    structural_exact,
+    timbral_exact,
+)
 
 SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
 CLICK_RATES = (1, 2, 4, 8, 12, 16, 20)  # Hz
@@ -63,7 +69,7 @@ def click_train(times: np.ndarray, sr: int, n: int) -> tuple[np.ndarray, np.ndar
     starts = starts[(starts >= 0) & (starts + len(click) <= n)]
     y = np.zeros(n, np.float32)
     for s in starts:
-        y[s: s + len(click)] += click
+        y[s : s + len(click)] += click
     return y, starts / sr
 
 
@@ -77,7 +83,9 @@ def _sample(name: str, sr: int, samples_dir: Path | None = None) -> np.ndarray |
     path = Path(samples_dir if samples_dir is not None else SAMPLES_DIR) / f"{name}.flac"
     if not path.exists():
         return None
-    from weaktok.audio import load_audio  # here: weaktok.audio imports torch, which the rulers need only for this
+    from weaktok.audio import (
+        load_audio,
+    )  # here: weaktok.audio imports torch, which the rulers need only for this
 
     return load_audio(path, sr)
 
@@ -86,15 +94,19 @@ def _synth_drone(sr: int, n: int) -> np.ndarray:
     """Sustained A-major chord (A2, E3, A3, C#4) with a 0.25 Hz, 30 % amplitude swell, peak about 0.5."""
     t = np.arange(n) / sr
     chord = sum(np.sin(2 * np.pi * f * t) for f in (110.0, 164.81, 220.0, 277.18)) / 4.0
-    return (0.5 * chord * (1.0 - 0.3 * (0.5 - 0.5 * np.cos(2 * np.pi * 0.25 * t)))).astype(np.float32)
+    return (0.5 * chord * (1.0 - 0.3 * (0.5 - 0.5 * np.cos(2 * np.pi * 0.25 * t)))).astype(
+        np.float32
+    )
 
 
-def shuffle_segments(y: np.ndarray, sr: int, segment_s: float = SEGMENT_S, seed: int = SEED) -> np.ndarray:
+def shuffle_segments(
+    y: np.ndarray, sr: int, segment_s: float = SEGMENT_S, seed: int = SEED
+) -> np.ndarray:
     """Cut y into segment_s pieces (the last one may be shorter and stays last) and reorder the whole ones."""
     m = max(1, round(segment_s * sr))
     k = len(y) // m
     pieces = y[: k * m].reshape(k, m)[np.random.default_rng(seed).permutation(k)]
-    return np.concatenate([pieces.reshape(-1), y[k * m:]]).astype(np.float32)
+    return np.concatenate([pieces.reshape(-1), y[k * m :]]).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,18 +124,36 @@ def _reference(sr: int, seconds: float, lead_in: float, samples_dir: str) -> tup
     out = []
     for f in CLICK_RATES:
         y, t = click_train(np.arange(lead_in, seconds, 1.0 / f), sr, n)
-        out.append((f"click_{f}hz", y, f"{f} Hz regular click train, {len(t)} clicks from {lead_in:g} s",
-                    len(t) / seconds, 0.0))
+        out.append(
+            (
+                f"click_{f}hz",
+                y,
+                f"{f} Hz regular click train, {len(t)} clicks from {lead_in:g} s",
+                len(t) / seconds,
+                0.0,
+            )
+        )
     rng = np.random.default_rng(SEED)
     iois = rng.uniform(0.5 / JITTER_RATE, 1.5 / JITTER_RATE, int(2 * JITTER_RATE * seconds) + 2)
     y, t = click_train(lead_in + np.concatenate([[0.0], np.cumsum(iois)]), sr, n)
-    what = (f"jittered clicks, {JITTER_RATE:g} Hz mean, IOI uniform in [{0.5 / JITTER_RATE:.3f}, "
-            f"{1.5 / JITTER_RATE:.3f}] s, {len(t)} clicks")
-    out.append((f"click_jitter_{JITTER_RATE:g}hz", y, what, len(t) / seconds, float(np.std(np.diff(t)))))
+    what = (
+        f"jittered clicks, {JITTER_RATE:g} Hz mean, IOI uniform in [{0.5 / JITTER_RATE:.3f}, "
+        f"{1.5 / JITTER_RATE:.3f}] s, {len(t)} clicks"
+    )
+    out.append(
+        (f"click_jitter_{JITTER_RATE:g}hz", y, what, len(t) / seconds, float(np.std(np.diff(t))))
+    )
     drone = _sample("ambi_drone", sr, samples_dir)
     if drone is not None:
-        out.append(("drone", _tile(drone, n), f"sonic-pi ambi_drone ({len(drone) / sr:.2f} s loop) tiled; no onsets",
-                    0.0, None))
+        out.append(
+            (
+                "drone",
+                _tile(drone, n),
+                f"sonic-pi ambi_drone ({len(drone) / sr:.2f} s loop) tiled; no onsets",
+                0.0,
+                None,
+            )
+        )
     else:
         what = f"synthesised A-major drone with 0.25 Hz swell (ambi_drone.flac not found in {samples_dir}); no onsets"
         out.append(("drone", _synth_drone(sr, n), what, 0.0, None))
@@ -135,7 +165,15 @@ def _reference(sr: int, seconds: float, lead_in: float, samples_dir: str) -> tup
     amen = _sample("loop_amen", sr, samples_dir)
     if amen is not None:
         loop = _tile(amen, n)
-        out.append(("amen_loop", loop, f"sonic-pi loop_amen ({len(amen) / sr:.2f} s drum loop) tiled", None, None))
+        out.append(
+            (
+                "amen_loop",
+                loop,
+                f"sonic-pi loop_amen ({len(amen) / sr:.2f} s drum loop) tiled",
+                None,
+                None,
+            )
+        )
         what = f"amen_loop, its {SEGMENT_S * 1000:g} ms segments in a seeded random order"
         out.append(("amen_shuffled", shuffle_segments(loop, sr), what, None, None))
     else:
@@ -144,7 +182,9 @@ def _reference(sr: int, seconds: float, lead_in: float, samples_dir: str) -> tup
     return tuple(out)
 
 
-def reference_signals(sr: int = 22050, seconds: float = 8.0, lead_in: float = 0.1) -> dict[str, np.ndarray]:
+def reference_signals(
+    sr: int = 22050, seconds: float = 8.0, lead_in: float = 0.1
+) -> dict[str, np.ndarray]:
     """name -> y (n,) float32, n = round(seconds * sr); signals whose source file is absent are left out."""
     ref = _reference(sr, float(seconds), float(lead_in), str(SAMPLES_DIR))
     return {name: y.copy() for name, y, *_ in ref if y is not None}
@@ -160,8 +200,12 @@ def reference_notes(sr: int = 22050, seconds: float = 8.0, lead_in: float = 0.1)
 # measuring
 
 
-def ruler_check(sr: int = 22050, seconds: float = 8.0, onset: str | tuple[str, ...] = ("paper", "clicks"),
-                lead_in: float = 0.1) -> list[dict]:
+def ruler_check(
+    sr: int = 22050,
+    seconds: float = 8.0,
+    onset: str | tuple[str, ...] = ("paper", "clicks"),
+    lead_in: float = 0.1,
+) -> list[dict]:
     """One row per reference signal.
 
     Keys: name, what, timbral, density, irregularity, structural (under the first preset in ``onset``),
@@ -173,8 +217,12 @@ def ruler_check(sr: int = 22050, seconds: float = 8.0, onset: str | tuple[str, .
     rows = []
     reference = _reference(sr, float(seconds), float(lead_in), str(SAMPLES_DIR))
     for name, y, what, exp_density, exp_irregularity in reference:
-        row = {"name": name, "what": what, "expected_density": exp_density,
-               "expected_irregularity": exp_irregularity}
+        row = {
+            "name": name,
+            "what": what,
+            "expected_density": exp_density,
+            "expected_irregularity": exp_irregularity,
+        }
         for i, preset in enumerate(presets):
             L = [None] * 4 if y is None else exact_lscore(y, sr, onset=preset).tolist()
             suffix = "" if i == 0 else f"_{preset}"
@@ -187,8 +235,13 @@ def ruler_check(sr: int = 22050, seconds: float = 8.0, onset: str | tuple[str, .
     return rows
 
 
-def order_invariance(sr: int = 22050, seconds: float = 8.0, onset: str = "paper", segment_s: float = SEGMENT_S,
-                     seed: int = SEED) -> dict:
+def order_invariance(
+    sr: int = 22050,
+    seconds: float = 8.0,
+    onset: str = "paper",
+    segment_s: float = SEGMENT_S,
+    seed: int = SEED,
+) -> dict:
     """The drum loop's four terms vs those of its segment-shuffled copy, plus an exact frame-permutation control.
 
     Returns {"what", "loop": {term: value}, "shuffled": {...}, "change": shuffled - loop, "rel_change": change / |loop|,
@@ -206,22 +259,33 @@ def order_invariance(sr: int = 22050, seconds: float = 8.0, onset: str = "paper"
     permuted = power[:, np.random.default_rng(seed).permutation(power.shape[1])]
     return {
         "what": f"loop_amen tiled to {seconds:g} s vs its {segment_s * 1000:g} ms segments shuffled (seed {seed}), "
-                f"onset={onset}",
+        f"onset={onset}",
         "loop": dict(zip(LSCORE_NAMES, a.tolist())),
         "shuffled": dict(zip(LSCORE_NAMES, b.tolist())),
         "change": dict(zip(LSCORE_NAMES, (b - a).tolist())),
         "rel_change": dict(zip(LSCORE_NAMES, ((b - a) / np.maximum(np.abs(a), 1e-12)).tolist())),
-        "frame_permuted": {"timbral": abs(timbral_exact(permuted) - timbral_exact(power)),
-                           "structural": abs(structural_exact(permuted, sr) - structural_exact(power, sr))},
+        "frame_permuted": {
+            "timbral": abs(timbral_exact(permuted) - timbral_exact(power)),
+            "structural": abs(structural_exact(permuted, sr) - structural_exact(power, sr)),
+        },
     }
 
 
-REAL_STEADY = ("ambi_drone", "loop_drone_g_97", "ambi_glass_hum", "ambi_haunted_hum")  # sustained, no drum hits
+REAL_STEADY = (
+    "ambi_drone",
+    "loop_drone_g_97",
+    "ambi_glass_hum",
+    "ambi_haunted_hum",
+)  # sustained, no drum hits
 REAL_DRUMS = ("loop_amen", "loop_breakbeat", "loop_tabla")
 
 
-def detector_limits(sr: int = 22050, seconds: float = 8.0, onsets: tuple[str, ...] = ("paper", "clicks"),
-                    n_noise: int = 20) -> list[dict]:
+def detector_limits(
+    sr: int = 22050,
+    seconds: float = 8.0,
+    onsets: tuple[str, ...] = ("paper", "clicks"),
+    n_noise: int = 20,
+) -> list[dict]:
     """Density (onsets/s) per onset preset beyond the single rulers: white noise over ``n_noise`` seeds (mean, min,
     max), the installed sustained sonic-pi sounds and real drum loops (tiled or cropped to ``seconds``).
 
@@ -229,8 +293,14 @@ def detector_limits(sr: int = 22050, seconds: float = 8.0, onsets: tuple[str, ..
     """
     n = round(seconds * sr)
     rows = []
-    noise = [(0.3 * np.random.default_rng(s).standard_normal(n)).astype(np.float32) for s in range(n_noise)]
-    row = {"name": "white_noise", "what": f"white noise, std 0.3, seeds 0..{n_noise - 1}: mean, min, max"}
+    noise = [
+        (0.3 * np.random.default_rng(s).standard_normal(n)).astype(np.float32)
+        for s in range(n_noise)
+    ]
+    row = {
+        "name": "white_noise",
+        "what": f"white noise, std 0.3, seeds 0..{n_noise - 1}: mean, min, max",
+    }
     for p in onsets:
         d = np.array([exact_lscore(y, sr, onset=p)[1] for y in noise])
         row[p] = (float(d.mean()), float(d.min()), float(d.max()))
@@ -256,18 +326,37 @@ def _fmt(x, digits: int = 3) -> str:
 
 def ruler_markdown(rows: list[dict]) -> str:
     """Rows of :func:`ruler_check` -> a markdown table (density/irregularity columns for every preset found)."""
-    extra = sorted({k[len("density_"):] for r in rows for k in r if k.startswith("density_")})
-    head = ["signal", "timbral", "structural", "expected density", "density", "abs err", "expected irreg.",
-            "irregularity"]
+    extra = sorted({k[len("density_") :] for r in rows for k in r if k.startswith("density_")})
+    head = [
+        "signal",
+        "timbral",
+        "structural",
+        "expected density",
+        "density",
+        "abs err",
+        "expected irreg.",
+        "irregularity",
+    ]
     for p in extra:
         head += [f"density ({p})", f"abs err ({p})", f"irregularity ({p})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], _fmt(r["timbral"]), _fmt(r["structural"]), _fmt(r["expected_density"]),
-                 _fmt(r["density"]), _fmt(r["abs_err"]), _fmt(r["expected_irregularity"], 4),
-                 _fmt(r["irregularity"], 4)]
+        cells = [
+            r["name"],
+            _fmt(r["timbral"]),
+            _fmt(r["structural"]),
+            _fmt(r["expected_density"]),
+            _fmt(r["density"]),
+            _fmt(r["abs_err"]),
+            _fmt(r["expected_irregularity"], 4),
+            _fmt(r["irregularity"], 4),
+        ]
         for p in extra:
-            cells += [_fmt(r[f"density_{p}"]), _fmt(r[f"abs_err_{p}"]), _fmt(r[f"irregularity_{p}"], 4)]
+            cells += [
+                _fmt(r[f"density_{p}"]),
+                _fmt(r[f"abs_err_{p}"]),
+                _fmt(r[f"irregularity_{p}"], 4),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -278,18 +367,27 @@ def order_invariance_markdown(result: dict) -> str:
         return result["what"]
     lines = ["| term | loop | shuffled | change | rel. change |", "|---|---|---|---|---|"]
     for t in LSCORE_NAMES:
-        lines.append(f"| {t} | {result['loop'][t]:.4f} | {result['shuffled'][t]:.4f} | "
-                     f"{result['change'][t]:+.4f} | {100 * result['rel_change'][t]:+.1f} % |")
+        lines.append(
+            f"| {t} | {result['loop'][t]:.4f} | {result['shuffled'][t]:.4f} | "
+            f"{result['change'][t]:+.4f} | {100 * result['rel_change'][t]:+.1f} % |"
+        )
     return "\n".join(lines)
 
 
 def limits_markdown(rows: list[dict]) -> str:
     """:func:`detector_limits` rows -> a markdown table of densities (onsets/s), one column per preset."""
     presets = [k for k in rows[0] if k not in ("name", "what")]
-    lines = ["| sound | " + " | ".join(f"density ({p})" for p in presets) + " |", "|---|" + "---|" * len(presets)]
+    lines = [
+        "| sound | " + " | ".join(f"density ({p})" for p in presets) + " |",
+        "|---|" + "---|" * len(presets),
+    ]
     for r in rows:
-        cells = [f"{r[p][0]:.2f} (min {r[p][1]:.2f}, max {r[p][2]:.2f})" if isinstance(r[p], tuple) else f"{r[p]:.3f}"
-                 for p in presets]
+        cells = [
+            f"{r[p][0]:.2f} (min {r[p][1]:.2f}, max {r[p][2]:.2f})"
+            if isinstance(r[p], tuple)
+            else f"{r[p]:.3f}"
+            for p in presets
+        ]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -74,13 +74,21 @@ def _target(target, k: int) -> tuple[np.ndarray, np.ndarray | None]:
     raise ValueError(f"target must be ({k},) or (m, {k}), got shape {t.shape}")
 
 
-def _term_ci(groups: list[np.ndarray], tsamples: np.ndarray | None, tfixed: float, n_boot: int, level: float,
-             rng: np.random.Generator) -> np.ndarray:
+def _term_ci(
+    groups: list[np.ndarray],
+    tsamples: np.ndarray | None,
+    tfixed: float,
+    n_boot: int,
+    level: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One term: groups [(n_i,)] of valid item scores (non-empty), target samples (m,) or None (then ``tfixed``)
     -> (2, 2) [[mean lo, hi], [rel_err lo, hi]] from the same replicates."""
     G = len(groups)
 
-    def statistic(*samples, axis=-1):  # samples: G groups then, if sampled, the target; each (..., n_i)
+    def statistic(
+        *samples, axis=-1
+    ):  # samples: G groups then, if sampled, the target; each (..., n_i)
         mean = sum(np.mean(s, axis=axis) for s in samples[:G]) / G  # equal weight per group
         tmean = np.mean(samples[G], axis=axis) if tsamples is not None else tfixed
         return np.stack([mean, _rel(mean, tmean)])
@@ -88,8 +96,15 @@ def _term_ci(groups: list[np.ndarray], tsamples: np.ndarray | None, tfixed: floa
     data = list(groups) + ([tsamples] if tsamples is not None else [])
     # scipy refuses a sample of one item; its bootstrap is that item every time, which [x, x] reproduces exactly
     data = [np.repeat(d, 2) if d.size == 1 else d for d in data]
-    res = bootstrap(data, statistic, n_resamples=n_boot, method="percentile", confidence_level=level,
-                    vectorized=True, rng=rng)
+    res = bootstrap(
+        data,
+        statistic,
+        n_resamples=n_boot,
+        method="percentile",
+        confidence_level=level,
+        vectorized=True,
+        rng=rng,
+    )
     return np.stack([res.confidence_interval.low, res.confidence_interval.high], axis=1)
 
 
@@ -104,9 +119,13 @@ def _summary(groups: list[np.ndarray], target, n_boot: int, seed: int, level: fl
     mean, std, n = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=int)
     ci = np.full((k, 2, 2), np.nan)  # term, (mean, rel_err), (lo, hi)
     for j in range(k):
-        rng = np.random.default_rng([seed, j])  # a stream per term: a term's interval ignores the other terms
+        rng = np.random.default_rng(
+            [seed, j]
+        )  # a stream per term: a term's interval ignores the other terms
         cols = [g[:, j][~np.isnan(g[:, j])] for g in groups]
-        cols = [c for c in cols if c.size]  # a seed with no valid item for this term drops out of it
+        cols = [
+            c for c in cols if c.size
+        ]  # a seed with no valid item for this term drops out of it
         n[j] = sum(c.size for c in cols)
         if not cols:
             continue
@@ -139,7 +158,9 @@ def summarize(values, target, n_boot: int = 2000, seed: int = 0, level: float = 
     return _summary([values], target, n_boot, seed, level)
 
 
-def summarize_seeds(per_seed_values: list, target, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def summarize_seeds(
+    per_seed_values: list, target, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Runs of different training seeds, each (n_i, k) -> spread over seeds and a stratified pooled bootstrap.
 
     -> {"seeds": S, "per_seed_mean": S x (k,), "mean_over_seeds": (k,), "sd_over_seeds": (k,) or None with one
@@ -152,11 +173,15 @@ def summarize_seeds(per_seed_values: list, target, n_boot: int = 2000, seed: int
     tmean = np.array([np.nan if t is None else t for t in pooled["target"]])
     valid = [~np.isnan(g) for g in groups]
     counts = np.stack([m.sum(0) for m in valid])  # (S, k)
-    seed_means = np.stack([np.where(m, g, 0.0).sum(0) for g, m in zip(groups, valid)]) / np.maximum(counts, 1)
+    seed_means = np.stack([np.where(m, g, 0.0).sum(0) for g, m in zip(groups, valid)]) / np.maximum(
+        counts, 1
+    )
     seed_means[counts == 0] = np.nan  # (S, k)
     seed_rel = _rel(seed_means, tmean)  # (S, k)
 
-    def over_seeds(x):  # (S, k) -> mean (k,), sd (k,) with ddof 1 (None with one seed) over seeds with data
+    def over_seeds(
+        x,
+    ):  # (S, k) -> mean (k,), sd (k,) with ddof 1 (None with one seed) over seeds with data
         ok = ~np.isnan(x)
         m = ok.sum(0)
         mean = np.where(ok, x, 0.0).sum(0) / np.maximum(m, 1)

@@ -15,9 +15,6 @@ Each run goes through ``weaktok train`` (or the deepspeed launcher with ``ranks 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +24,6 @@ from weaktok.config import load_config, to_dict
 from weaktok.launch.local import train_subprocess
 from weaktok.plots import md_table, pct
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Variants
 
@@ -36,18 +32,35 @@ def variants(config: str, overrides: list[str]) -> dict[str, dict]:
     cfg = load_config(config, overrides)  # validated before anything starts
     stride = max(1, int(round(cfg.model.chunking.target_ratio)))
     return {
-        "dynamic": {"what": f"dynamic chunking (target ratio {cfg.model.chunking.target_ratio:g}), "
-                            f"lscore.mode={cfg.lscore.mode}", "overrides": []},
-        "fixed": {"what": f"fixed grid, stride {stride}, lscore.mode={cfg.lscore.mode}",
-                  "overrides": ["model.chunking.kind=fixed", f"model.chunking.fixed_stride={stride}"]},
-        "paper": {"what": "dynamic chunking, lscore.mode=paper (timbral gradient only)",
-                  "overrides": ["lscore.mode=paper"] if cfg.lscore.mode != "paper" else ["lscore.mode=surrogate"]},
+        "dynamic": {
+            "what": f"dynamic chunking (target ratio {cfg.model.chunking.target_ratio:g}), "
+            f"lscore.mode={cfg.lscore.mode}",
+            "overrides": [],
+        },
+        "fixed": {
+            "what": f"fixed grid, stride {stride}, lscore.mode={cfg.lscore.mode}",
+            "overrides": ["model.chunking.kind=fixed", f"model.chunking.fixed_stride={stride}"],
+        },
+        "paper": {
+            "what": "dynamic chunking, lscore.mode=paper (timbral gradient only)",
+            "overrides": ["lscore.mode=paper"]
+            if cfg.lscore.mode != "paper"
+            else ["lscore.mode=surrogate"],
+        },
     }
 
 
-def ablate(config: str, out: str | Path, overrides: list[str] | None = None, names: list[str] | None = None,
-           ranks: int = 1, split: str = "test", max_items: int = 0, seconds: float | None = None,
-           target_items: int | None = None) -> dict:
+def ablate(
+    config: str,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    names: list[str] | None = None,
+    ranks: int = 1,
+    split: str = "test",
+    max_items: int = 0,
+    seconds: float | None = None,
+    target_items: int | None = None,
+) -> dict:
     """Train and evaluate each variant in ``out/<name>``; a variant with final weights is not retrained."""
     from weaktok.evaluation.evaluate import evaluate
 
@@ -56,7 +69,9 @@ def ablate(config: str, out: str | Path, overrides: list[str] | None = None, nam
     names = names or list(all_variants)
     unknown = sorted(set(names) - set(all_variants))
     if unknown:
-        raise ValueError(f"unknown ablation variant(s) {', '.join(unknown)}; known: {', '.join(all_variants)}")
+        raise ValueError(
+            f"unknown ablation variant(s) {', '.join(unknown)}; known: {', '.join(all_variants)}"
+        )
     results = {}
     for i, name in enumerate(names, 1):
         v = all_variants[name]
@@ -67,11 +82,28 @@ def ablate(config: str, out: str | Path, overrides: list[str] | None = None, nam
             train_s = train_subprocess(config, run, [*overrides, *v["overrides"]], ranks)
         t0 = time.time()
         extra = {"target_items": target_items} if target_items else {}
-        table = evaluate(run, run / "eval", split=split, max_items=max_items, seconds=seconds, rulers=False, **extra)
-        results[name] = {**v, "train_seconds": round(train_s, 1), "eval_seconds": round(time.time() - t0, 1),
-                         "table1": table}
-    summary = {"config": config, "overrides": overrides, "resolved": to_dict(load_config(config, overrides)),
-               "split": split, "variants": {**_earlier(out / "ablation.json", config, overrides, split), **results}}
+        table = evaluate(
+            run,
+            run / "eval",
+            split=split,
+            max_items=max_items,
+            seconds=seconds,
+            rulers=False,
+            **extra,
+        )
+        results[name] = {
+            **v,
+            "train_seconds": round(train_s, 1),
+            "eval_seconds": round(time.time() - t0, 1),
+            "table1": table,
+        }
+    summary = {
+        "config": config,
+        "overrides": overrides,
+        "resolved": to_dict(load_config(config, overrides)),
+        "split": split,
+        "variants": {**_earlier(out / "ablation.json", config, overrides, split), **results},
+    }
     (out / "ablation.json").write_text(json.dumps(summary, indent=2))
     (out / "ablation.md").write_text(ablation_markdown(summary))
     return summary
@@ -88,25 +120,50 @@ def _earlier(path: Path, config: str, overrides: list[str], split: str) -> dict:
 
 def _row(name: str, r: dict) -> list:
     t = r["table1"]
-    err = {m: t[m]["pooled"]["rel_err"] for m in ("uncond", "seed")}  # evaluate.py: relative error vs the target
+    err = {
+        m: t[m]["pooled"]["rel_err"] for m in ("uncond", "seed")
+    }  # evaluate.py: relative error vs the target
     mean_abs = lambda k: float(np.mean(np.abs(err[k])))  # noqa: E731
-    return [name, r["what"], t["bypass"]["recon"]["intact"], t["chunks"]["boundary_rate"],
-            f"{t['chunks']['chunks_per_s']:.2f}", f"{100 * mean_abs('uncond'):.1f} %", f"{100 * mean_abs('seed'):.1f} %",
-            *[f"{pct(u)} / {pct(s)}" for u, s in zip(err["uncond"], err["seed"])]]
+    return [
+        name,
+        r["what"],
+        t["bypass"]["recon"]["intact"],
+        t["chunks"]["boundary_rate"],
+        f"{t['chunks']['chunks_per_s']:.2f}",
+        f"{100 * mean_abs('uncond'):.1f} %",
+        f"{100 * mean_abs('seed'):.1f} %",
+        *[f"{pct(u)} / {pct(s)}" for u, s in zip(err["uncond"], err["seed"])],
+    ]
 
 
 def ablation_markdown(summary: dict) -> str:
     res = summary["variants"]
     any_t = next(iter(res.values()))["table1"]
-    head = ["variant", "what", "recon L1", "boundary rate", "chunks/s", "mean abs err Uncond",
-            "mean abs err Seed", *[f"{n} Uncond / Seed" for n in any_t["names"]]]
-    text = (f"# Ablations\n\nConfig `{summary['config']}` {' '.join(summary['overrides'])}; same data, seed and "
-            f"budget for every variant; evaluated on `{summary['split']}`. Errors are relative to the train-split "
-            "target L-Score (signed per term; the mean is over the absolute values).\n\n")
-    for title, pair in (("Dynamic vs fixed-grid chunking (same compression)", ("dynamic", "fixed")),
-                        ("L-Score loss: surrogate vs paper (timbral-only gradient)", ("dynamic", "paper"))):
+    head = [
+        "variant",
+        "what",
+        "recon L1",
+        "boundary rate",
+        "chunks/s",
+        "mean abs err Uncond",
+        "mean abs err Seed",
+        *[f"{n} Uncond / Seed" for n in any_t["names"]],
+    ]
+    text = (
+        f"# Ablations\n\nConfig `{summary['config']}` {' '.join(summary['overrides'])}; same data, seed and "
+        f"budget for every variant; evaluated on `{summary['split']}`. Errors are relative to the train-split "
+        "target L-Score (signed per term; the mean is over the absolute values).\n\n"
+    )
+    for title, pair in (
+        ("Dynamic vs fixed-grid chunking (same compression)", ("dynamic", "fixed")),
+        ("L-Score loss: surrogate vs paper (timbral-only gradient)", ("dynamic", "paper")),
+    ):
         rows = [_row(n, res[n]) for n in pair if n in res]
         if len(rows) == 2:
             text += f"## {title}\n\n" + md_table(head, rows) + "\n"
-    text += "Training seconds: " + ", ".join(f"{n} {r['train_seconds']:.0f} s" for n, r in res.items()) + "\n"
+    text += (
+        "Training seconds: "
+        + ", ".join(f"{n} {r['train_seconds']:.0f} s" for n, r in res.items())
+        + "\n"
+    )
     return text

@@ -25,7 +25,6 @@ import yaml
 
 from weaktok.config import load_config, to_dict
 
-
 DEMO_CONFIG = "demo-flow"  # the main job trains the flow model (docs/generative-model.md); --config demo: in-painting
 
 
@@ -38,7 +37,9 @@ class Plan:
     corpus_n: int
     ranks: int
     overrides: list[str]
-    eval_corpus: Path | None = None  # the held-out evaluation corpus (a different seed) and its shards
+    eval_corpus: Path | None = (
+        None  # the held-out evaluation corpus (a different seed) and its shards
+    )
     eval_shards: Path | None = None
     eval_n: int = 640  # items in the evaluation corpus
     max_items: int = 0  # evaluation items of the data floor (0 = the whole eval split)
@@ -46,28 +47,65 @@ class Plan:
     eval_seconds: float | None = None  # clip length of the evaluation (None: evaluate.EVAL_SECONDS)
     n_uncond: int = 8
     n_seeds: int = 3
-    guidance_steps: int = 0  # > 0: evaluate also scores the outputs after L-Score guidance (generate.guide)
+    guidance_steps: int = (
+        0  # > 0: evaluate also scores the outputs after L-Score guidance (generate.guide)
+    )
     timings: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
-    earlier: dict = field(default_factory=dict)  # timings of the run that built what this one reuses
+    earlier: dict = field(
+        default_factory=dict
+    )  # timings of the run that built what this one reuses
 
     def reuse(self, stage_name: str) -> None:
         took = self.earlier.get(stage_name)
         self.notes[stage_name] = f"reused (built in {took:.0f} s)" if took else "reused"
 
 
-def make_plan(out: str | None, corpus: str | None, shards: str | None, quick: bool,
-              overrides: list[str] | None, config: str | None = None) -> Plan:
+def make_plan(
+    out: str | None,
+    corpus: str | None,
+    shards: str | None,
+    quick: bool,
+    overrides: list[str] | None,
+    config: str | None = None,
+) -> Plan:
     if quick:  # smoke-test scale: everything under one folder, the tiny model, one epoch, no Ray in training
         root = Path(out or "runs/demo-quick")
-        return Plan(root, Path(corpus or root / "corpus"), Path(shards or root / "shards"), config or "tiny", 48, 2,
-                    ["train.epochs=1", "data.samples_per_epoch=16", "lscore.pool_every=0", "lscore.val_items=0",
-                     *(overrides or [])], eval_corpus=root / "corpus-eval", eval_shards=root / "shards-eval",
-                    eval_n=24, n_gen=4, eval_seconds=4.0, n_uncond=2, n_seeds=1, guidance_steps=0)
+        return Plan(
+            root,
+            Path(corpus or root / "corpus"),
+            Path(shards or root / "shards"),
+            config or "tiny",
+            48,
+            2,
+            [
+                "train.epochs=1",
+                "data.samples_per_epoch=16",
+                "lscore.pool_every=0",
+                "lscore.val_items=0",
+                *(overrides or []),
+            ],
+            eval_corpus=root / "corpus-eval",
+            eval_shards=root / "shards-eval",
+            eval_n=24,
+            n_gen=4,
+            eval_seconds=4.0,
+            n_uncond=2,
+            n_seeds=1,
+            guidance_steps=0,
+        )
     corpus_dir, shards_dir = Path(corpus or "corpus/demo"), Path(shards or "shards/demo")
-    return Plan(Path(out or "runs/demo"), corpus_dir, shards_dir, config or DEMO_CONFIG, 300, 2, list(overrides or []),
-                eval_corpus=corpus_dir.with_name(corpus_dir.name + "-eval"),
-                eval_shards=shards_dir.with_name(shards_dir.name + "-eval"))
+    return Plan(
+        Path(out or "runs/demo"),
+        corpus_dir,
+        shards_dir,
+        config or DEMO_CONFIG,
+        300,
+        2,
+        list(overrides or []),
+        eval_corpus=corpus_dir.with_name(corpus_dir.name + "-eval"),
+        eval_shards=shards_dir.with_name(shards_dir.name + "-eval"),
+    )
 
 
 def stage(plan: Plan, k: int, n: int, name: str):
@@ -81,6 +119,7 @@ def stage(plan: Plan, k: int, n: int, name: str):
         yield
         plan.timings[name] = round(time.time() - t0, 1)
         print(f"=== {name}: {plan.timings[name]:.1f} s ===", flush=True)
+
     return timed()
 
 
@@ -124,7 +163,9 @@ def stage_shards(plan: Plan) -> None:
     # our own Ray cluster (address "local"), unless RAY_ADDRESS names one: "auto" would attach to any on the machine
     with LScorePool(address=os.environ.get("RAY_ADDRESS") or "local", niceness=0) as pool:
         for source, folder, split in todo:
-            manifest = build_shards(source, folder, min_shards=4, command="weaktok demo", pool=pool, split=split)
+            manifest = build_shards(
+                source, folder, min_shards=4, command="weaktok demo", pool=pool, split=split
+            )
             print_summary(manifest, folder)
 
 
@@ -138,7 +179,11 @@ def stage_train(plan: Plan, retrain: bool) -> Path:
     run = plan.out / "train"
     wanted = to_dict(load_config(plan.config, train_overrides(plan)))
     if run.exists():
-        saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+        saved = (
+            yaml.safe_load((run / "config.yaml").read_text())
+            if (run / "config.yaml").is_file()
+            else None
+        )
         if not retrain and saved == wanted and (run / "final" / "model.pt").is_file():
             print(f"reusing the finished run in {run} (--retrain to train again)")
             plan.reuse("train")
@@ -151,11 +196,16 @@ def stage_train(plan: Plan, retrain: bool) -> Path:
         if "[weaktok] metrics at" in line:
             url = line.split("metrics at", 1)[1].split()[0]
             plan.notes["metrics_url"] = url
-            print(f"\n  >>> Prometheus metrics live at {url} (scrape it, or curl it while training runs)\n",
-                  flush=True)
+            print(
+                f"\n  >>> Prometheus metrics live at {url} (scrape it, or curl it while training runs)\n",
+                flush=True,
+            )
 
-    print(f"{plan.ranks} DeepSpeed ranks, config {plan.config} {' '.join(train_overrides(plan))}; log: "
-          f"{run / 'train.log'}", flush=True)
+    print(
+        f"{plan.ranks} DeepSpeed ranks, config {plan.config} {' '.join(train_overrides(plan))}; log: "
+        f"{run / 'train.log'}",
+        flush=True,
+    )
     train_subprocess(plan.config, run, train_overrides(plan), ranks=plan.ranks, on_line=watch)
     return run
 
@@ -163,8 +213,16 @@ def stage_train(plan: Plan, retrain: bool) -> Path:
 def stage_evaluate(plan: Plan, run: Path) -> dict:
     from weaktok.evaluation.evaluate import evaluate
 
-    t = evaluate(run, plan.out / "eval", split="eval", shards=str(plan.eval_shards), max_items=plan.max_items,
-                 n_gen=plan.n_gen, guidance_steps=plan.guidance_steps, seconds=plan.eval_seconds)
+    t = evaluate(
+        run,
+        plan.out / "eval",
+        split="eval",
+        shards=str(plan.eval_shards),
+        max_items=plan.max_items,
+        n_gen=plan.n_gen,
+        guidance_steps=plan.guidance_steps,
+        seconds=plan.eval_seconds,
+    )
     print((plan.out / "eval" / "table1.md").read_text())
     return t
 
@@ -185,8 +243,10 @@ def stage_generate(plan: Plan, run: Path) -> dict:
             write_wav(seeds[-1], audio.numpy(), cfg.audio.sample_rate)
         break
     seeded = generate(run, gen_dir / "seed", seed_audio=[str(p) for p in seeds])
-    print(f"wrote {len(uncond['outputs'])} unconditional and {len(seeded['outputs'])} seed-based outputs "
-          f"(WAV + PNG) under {gen_dir}")
+    print(
+        f"wrote {len(uncond['outputs'])} unconditional and {len(seeded['outputs'])} seed-based outputs "
+        f"(WAV + PNG) under {gen_dir}"
+    )
     return {"unconditional": uncond, "seed": seeded, "seeds": [str(p) for p in seeds]}
 
 
@@ -194,8 +254,15 @@ def stage_generate(plan: Plan, run: Path) -> dict:
 # The job
 
 
-def demo(out: str | None = None, corpus: str | None = None, shards: str | None = None, quick: bool = False,
-         retrain: bool = False, overrides: list[str] | None = None, config: str | None = None) -> Path:
+def demo(
+    out: str | None = None,
+    corpus: str | None = None,
+    shards: str | None = None,
+    quick: bool = False,
+    retrain: bool = False,
+    overrides: list[str] | None = None,
+    config: str | None = None,
+) -> Path:
     """Run every stage; returns the path of report.md. ``config``: the training config (default ``DEMO_CONFIG``;
     --quick: tiny)."""
     from weaktok.experiments.report import write_demo_report
@@ -220,9 +287,13 @@ def demo(out: str | None = None, corpus: str | None = None, shards: str | None =
         plan.timings["total"] = round(time.time() - t0, 1)
         report = write_demo_report(plan, run, table, gens)
     plan.timings["total"] = round(time.time() - t0, 1)
-    built = {k: (plan.earlier.get(k, v) if "reused" in plan.notes.get(k, "") else v) for k, v in plan.timings.items()}
-    (plan.out / "timings.json").write_text(json.dumps({"timings": plan.timings, "notes": plan.notes,
-                                                       "built": built}, indent=2))
+    built = {
+        k: (plan.earlier.get(k, v) if "reused" in plan.notes.get(k, "") else v)
+        for k, v in plan.timings.items()
+    }
+    (plan.out / "timings.json").write_text(
+        json.dumps({"timings": plan.timings, "notes": plan.notes, "built": built}, indent=2)
+    )
     print(f"\nweaktok demo finished in {plan.timings['total'] / 60:.1f} min. Report: {report}")
     return report
 

@@ -51,14 +51,24 @@ def cached_beside(loaded: Loaded, name: str, compute, valid=lambda stats: True) 
     return {k: v.to(loaded.device) for k, v in stats.items()}
 
 
-def cached_spectrum(loaded: Loaded, shards: str | Path | None = None, components: int = PRIOR_COMPONENTS) -> dict:
+def cached_spectrum(
+    loaded: Loaded, shards: str | Path | None = None, components: int = PRIOR_COMPONENTS
+) -> dict:
     """corpus_spectrum of the model's training shards, cached beside its model.pt (spectrum.pt; training writes it
     when it used the prior)."""
     return cached_beside(
-        loaded, "spectrum.pt",
-        lambda: corpus_spectrum(shards or loaded.cfg.data.shards, loaded.front, loaded.cfg.audio.clip_seconds,
-                                components),
-        lambda s: s["mean"].shape[0] == loaded.front.n_freqs and s["components"].shape[0] == components)
+        loaded,
+        "spectrum.pt",
+        lambda: corpus_spectrum(
+            shards or loaded.cfg.data.shards,
+            loaded.front,
+            loaded.cfg.audio.clip_seconds,
+            components,
+        ),
+        lambda s: (
+            s["mean"].shape[0] == loaded.front.n_freqs and s["components"].shape[0] == components
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,10 +85,16 @@ class Guidance:
 
 
 @torch.no_grad()
-def surrogate_target(loaded: Loaded, lscore: torch.nn.Module, shards: str | Path, seconds: float,
-                     max_items: int = SURROGATE_ITEMS) -> dict:
+def surrogate_target(
+    loaded: Loaded,
+    lscore: torch.nn.Module,
+    shards: str | Path,
+    seconds: float,
+    max_items: int = SURROGATE_ITEMS,
+) -> dict:
     """Mean and std of the differentiable L-Score (``lscore``) over training-split crops of ``seconds``, cached
     beside model.pt (surrogate_<seconds>s.pt). ``lscore`` must be on the model's device."""
+
     def compute() -> dict:
         front, scores = loaded.front, []
         for batch in eval_loader(str(shards), "train", 16, seconds):
@@ -93,11 +109,15 @@ def surrogate_target(loaded: Loaded, lscore: torch.nn.Module, shards: str | Path
     return cached_beside(loaded, f"surrogate_{seconds:g}s.pt", compute)
 
 
-def make_guidance(loaded: Loaded, shards: str | Path, seconds: float, steps: int) -> Guidance | None:
+def make_guidance(
+    loaded: Loaded, shards: str | Path, seconds: float, steps: int
+) -> Guidance | None:
     if steps <= 0:
         return None
     cfg = loaded.cfg
-    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length).to(loaded.device)
+    dl = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length).to(
+        loaded.device
+    )
     t = surrogate_target(loaded, dl, shards, seconds)
     return Guidance(dl, loaded.front, t["mean"], t["std"], steps)
 

@@ -22,15 +22,23 @@ from tqdm import tqdm
 from weaktok.audio import load_audio, write_wav
 from weaktok.device import resolve_device
 from weaktok.generate.guidance import cached_spectrum, make_guidance
-from weaktok.generate.sampler import MASK_FRACTION, STEPS, chunk_start_frames, is_flow, seed_based, unconditional
+from weaktok.generate.sampler import (
+    MASK_FRACTION,
+    STEPS,
+    chunk_start_frames,
+    is_flow,
+    seed_based,
+    unconditional,
+)
 from weaktok.model.weights import Loaded, load_model
 from weaktok.plots import plot_spectrogram
 
 GL_BATCH = 16  # outputs per Griffin-Lim call (bounds its memory: 16 x 8 s at n_fft 1024 ~ 0.5 GB)
 
 
-def save_outputs(loaded: Loaded, specs: torch.Tensor, out, names: list[str], folder: str | Path,
-                 title: str) -> list[dict]:
+def save_outputs(
+    loaded: Loaded, specs: torch.Tensor, out, names: list[str], folder: str | Path, title: str
+) -> list[dict]:
     """Griffin-Lim the spectrograms (``GL_BATCH`` at a time, on their device) to <folder>/<name>.wav and draw
     <name>.png; returns one record per output."""
     folder = Path(folder)
@@ -45,10 +53,23 @@ def save_outputs(loaded: Loaded, specs: torch.Tensor, out, names: list[str], fol
                 wave = wave * (0.99 / peak)
             write_wav(folder / f"{name}.wav", wave, sr)
             starts = chunk_start_frames(out, i)
-            plot_spectrogram(specs[i].cpu(), starts, folder / f"{name}.png", front.frame_seconds, sr,
-                             f"{title} {name}")
-            records.append({"name": name, "wav": f"{name}.wav", "png": f"{name}.png", "chunks": int(len(starts)),
-                            "rms": float(np.sqrt(np.mean(wave ** 2)))})
+            plot_spectrogram(
+                specs[i].cpu(),
+                starts,
+                folder / f"{name}.png",
+                front.frame_seconds,
+                sr,
+                f"{title} {name}",
+            )
+            records.append(
+                {
+                    "name": name,
+                    "wav": f"{name}.wav",
+                    "png": f"{name}.png",
+                    "chunks": int(len(starts)),
+                    "rms": float(np.sqrt(np.mean(wave**2))),
+                }
+            )
             bar.update(1)
     bar.close()
     return records
@@ -75,28 +96,48 @@ def seed_spectrogram(path: str | Path, loaded: Loaded, seconds: float) -> torch.
 # The command
 
 
-def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | None = None, n: int = 8,
-             seconds: float | None = None, steps: int | None = None, mask_fraction: float = MASK_FRACTION,
-             seed: int = 0, shards: str | None = None, guidance_steps: int = 0,
-             device: str | torch.device | None = None) -> dict:
+def generate(
+    checkpoint: str | Path,
+    out: str | Path,
+    seed_audio: list[str] | None = None,
+    n: int = 8,
+    seconds: float | None = None,
+    steps: int | None = None,
+    mask_fraction: float = MASK_FRACTION,
+    seed: int = 0,
+    shards: str | None = None,
+    guidance_steps: int = 0,
+    device: str | torch.device | None = None,
+) -> dict:
     """Write seed-based outputs (one per ``seed_audio`` file) or ``n`` unconditional ones to ``out``, computed in
     one batch on ``device`` (``weaktok.device.resolve_device``: default cuda when available, else cpu; DeviceError
     when CUDA is asked for and absent)."""
-    if (steps is not None and steps < 1) or not 0 < mask_fraction <= 1 or n < 1 or guidance_steps < 0:
-        raise ValueError(f"need steps >= 1, 0 < mask_fraction <= 1, n >= 1 and guidance_steps >= 0 (got {steps}, "
-                         f"{mask_fraction}, {n}, {guidance_steps})")
+    if (
+        (steps is not None and steps < 1)
+        or not 0 < mask_fraction <= 1
+        or n < 1
+        or guidance_steps < 0
+    ):
+        raise ValueError(
+            f"need steps >= 1, 0 < mask_fraction <= 1, n >= 1 and guidance_steps >= 0 (got {steps}, "
+            f"{mask_fraction}, {n}, {guidance_steps})"
+        )
     device = resolve_device(device)  # before anything is loaded: a missing GPU fails fast
     loaded = load_model(checkpoint, device)
     cfg = loaded.cfg
     seconds = seconds or cfg.audio.clip_seconds
-    torch.manual_seed(seed)  # Griffin-Lim's random phase init draws from the global generator (every device's)
+    torch.manual_seed(
+        seed
+    )  # Griffin-Lim's random phase init draws from the global generator (every device's)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = Path(out)
     stats = cached_spectrum(loaded, shards)
     steps = steps or (cfg.model.flow.steps if is_flow(loaded.model) else STEPS)
     guidance = make_guidance(loaded, shards or cfg.data.shards, seconds, guidance_steps)
     if seed_audio:
-        waves = np.stack([seed_wave(p, cfg.audio.sample_rate, seconds) for p in seed_audio])  # (S, N)
+        waves = np.stack(
+            [seed_wave(p, cfg.audio.sample_rate, seconds) for p in seed_audio]
+        )  # (S, N)
         specs = loaded.front(torch.from_numpy(waves).to(device))  # (S, F, T)
         y, mo = seed_based(loaded.model, specs, stats, mask_fraction, steps, gen, guidance)
         names = [f"seed_{i:02d}_{Path(p).stem}" for i, p in enumerate(seed_audio)]
@@ -107,8 +148,17 @@ def generate(checkpoint: str | Path, out: str | Path, seed_audio: list[str] | No
         names = [f"uncond_{i:02d}" for i in range(n)]
         mode = "unconditional"
     records = save_outputs(loaded, y, mo, names, out, mode)
-    summary = {"mode": mode, "checkpoint": str(loaded.path), "device": str(device), "seconds": seconds, "steps": steps,
-               "mask_fraction": mask_fraction if seed_audio else None, "seed": seed, "guidance_steps": guidance_steps,
-               "seed_audio": [str(p) for p in seed_audio or []], "outputs": records}
+    summary = {
+        "mode": mode,
+        "checkpoint": str(loaded.path),
+        "device": str(device),
+        "seconds": seconds,
+        "steps": steps,
+        "mask_fraction": mask_fraction if seed_audio else None,
+        "seed": seed,
+        "guidance_steps": guidance_steps,
+        "seed_audio": [str(p) for p in seed_audio or []],
+        "outputs": records,
+    }
     (out / "generate.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -32,7 +32,10 @@ from weaktok.generate.guidance import Guidance, guide
 from weaktok.model import flow
 from weaktok.model.unet import DOWNSAMPLE
 
-MODES = ("uncond", "seed")  # the two generation modes, in this order in every record (val_gen_<mode>_*, Table 1)
+MODES = (
+    "uncond",
+    "seed",
+)  # the two generation modes, in this order in every record (val_gen_<mode>_*, Table 1)
 STEPS = 6  # model passes per output
 MASK_FRACTION = 0.5  # seed-based: the last half of the seed is in-painted
 
@@ -48,8 +51,15 @@ def is_flow(model) -> bool:
 
 
 @torch.no_grad()
-def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: int | None = None,
-           gen: torch.Generator | None = None, guidance: Guidance | None = None):
+def refine(
+    model,
+    known: torch.Tensor,
+    hole: torch.Tensor,
+    stats: dict,
+    steps: int | None = None,
+    gen: torch.Generator | None = None,
+    guidance: Guidance | None = None,
+):
     """known (B, F, T) spectrograms, hole (T,) bool -> (output (B, F, T), ModelOutput of the last pass).
 
     In-painting models: the refinement above, ``steps`` (default ``STEPS``) passes from ``stats``' prior noise.
@@ -68,16 +78,27 @@ def refine(model, known: torch.Tensor, hole: torch.Tensor, stats: dict, steps: i
             out = model(x.to(dtype))
             y = out.recon.float().clamp_min(0)
             if ss[k + 1] > 0:
-                x = torch.where(hole, (1 - ss[k + 1]) * y + ss[k + 1] * sample_prior(stats, B, T, gen), known)
+                x = torch.where(
+                    hole, (1 - ss[k + 1]) * y + ss[k + 1] * sample_prior(stats, B, T, gen), known
+                )
     if guidance is not None:
         y = guide(y, hole, guidance)
     return y, out
 
 
-def seed_based(model, spec: torch.Tensor, stats: dict, mask_fraction: float = MASK_FRACTION,
-               steps: int | None = None, gen: torch.Generator | None = None, guidance: Guidance | None = None):
+def seed_based(
+    model,
+    spec: torch.Tensor,
+    stats: dict,
+    mask_fraction: float = MASK_FRACTION,
+    steps: int | None = None,
+    gen: torch.Generator | None = None,
+    guidance: Guidance | None = None,
+):
     """spec (B, F, T) seed spectrograms; the last ``mask_fraction`` of the frames is in-painted."""
-    return refine(model, spec, seed_hole(spec.shape[-1], mask_fraction), stats, steps, gen, guidance)
+    return refine(
+        model, spec, seed_hole(spec.shape[-1], mask_fraction), stats, steps, gen, guidance
+    )
 
 
 def seed_hole_start(frames: int, mask_fraction: float = MASK_FRACTION) -> int:
@@ -85,19 +106,30 @@ def seed_hole_start(frames: int, mask_fraction: float = MASK_FRACTION) -> int:
     return frames - int(round(mask_fraction * frames))
 
 
-def seed_hole(frames: int, mask_fraction: float = MASK_FRACTION, device: torch.device | str = "cpu") -> torch.Tensor:
+def seed_hole(
+    frames: int, mask_fraction: float = MASK_FRACTION, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(frames,) bool: the last ``mask_fraction`` of the frames."""
     hole = torch.zeros(frames, dtype=torch.bool, device=device)
-    hole[seed_hole_start(frames, mask_fraction):] = True
+    hole[seed_hole_start(frames, mask_fraction) :] = True
     return hole
 
 
-def unconditional(model, stats: dict, n: int, frames: int, steps: int | None = None,
-                  gen: torch.Generator | None = None, guidance: Guidance | None = None):
+def unconditional(
+    model,
+    stats: dict,
+    n: int,
+    frames: int,
+    steps: int | None = None,
+    gen: torch.Generator | None = None,
+    guidance: Guidance | None = None,
+):
     """n outputs of ``frames`` frames: the whole clip is the hole (on the device of ``stats``)."""
     dev = stats["mean"].device
     known = torch.zeros(n, stats["mean"].shape[0], frames, device=dev)
-    return refine(model, known, torch.ones(frames, dtype=torch.bool, device=dev), stats, steps, gen, guidance)
+    return refine(
+        model, known, torch.ones(frames, dtype=torch.bool, device=dev), stats, steps, gen, guidance
+    )
 
 
 def chunk_start_frames(out, i: int) -> np.ndarray:

@@ -50,8 +50,11 @@ def train_env(ranks: int) -> dict[str, str]:
     no thread oversubscription."""
     import torch
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("RAY_ADDRESS", "local")
@@ -62,14 +65,42 @@ def train_env(ranks: int) -> dict[str, str]:
 
 def train_command(config: str, out: Path, overrides: list[str], ranks: int) -> list[str]:
     if ranks <= 1:
-        return [sys.executable, "-m", "weaktok", "train", "--config", config, "--out", str(out), *overrides]
+        return [
+            sys.executable,
+            "-m",
+            "weaktok",
+            "train",
+            "--config",
+            config,
+            "--out",
+            str(out),
+            *overrides,
+        ]
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    return [str(deepspeed) if deepspeed.exists() else "deepspeed", "--num_gpus", str(ranks), "--master_port",
-            str(free_port()), "--module", "weaktok.train", "--config", config, "--out", str(out), *overrides]
+    return [
+        str(deepspeed) if deepspeed.exists() else "deepspeed",
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "weaktok.train",
+        "--config",
+        config,
+        "--out",
+        str(out),
+        *overrides,
+    ]
 
 
-def train_subprocess(config: str, out: str | Path, overrides: list[str], ranks: int = 1, prefix: str = "  ",
-                     on_line=None) -> float:
+def train_subprocess(
+    config: str,
+    out: str | Path,
+    overrides: list[str],
+    ranks: int = 1,
+    prefix: str = "  ",
+    on_line=None,
+) -> float:
     """Train in a subprocess; echo its ``[weaktok]`` lines (progress, metrics URL), keep the full log in
     ``<out>/train.log``. Returns the wall seconds; raises TrainingFailed on a non-zero exit."""
     out = Path(out)
@@ -79,16 +110,26 @@ def train_subprocess(config: str, out: str | Path, overrides: list[str], ranks: 
     t0 = time.time()
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=train_env(ranks))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=train_env(ranks),
+        )
         for line in proc.stdout:
             log.write(line)
-            if "[weaktok]" in line or "Error" in line:  # progress, the metrics URL, failures; the rest: the log
-                print(prefix + line[max(0, line.find("[weaktok]")):].rstrip(), flush=True)
+            if (
+                "[weaktok]" in line or "Error" in line
+            ):  # progress, the metrics URL, failures; the rest: the log
+                print(prefix + line[max(0, line.find("[weaktok]")) :].rstrip(), flush=True)
             if on_line is not None:
                 on_line(line)
         proc.wait()
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
-        raise TrainingFailed(f"training exited with {proc.returncode} (full log: {log_path}):\n{tail}")
+        raise TrainingFailed(
+            f"training exited with {proc.returncode} (full log: {log_path}):\n{tail}"
+        )
     return time.time() - t0

@@ -34,7 +34,11 @@ class RayReport(TrainHooks):
         import ray.train
 
         ctx = ray.train.get_context()
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if ctx.get_local_rank() == 0 else None
+        ckpt = (
+            ray.train.Checkpoint.from_directory(str(checkpoint))
+            if ctx.get_local_rank() == 0
+            else None
+        )
         if self.lscore_weight is not None:
             metrics = sweep_metrics(record, self.lscore_weight)
         else:
@@ -72,13 +76,28 @@ def worker_resources(cpus_per_worker: float, gpus_per_worker: float) -> dict:
     """Ray Train settings for workers with these resources: ``use_gpu``, ``resources_per_worker`` (GPU left out
     when 0) and the process-group ``backend`` (nccl with GPUs, gloo without)."""
     use_gpu = gpus_per_worker > 0
-    return {"use_gpu": use_gpu, "backend": "nccl" if use_gpu else "gloo",
-            "resources_per_worker": {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}}
+    return {
+        "use_gpu": use_gpu,
+        "backend": "nccl" if use_gpu else "gloo",
+        "resources_per_worker": {
+            "CPU": cpus_per_worker,
+            **({"GPU": gpus_per_worker} if use_gpu else {}),
+        },
+    }
 
 
-def run_ray_train(config: str, overrides: list[str], out: str, workers: int = 2, use_gpu: bool | None = None,
-                  cpus_per_worker: float = 1.0, max_failures: int = 0, storage_path: str | None = None,
-                  address: str | None = None, gpus_per_worker: float | str = "auto"):
+def run_ray_train(
+    config: str,
+    overrides: list[str],
+    out: str,
+    workers: int = 2,
+    use_gpu: bool | None = None,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 0,
+    storage_path: str | None = None,
+    address: str | None = None,
+    gpus_per_worker: float | str = "auto",
+):
     """Validate the config, connect to Ray, run a TorchTrainer with ``workers`` workers; returns the Result.
 
     ``gpus_per_worker``: "auto" (1 if the cluster reports GPUs, else 0), 0 or 1; ``use_gpu`` (True/False), when
@@ -90,24 +109,42 @@ def run_ray_train(config: str, overrides: list[str], out: str, workers: int = 2,
     from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
 
     cfg: Config = load_config(config, overrides)  # fail fast, before any worker starts
-    setting = gpus_setting(int(use_gpu) if use_gpu is not None else gpus_per_worker, "gpus_per_worker", whole=True)
+    setting = gpus_setting(
+        int(use_gpu) if use_gpu is not None else gpus_per_worker, "gpus_per_worker", whole=True
+    )
     out_path = Path(out).resolve()
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
     cluster = ray.cluster_resources()
     w = worker_resources(cpus_per_worker, resolve_gpus(setting, cluster))
-    print(f"[weaktok] ray train: {describe_gpus(setting, w['resources_per_worker'].get('GPU', 0), cluster)}; "
-          f"{workers} workers x {w['resources_per_worker']}, {w['backend']}", flush=True)
+    print(
+        f"[weaktok] ray train: {describe_gpus(setting, w['resources_per_worker'].get('GPU', 0), cluster)}; "
+        f"{workers} workers x {w['resources_per_worker']}, {w['backend']}",
+        flush=True,
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "overrides": list(overrides), "out": str(out_path),
-                           "use_gpu": w["use_gpu"], "resolved": to_dict(cfg)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=w["use_gpu"],
-                                     resources_per_worker=w["resources_per_worker"]),
-        torch_config=TorchConfig(backend=w["backend"], init_method="env",
-                                 timeout_s=int(cfg.train.dist_timeout_s)),  # Ray makes the group: pass the bound
-        run_config=RunConfig(name=f"weaktok-{out_path.name}",
-                             storage_path=str(Path(storage_path).resolve()) if storage_path else str(out_path / "ray"),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+        train_loop_config={
+            "config": config,
+            "overrides": list(overrides),
+            "out": str(out_path),
+            "use_gpu": w["use_gpu"],
+            "resolved": to_dict(cfg),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=w["use_gpu"],
+            resources_per_worker=w["resources_per_worker"],
+        ),
+        torch_config=TorchConfig(
+            backend=w["backend"], init_method="env", timeout_s=int(cfg.train.dist_timeout_s)
+        ),  # Ray makes the group: pass the bound
+        run_config=RunConfig(
+            name=f"weaktok-{out_path.name}",
+            storage_path=str(Path(storage_path).resolve())
+            if storage_path
+            else str(out_path / "ray"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
     )
     return trainer.fit()

@@ -49,7 +49,9 @@ class SweepSpec:
     workers: int = 1
     cpus_per_worker: float = 1.0
     pool_actors: int = 1
-    gpus_per_worker: float | str = "auto"  # "auto": 1 if the Ray cluster has GPUs, else 0 (weaktok.device)
+    gpus_per_worker: float | str = (
+        "auto"  # "auto": 1 if the Ray cluster has GPUs, else 0 (weaktok.device)
+    )
     extra: dict = field(default_factory=dict)
 
 
@@ -73,7 +75,9 @@ def load_space(path: str | Path, num_samples: int | None = None) -> SweepSpec:
     known = {"space", "num_samples", "max_concurrent", "objective", "asha", "resources"}
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}"
+        )
     space = raw.get("space") or {}
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{path}: 'space' must map config keys to distributions")
@@ -82,19 +86,36 @@ def load_space(path: str | Path, num_samples: int | None = None) -> SweepSpec:
     res, asha, obj = raw.get("resources") or {}, raw.get("asha") or {}, raw.get("objective") or {}
     unknown = set(res) - set(RESOURCE_KEYS) if isinstance(res, dict) else {"(not a mapping)"}
     if unknown:
-        raise ConfigError(f"{path}: unknown resources key(s) {', '.join(sorted(unknown))}; allowed: "
-                          f"{', '.join(RESOURCE_KEYS)}")
-    spec = SweepSpec(space=space, num_samples=int(num_samples or raw.get("num_samples", 8)),
-                     max_concurrent=int(raw.get("max_concurrent", 0)),
-                     lscore_weight=float(obj.get("lscore_weight", 0.1)),
-                     grace_period=int(asha.get("grace_period", 1)), reduction_factor=int(asha.get("reduction_factor", 2)),
-                     workers=int(res.get("workers", 1)), cpus_per_worker=float(res.get("cpus_per_worker", 1)),
-                     pool_actors=int(res.get("pool_actors", 1)))
-    if spec.num_samples < 1 or spec.workers < 1 or spec.grace_period < 1 or spec.reduction_factor < 2:
-        raise ConfigError(f"{path}: need num_samples >= 1, resources.workers >= 1, asha.grace_period >= 1, "
-                          "asha.reduction_factor >= 2")
-    spec.gpus_per_worker = gpus_setting(res.get("gpus_per_worker", "auto"), f"{path}: resources.gpus_per_worker",
-                                        whole=spec.workers > 1)
+        raise ConfigError(
+            f"{path}: unknown resources key(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(RESOURCE_KEYS)}"
+        )
+    spec = SweepSpec(
+        space=space,
+        num_samples=int(num_samples or raw.get("num_samples", 8)),
+        max_concurrent=int(raw.get("max_concurrent", 0)),
+        lscore_weight=float(obj.get("lscore_weight", 0.1)),
+        grace_period=int(asha.get("grace_period", 1)),
+        reduction_factor=int(asha.get("reduction_factor", 2)),
+        workers=int(res.get("workers", 1)),
+        cpus_per_worker=float(res.get("cpus_per_worker", 1)),
+        pool_actors=int(res.get("pool_actors", 1)),
+    )
+    if (
+        spec.num_samples < 1
+        or spec.workers < 1
+        or spec.grace_period < 1
+        or spec.reduction_factor < 2
+    ):
+        raise ConfigError(
+            f"{path}: need num_samples >= 1, resources.workers >= 1, asha.grace_period >= 1, "
+            "asha.reduction_factor >= 2"
+        )
+    spec.gpus_per_worker = gpus_setting(
+        res.get("gpus_per_worker", "auto"),
+        f"{path}: resources.gpus_per_worker",
+        whole=spec.workers > 1,
+    )
     return spec
 
 
@@ -155,11 +176,13 @@ def check_against_config(config: str, overrides: list[str], spec: SweepSpec) -> 
 def tune_space(spec: SweepSpec) -> dict:
     from ray import tune
 
-    make = {"loguniform": lambda d: tune.loguniform(d["low"], d["high"]),
-            "uniform": lambda d: tune.uniform(d["low"], d["high"]),
-            "randint": lambda d: tune.randint(d["low"], d["high"]),
-            "choice": lambda d: tune.choice(d["values"]),
-            "grid": lambda d: tune.grid_search(d["values"])}
+    make = {
+        "loguniform": lambda d: tune.loguniform(d["low"], d["high"]),
+        "uniform": lambda d: tune.uniform(d["low"], d["high"]),
+        "randint": lambda d: tune.randint(d["low"], d["high"]),
+        "choice": lambda d: tune.choice(d["values"]),
+        "grid": lambda d: tune.grid_search(d["values"]),
+    }
     return {key: make[d["type"]](d) for key, d in spec.space.items()}
 
 
@@ -176,20 +199,32 @@ class TuneReport:
     def on_epoch_end(self, record: dict, checkpoint: Path) -> None:
         from ray import tune
 
-        tune.report(sweep_metrics(record, self.lscore_weight),
-                    checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+        tune.report(
+            sweep_metrics(record, self.lscore_weight),
+            checkpoint=tune.Checkpoint.from_directory(str(checkpoint)),
+        )
 
 
-def run_trial(params: dict, config: str, overrides: list[str], lscore_weight: float, workers: int,
-              cpus_per_worker: float, gpus_per_worker: float = 0.0) -> None:
+def run_trial(
+    params: dict,
+    config: str,
+    overrides: list[str],
+    lscore_weight: float,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float = 0.0,
+) -> None:
     """The Tune trainable: one real training run with this trial's parameters (``gpus_per_worker``: resolved,
     see trial_resources; a single-process trial trains on the GPU Ray gave it, if any)."""
     from ray import tune
 
     ctx = tune.get_context()
     # concurrent trials share machines: each serves metrics on a free port, labelled with its trial name
-    trial_overrides = (overrides + ["metrics.port=0", f"metrics.run_name={ctx.get_trial_name()}"]
-                       + [override(k, v) for k, v in params.items()])
+    trial_overrides = (
+        overrides
+        + ["metrics.port=0", f"metrics.run_name={ctx.get_trial_name()}"]
+        + [override(k, v) for k, v in params.items()]
+    )
     out = Path(ctx.get_trial_dir()) / "run"
     if workers == 1:
         import torch
@@ -197,16 +232,26 @@ def run_trial(params: dict, config: str, overrides: list[str], lscore_weight: fl
         from weaktok.launch.local import free_port
         from weaktok.train import train
 
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(free_port())})
+        os.environ.update(
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port()),
+            }
+        )
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         train(load_config(config, trial_overrides), out, hooks=[TuneReport(lscore_weight)])
         return
-    _run_trial_on_ray_train(config, trial_overrides, out, lscore_weight, workers, cpus_per_worker, gpus_per_worker)
+    _run_trial_on_ray_train(
+        config, trial_overrides, out, lscore_weight, workers, cpus_per_worker, gpus_per_worker
+    )
 
 
-def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus_per_worker,
-                            gpus_per_worker: float = 0.0) -> None:
+def _run_trial_on_ray_train(
+    config, overrides, out, lscore_weight, workers, cpus_per_worker, gpus_per_worker: float = 0.0
+) -> None:
     """A multi-worker trial: Ray Train nested in Tune (driver function + TuneReportCallback); NCCL on GPUs."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -217,13 +262,26 @@ def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus
     w = worker_resources(cpus_per_worker, gpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "overrides": overrides, "out": str(out), "use_gpu": w["use_gpu"],
-                           "lscore_weight": lscore_weight},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=w["use_gpu"],
-                                     resources_per_worker=w["resources_per_worker"]),
-        torch_config=TorchConfig(backend=w["backend"], init_method="env",
-                                 timeout_s=int(load_config(config, overrides).train.dist_timeout_s)),
-        run_config=RunConfig(name="train", storage_path=str(out / "ray"), callbacks=[TuneReportCallback()]),
+        train_loop_config={
+            "config": config,
+            "overrides": overrides,
+            "out": str(out),
+            "use_gpu": w["use_gpu"],
+            "lscore_weight": lscore_weight,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=w["use_gpu"],
+            resources_per_worker=w["resources_per_worker"],
+        ),
+        torch_config=TorchConfig(
+            backend=w["backend"],
+            init_method="env",
+            timeout_s=int(load_config(config, overrides).train.dist_timeout_s),
+        ),
+        run_config=RunConfig(
+            name="train", storage_path=str(out / "ray"), callbacks=[TuneReportCallback()]
+        ),
     )
     result = trainer.fit()
     if result.error:
@@ -237,7 +295,9 @@ def _run_trial_on_ray_train(config, overrides, out, lscore_weight, workers, cpus
 HEAD_GONE_S = 15.0  # the Ray head unreachable this long ends the sweep (Ray itself would wait 60 s, then abort)
 
 
-def watch_head(out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, every_s: float = 1.0):
+def watch_head(
+    out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, every_s: float = 1.0
+):
     """Watch the Ray head (its GCS port) from a daemon thread; if it stops answering for ``gone_after_s``, say so
     plainly (what died, what is kept, how to go on) and end the process with exit code 3.
 
@@ -269,10 +329,12 @@ def watch_head(out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, e
                 continue
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since >= gone_after_s:
-                msg = (f"[weaktok] sweep: the Ray cluster at {address} is gone (its head has not answered for "
-                       f"{gone_after_s:.0f} s; killed, stopped or unreachable). Trials finished so far and the "
-                       f"checkpoints of running ones are kept in {out / 'tune'}. Start the cluster again and "
-                       f"continue with: {resume_hint}")
+                msg = (
+                    f"[weaktok] sweep: the Ray cluster at {address} is gone (its head has not answered for "
+                    f"{gone_after_s:.0f} s; killed, stopped or unreachable). Trials finished so far and the "
+                    f"checkpoints of running ones are kept in {out / 'tune'}. Start the cluster again and "
+                    f"continue with: {resume_hint}"
+                )
                 print(msg, file=sys.stderr, flush=True)
                 os._exit(3)
 
@@ -280,9 +342,16 @@ def watch_head(out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, e
     return stop
 
 
-def run_sweep(config: str, space_path: str | Path, out: str | Path, overrides: list[str] | None = None,
-              num_samples: int | None = None, resume: bool = False, address: str | None = None,
-              num_cpus: int | None = None) -> dict:
+def run_sweep(
+    config: str,
+    space_path: str | Path,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    num_samples: int | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+) -> dict:
     """Run (or resume) a sweep; returns {results_csv, best_config, plot, best: {params, metrics}}."""
     import ray
     from ray import tune
@@ -302,28 +371,52 @@ def run_sweep(config: str, space_path: str | Path, out: str | Path, overrides: l
         ray.init(address=addr, **({} if addr else {"num_cpus": num_cpus}))
     cluster = ray.cluster_resources()
     bundles, gpus = trial_resources(spec, cluster)
-    print(f"[weaktok] sweep: {describe_gpus(spec.gpus_per_worker, gpus, cluster)}; trial bundles {bundles}",
-          flush=True)
+    print(
+        f"[weaktok] sweep: {describe_gpus(spec.gpus_per_worker, gpus, cluster)}; trial bundles {bundles}",
+        flush=True,
+    )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, config=config, overrides=overrides, lscore_weight=spec.lscore_weight,
-                             workers=spec.workers, cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=gpus),
-        tune.PlacementGroupFactory(bundles, strategy="PACK"))
+        tune.with_parameters(
+            run_trial,
+            config=config,
+            overrides=overrides,
+            lscore_weight=spec.lscore_weight,
+            workers=spec.workers,
+            cpus_per_worker=spec.cpus_per_worker,
+            gpus_per_worker=gpus,
+        ),
+        tune.PlacementGroupFactory(bundles, strategy="PACK"),
+    )
     if resume and tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     else:
         if resume:
             print(f"[weaktok] nothing to resume in {experiment}: starting a new sweep", flush=True)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=spec.grace_period,
-                                  reduction_factor=spec.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+        )
         tuner = tune.Tuner(
-            trainable, param_space=tune_space(spec),
-            tune_config=tune.TuneConfig(metric="objective", mode="min", scheduler=scheduler,
-                                        num_samples=spec.num_samples,
-                                        max_concurrent_trials=spec.max_concurrent or None),
-            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1))
-    watch = watch_head(out, f"weaktok sweep --config {config} --space {space_path} --out {out} --resume "
-                            f"{' '.join(overrides)}".strip())
+            trainable,
+            param_space=tune_space(spec),
+            tune_config=tune.TuneConfig(
+                metric="objective",
+                mode="min",
+                scheduler=scheduler,
+                num_samples=spec.num_samples,
+                max_concurrent_trials=spec.max_concurrent or None,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1),
+        )
+    watch = watch_head(
+        out,
+        f"weaktok sweep --config {config} --space {space_path} --out {out} --resume "
+        f"{' '.join(overrides)}".strip(),
+    )
     try:
         results = tuner.fit()
     finally:
@@ -339,16 +432,23 @@ def summarise(results, spec: SweepSpec, config: str, overrides: list[str], out: 
     try:
         best = results.get_best_result(metric="objective", mode="min", scope="all")
     except RuntimeError as e:
-        raise RuntimeError(f"sweep in {out} produced no usable trial ({len(errors)} errored): {e}") from None
+        raise RuntimeError(
+            f"sweep in {out} produced no usable trial ({len(errors)} errored): {e}"
+        ) from None
     params = {k: best.config[k] for k in spec.space}
     cfg = load_config(config, overrides + [override(k, v) for k, v in params.items()])
     cfg.name = f"{cfg.name}-sweep-best"
     best_yaml = out / "best_config.yaml"
     save_config(cfg, best_yaml)
     plot = plot_objective(df, spec, out / "objective_vs_params.png")
-    summary = {"results_csv": str(csv), "best_config": str(best_yaml), "plot": str(plot),
-               "trials": len(df), "errored": len(errors),
-               "best": {"params": params, "objective": best.metrics.get("objective"), "path": best.path}}
+    summary = {
+        "results_csv": str(csv),
+        "best_config": str(best_yaml),
+        "plot": str(plot),
+        "trials": len(df),
+        "errored": len(errors),
+        "best": {"params": params, "objective": best.metrics.get("objective"), "path": best.path},
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -356,6 +456,7 @@ def summarise(results, spec: SweepSpec, config: str, overrides: list[str], out: 
 def plot_objective(df, spec: SweepSpec, path: Path) -> Path:
     """One panel per swept key: each trial's final objective against its value."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -369,7 +470,9 @@ def plot_objective(df, spec: SweepSpec, path: Path) -> Path:
             ax.set_visible(False)
             continue
         x, y = df[column], df["objective"]
-        if spec.space[key]["type"] in ("choice", "grid") and not all(isinstance(v, (int, float)) for v in x):
+        if spec.space[key]["type"] in ("choice", "grid") and not all(
+            isinstance(v, (int, float)) for v in x
+        ):
             labels = sorted({str(v) for v in x})
             x = [labels.index(str(v)) for v in x]
             ax.set_xticks(range(len(labels)), labels)
@@ -378,7 +481,7 @@ def plot_objective(df, spec: SweepSpec, path: Path) -> Path:
             ax.set_xscale("log")
         ax.set_xlabel(key, fontsize=8)
         ax.set_ylabel("objective (lower is better)", fontsize=8)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     fig.suptitle("sweep: final objective per trial (colour = epochs reached)")
     fig.tight_layout()

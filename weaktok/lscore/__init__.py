@@ -7,10 +7,26 @@ only computes exact scores) does not pay for importing torch.
 import importlib
 
 _EXPORTS = {
-    "exact": ("LSCORE_NAMES", "exact_lscore", "timbral_exact", "onset_times", "density_exact",
-              "irregularity_exact", "structural_exact"),
-    "differentiable": ("SurrogateParams", "DifferentiableLScore", "differentiable_lscore", "timbral_complexity",
-                       "onset_envelope", "soft_peaks", "soft_onset_density", "soft_ioi_std", "soft_structural"),
+    "exact": (
+        "LSCORE_NAMES",
+        "exact_lscore",
+        "timbral_exact",
+        "onset_times",
+        "density_exact",
+        "irregularity_exact",
+        "structural_exact",
+    ),
+    "differentiable": (
+        "SurrogateParams",
+        "DifferentiableLScore",
+        "differentiable_lscore",
+        "timbral_complexity",
+        "onset_envelope",
+        "soft_peaks",
+        "soft_onset_density",
+        "soft_ioi_std",
+        "soft_structural",
+    ),
     "loss": ("batch_stats", "distribution_loss"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

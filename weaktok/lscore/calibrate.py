@@ -48,10 +48,12 @@ def _one_shots(sr: int) -> list[np.ndarray]:
 def _place(out: np.ndarray, hit: np.ndarray, at: int, gain: float) -> None:
     if 0 <= at < len(out):
         n = min(len(hit), len(out) - at)
-        out[at: at + n] += gain * hit[:n]
+        out[at : at + n] += gain * hit[:n]
 
 
-def click_train(rate: float, jitter_s: float, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+def click_train(
+    rate: float, jitter_s: float, seconds: float, sr: int, rng: np.random.Generator
+) -> np.ndarray:
     """Short noise clicks at `rate` per second; each inter-onset interval gets N(0, jitter_s) added."""
     y = np.zeros(int(seconds * sr), np.float32)
     click = (rng.standard_normal(64) * np.exp(-np.arange(64) / 8.0)).astype(np.float32)
@@ -119,16 +121,20 @@ def synthetic_set(n: int, sr: int = 22050, seed: int = 0) -> list[tuple[str, np.
             rate, jit = float(rng.uniform(1.5, 10.0)), float(rng.choice([0.0, 0.02, 0.06]))
             out.append((f"clicks_{rate:.1f}_{jit}_{i}", click_train(rate, jit, seconds, sr, rng)))
         elif kind == 8:
-            chords = random_chords(int(rng.choice([1, 2, 4, 16])), rng)  # repeated pattern ... all different
+            chords = random_chords(
+                int(rng.choice([1, 2, 4, 16])), rng
+            )  # repeated pattern ... all different
             out.append((f"chords_{len(chords)}_{i}", chord_sequence(chords, seconds, sr)))
         else:  # half-silent clicks: silences inside a loop
             y = click_train(float(rng.uniform(2, 8)), 0.01, seconds, sr, rng)
-            y[int(seconds * sr * 0.4): int(seconds * sr * 0.7)] = 0.0
+            y[int(seconds * sr * 0.4) : int(seconds * sr * 0.7)] = 0.0
             out.append((f"gapped_{i}", y))
     return out
 
 
-def calibration_set(sr: int = 22050, n_synthetic: int = 20, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+def calibration_set(
+    sr: int = 22050, n_synthetic: int = 20, seed: int = 0
+) -> list[tuple[str, np.ndarray]]:
     """Real loops (if installed) + n_synthetic synthetic clips."""
     return real_loops(sr) + synthetic_set(n_synthetic, sr, seed)
 
@@ -151,8 +157,13 @@ def front_end_power(y: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256) -
         return fe.power(fe(torch.as_tensor(y, dtype=torch.float32)))
 
 
-def calibrate(waveforms: list[np.ndarray], sr: int, params: SurrogateParams = SurrogateParams(),
-              n_fft: int = 1024, hop: int = 256) -> dict:
+def calibrate(
+    waveforms: list[np.ndarray],
+    sr: int,
+    params: SurrogateParams = SurrogateParams(),
+    n_fft: int = 1024,
+    hop: int = 256,
+) -> dict:
     """Exact vs differentiable L-Score on each waveform -> {term: {pearson, spearman, exact, diff}}.
 
     ``exact`` and ``diff`` are the raw per-clip values (lists, same order as ``waveforms``).
@@ -161,8 +172,13 @@ def calibrate(waveforms: list[np.ndarray], sr: int, params: SurrogateParams = Su
     for y in waveforms:
         ex.append(exact_lscore(y, sr))
         with torch.no_grad():
-            di.append(differentiable_lscore(front_end_power(y, sr, n_fft, hop), sr, n_fft, hop, params=params)[0]
-                      .double().numpy())
+            di.append(
+                differentiable_lscore(
+                    front_end_power(y, sr, n_fft, hop), sr, n_fft, hop, params=params
+                )[0]
+                .double()
+                .numpy()
+            )
     ex, di = np.array(ex), np.array(di)  # (N, 4)
     out = {}
     for k, name in enumerate(LSCORE_NAMES):

@@ -55,19 +55,27 @@ class SurrogateParams:
 
     n_mels: int = 128  # mel bands of the onset envelope (librosa default)
     top_db: float = 80.0  # floor of the mel log-power below its per-clip max (librosa power_to_db)
-    env_hop_s: float = 512 / 22050  # onset envelope frame rate: finer STFTs are average-pooled in time to
+    env_hop_s: float = (
+        512 / 22050
+    )  # onset envelope frame rate: finer STFTs are average-pooled in time to
     #                                 about this hop (2 frames at hop 256), as librosa's hop-512 envelope sees it
     lag_s: float = 0.0232  # flux lag; one hop of the exact STFT (512 / 22050 s)
     pre_max_s: float = 0.03  # soft local max over this much of the past (librosa pre_max)
     pre_avg_s: float = 0.10  # moving-average threshold window before ... (librosa pre_avg)
     post_avg_s: float = 0.10  # ... and after the frame (librosa post_avg)
     wait_s: float = 0.03  # a peak suppresses soft peaks this long after it (librosa wait)
-    delta: float = 0.07  # threshold offset over the moving average, envelope in [0, 1] (librosa delta)
+    delta: float = (
+        0.07  # threshold offset over the moving average, envelope in [0, 1] (librosa delta)
+    )
     tau_peak: float = 0.01  # temperature of sigmoid((o - thr) / tau_peak)
     tau_max: float = 0.01  # temperature of the soft local-max factor
-    silence_dbfs: float = -60.0  # clip gate: peak frame RMS below this -> no onsets (exact.SILENCE_DBFS)
+    silence_dbfs: float = (
+        -60.0
+    )  # clip gate: peak frame RMS below this -> no onsets (exact.SILENCE_DBFS)
     tau_db: float = 1.0  # temperature (dB) of the RMS gates
-    frame_gate_db: float | None = 40.0  # frames this far below the loudest get no soft peaks (None: off)
+    frame_gate_db: float | None = (
+        40.0  # frames this far below the loudest get no soft peaks (None: off)
+    )
     chroma_floor_dbfs: float = -100.0  # structure: frames quieter than this count as silent
     tau_merge: float = 0.02  # temperature of the split-peak merge before the IOI recursion
     ioi_eps: float = 1e-6  # soft peaks are clamped into [eps, 1 - eps] inside the IOI recursion
@@ -80,9 +88,13 @@ def _frames(seconds: float, sample_rate: int, hop: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _mel_fb(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    with warnings.catch_warnings():  # small n_fft leaves some low mel bands empty: harmless (zero flux)
+    with (
+        warnings.catch_warnings()
+    ):  # small n_fft leaves some low mel bands empty: harmless (zero flux)
         warnings.simplefilter("ignore")
-        return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=0.5 * sample_rate)
+        return librosa.filters.mel(
+            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=0.5 * sample_rate
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -116,11 +128,15 @@ def timbral_complexity(power: torch.Tensor, mask: torch.Tensor | None = None) ->
     valid = _valid(power, mask)  # (B, T)
     energy = power.sum(dim=1) * valid  # (B, T)
     peak = energy.amax(dim=1, keepdim=True)  # (B, 1)
-    keep = ((energy > 0) & (energy >= peak * 10.0 ** (-FRAME_GATE_DB / 10.0))).to(power.dtype)  # (B, T)
+    keep = ((energy > 0) & (energy >= peak * 10.0 ** (-FRAME_GATE_DB / 10.0))).to(
+        power.dtype
+    )  # (B, T)
     p = power / energy.clamp_min(_TINY).unsqueeze(1)  # (B, F, T)
     plogp = p * torch.log(p.clamp_min(_TINY))  # 0 log 0 -> 0 with a finite gradient
     H = -plogp.sum(dim=1) / math.log(Fq)  # (B, T)
-    return ((H * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)).clamp(0.0, 1.0)  # rounding can give 1+1e-16
+    return ((H * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)).clamp(
+        0.0, 1.0
+    )  # rounding can give 1+1e-16
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,9 +154,15 @@ def frame_rms_dbfs(power: torch.Tensor, n_fft: int) -> torch.Tensor:
     return 10.0 * torch.log10(ms.clamp_min(1e-20))
 
 
-def onset_envelope(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
-                   params: SurrogateParams = SurrogateParams(), mask: torch.Tensor | None = None,
-                   mel_fb: torch.Tensor | None = None) -> torch.Tensor:
+def onset_envelope(
+    power: torch.Tensor,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    params: SurrogateParams = SurrogateParams(),
+    mask: torch.Tensor | None = None,
+    mel_fb: torch.Tensor | None = None,
+) -> torch.Tensor:
     """power (B, F, T) -> (B, T) onset strength normalised to [0, 1] per clip (librosa's recipe, in torch)."""
     B, _, T = power.shape
     valid = _valid(power, mask)
@@ -153,7 +175,9 @@ def onset_envelope(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
     flux = F.relu(db[..., lag:] - db[..., :-lag]).mean(dim=1)  # (B, T - lag)
     shift = lag + n_fft // (2 * hop)  # librosa's centring compensation
     env = F.pad(flux, (shift, 0))[:, :T] * valid  # (B, T)
-    env = (env - (env + (1.0 - valid) * 1e4).amin(dim=1, keepdim=True)) * valid  # min over valid frames
+    env = (
+        env - (env + (1.0 - valid) * 1e4).amin(dim=1, keepdim=True)
+    ) * valid  # min over valid frames
     return env / (env.amax(dim=1, keepdim=True) + 1e-12)
 
 
@@ -171,7 +195,9 @@ def envelope_pool(sample_rate: int, hop: int, params: SurrogateParams = Surrogat
     return max(1, round(params.env_hop_s * sample_rate / hop))
 
 
-def _pool_time(power: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool_time(
+    power: torch.Tensor, valid: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """power (B, F, T), valid (B, T) -> (B, F, ceil(T/k)) mean over 2k frames with stride k, and the pooled
     valid mask. Invalid and out-of-range frames count as silence, like the zero padding of a centred STFT. The 2k-frame box (1792 samples at n_fft 1024, hop 256) stands in for the longer
     2048-sample window of the exact STFT; measured on the calibration set it beats k-frame pooling
@@ -181,13 +207,21 @@ def _pool_time(power: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.
         return power, valid
     pad = (k, (-power.shape[-1]) % k)  # frame j covers input frames [j k - k, j k + k)
     p = F.avg_pool1d(F.pad(power * valid.unsqueeze(1), pad), 2 * k, k)  # (B, F, T')
-    count = F.avg_pool1d(F.pad(valid, pad).unsqueeze(1), 2 * k, k).squeeze(1)  # (B, T') valid fraction
+    count = F.avg_pool1d(F.pad(valid, pad).unsqueeze(1), 2 * k, k).squeeze(
+        1
+    )  # (B, T') valid fraction
     return p, (count > 0).to(power.dtype)
 
 
-def soft_peaks(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
-               params: SurrogateParams = SurrogateParams(), mask: torch.Tensor | None = None,
-               mel_fb: torch.Tensor | None = None) -> torch.Tensor:
+def soft_peaks(
+    power: torch.Tensor,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    params: SurrogateParams = SurrogateParams(),
+    mask: torch.Tensor | None = None,
+    mel_fb: torch.Tensor | None = None,
+) -> torch.Tensor:
     """power (B, F, T) -> (B, T') soft onset indicators in [0, 1]; their sum is the soft onset count.
 
     T' = ceil(T / k), k = envelope_pool(...): the envelope runs at ~env_hop_s per frame whatever the STFT hop
@@ -201,15 +235,23 @@ def soft_peaks(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
     post_avg = _frames(params.post_avg_s, sample_rate, hop) + 1
     above = torch.sigmoid((o - _window_mean(o, pre_avg, post_avg) - params.delta) / params.tau_peak)
     pre_max = max(1, _frames(params.pre_max_s, sample_rate, hop))
-    prev_max = F.max_pool1d(F.pad(o[:, :-1], (pre_max, 0), value=-1.0).unsqueeze(1), pre_max, stride=1)
-    is_max = torch.sigmoid((o - prev_max.squeeze(1)) / params.tau_max)  # (B, T') o >= previous frames
+    prev_max = F.max_pool1d(
+        F.pad(o[:, :-1], (pre_max, 0), value=-1.0).unsqueeze(1), pre_max, stride=1
+    )
+    is_max = torch.sigmoid(
+        (o - prev_max.squeeze(1)) / params.tau_max
+    )  # (B, T') o >= previous frames
     w = above * is_max
     wait = _frames(params.wait_s, sample_rate, hop)
-    for j in range(1, wait + 1):  # soft "skip the next `wait` frames": a short fixed loop, not over time
+    for j in range(
+        1, wait + 1
+    ):  # soft "skip the next `wait` frames": a short fixed loop, not over time
         w = w * (1.0 - F.pad(above * is_max, (j, 0))[:, :T])
     db = frame_rms_dbfs(power, n_fft) + (valid - 1.0) * 1e4  # (B, T') invalid frames -> very quiet
     top = db.amax(dim=1, keepdim=True)  # (B, 1)
-    gate = torch.sigmoid((top - params.silence_dbfs) / params.tau_db)  # clip loudness gate, as exact
+    gate = torch.sigmoid(
+        (top - params.silence_dbfs) / params.tau_db
+    )  # clip loudness gate, as exact
     if params.frame_gate_db is not None:
         gate = gate * torch.sigmoid((db - top + params.frame_gate_db) / params.tau_db)
     return w * gate * valid
@@ -224,9 +266,15 @@ def _duration_s(valid: torch.Tensor, sample_rate: int, hop: int) -> torch.Tensor
 # rhythm surrogates
 
 
-def soft_onset_density(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
-                       params: SurrogateParams = SurrogateParams(), mask: torch.Tensor | None = None,
-                       peaks: torch.Tensor | None = None) -> torch.Tensor:
+def soft_onset_density(
+    power: torch.Tensor,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    params: SurrogateParams = SurrogateParams(),
+    mask: torch.Tensor | None = None,
+    peaks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """power (B, F, T) -> (B,) soft onsets per second. ``peaks`` (B, T) reuses soft_peaks' output."""
     if peaks is None:
         peaks = soft_peaks(power, sample_rate, n_fft, hop, params, mask)
@@ -248,14 +296,22 @@ def _merge_split_peaks(w: torch.Tensor, tau: float) -> torch.Tensor:
     (softmax with temperature tau). An onset split 0.3 / 0.7 over two frames becomes ~0 / 1; isolated peaks
     stay where they are."""
     left, right = F.pad(w, (1, 0))[:, :-1], F.pad(w, (0, 1))[:, 1:]  # w_{t-1}, w_{t+1}
-    a = torch.softmax(torch.stack([left, w, right], dim=-1) / tau, dim=-1)  # (B, T, 3) where t's mass goes
+    a = torch.softmax(
+        torch.stack([left, w, right], dim=-1) / tau, dim=-1
+    )  # (B, T, 3) where t's mass goes
     to_prev, stay, to_next = (w.unsqueeze(-1) * a).unbind(-1)
     return stay + F.pad(to_next, (1, 0))[:, :-1] + F.pad(to_prev, (0, 1))[:, 1:]
 
 
-def soft_ioi_std(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
-                 params: SurrogateParams = SurrogateParams(), mask: torch.Tensor | None = None,
-                 peaks: torch.Tensor | None = None) -> torch.Tensor:
+def soft_ioi_std(
+    power: torch.Tensor,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    params: SurrogateParams = SurrogateParams(),
+    mask: torch.Tensor | None = None,
+    peaks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """power (B, F, T) -> (B,) soft std of inter-onset intervals in seconds.
 
     Time-since-last-onset recursion over the soft peaks w_t: Z_t = soft P(an onset before t), M_t = soft
@@ -290,9 +346,15 @@ def soft_ioi_std(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
 # structure surrogate
 
 
-def soft_structural(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
-                    params: SurrogateParams = SurrogateParams(), mask: torch.Tensor | None = None,
-                    chroma_fb: torch.Tensor | None = None) -> torch.Tensor:
+def soft_structural(
+    power: torch.Tensor,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    params: SurrogateParams = SurrogateParams(),
+    mask: torch.Tensor | None = None,
+    chroma_fb: torch.Tensor | None = None,
+) -> torch.Tensor:
     """power (B, F, T) -> (B,) 1 - weighted mean off-diagonal cosine similarity of chroma frames."""
     fb = chroma_fb if chroma_fb is not None else _const(_chroma_fb(sample_rate, n_fft), power)
     C = torch.einsum("cf,bft->bct", fb, power)  # (B, 12, T)
@@ -310,10 +372,17 @@ def soft_structural(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int,
 # all four
 
 
-def differentiable_lscore(power: torch.Tensor, sample_rate: int, n_fft: int, hop: int, mode: str = "surrogate",
-                          params: SurrogateParams = SurrogateParams(),
-                          mask: torch.Tensor | None = None, mel_fb: torch.Tensor | None = None,
-                          chroma_fb: torch.Tensor | None = None) -> torch.Tensor:
+def differentiable_lscore(
+    power: torch.Tensor,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    mode: str = "surrogate",
+    params: SurrogateParams = SurrogateParams(),
+    mask: torch.Tensor | None = None,
+    mel_fb: torch.Tensor | None = None,
+    chroma_fb: torch.Tensor | None = None,
+) -> torch.Tensor:
     """power (B, F, T) -> (B, 4) [timbral, density, irregularity, structural] (LSCORE_NAMES order).
 
     mode "surrogate": every column is differentiable. mode "paper": only timbral carries gradient; the other
@@ -322,11 +391,14 @@ def differentiable_lscore(power: torch.Tensor, sample_rate: int, n_fft: int, hop
     if mode not in ("surrogate", "paper"):
         raise ValueError(f"mode must be 'surrogate' or 'paper', got {mode!r}")
     peaks = soft_peaks(power, sample_rate, n_fft, hop, params, mask, mel_fb)
-    rest = torch.stack([
-        soft_onset_density(power, sample_rate, n_fft, hop, params, mask, peaks=peaks),
-        soft_ioi_std(power, sample_rate, n_fft, hop, params, mask, peaks=peaks),
-        soft_structural(power, sample_rate, n_fft, hop, params, mask, chroma_fb),
-    ], dim=1)  # (B, 3)
+    rest = torch.stack(
+        [
+            soft_onset_density(power, sample_rate, n_fft, hop, params, mask, peaks=peaks),
+            soft_ioi_std(power, sample_rate, n_fft, hop, params, mask, peaks=peaks),
+            soft_structural(power, sample_rate, n_fft, hop, params, mask, chroma_fb),
+        ],
+        dim=1,
+    )  # (B, 3)
     if mode == "paper":
         rest = rest.detach()
     return torch.cat([timbral_complexity(power, mask).unsqueeze(1), rest], dim=1)
@@ -336,16 +408,39 @@ class DifferentiableLScore(nn.Module):
     """Module form of differentiable_lscore for one STFT geometry; the mel and chroma filterbanks are
     (non-persistent) buffers, so ``.to(device)`` moves them and checkpoints do not carry them."""
 
-    def __init__(self, sample_rate: int = 22050, n_fft: int = 1024, hop: int = 256, mode: str = "surrogate",
-                 params: SurrogateParams = SurrogateParams()):
+    def __init__(
+        self,
+        sample_rate: int = 22050,
+        n_fft: int = 1024,
+        hop: int = 256,
+        mode: str = "surrogate",
+        params: SurrogateParams = SurrogateParams(),
+    ):
         super().__init__()
-        self.sample_rate, self.n_fft, self.hop, self.mode, self.params = sample_rate, n_fft, hop, mode, params
+        self.sample_rate, self.n_fft, self.hop, self.mode, self.params = (
+            sample_rate,
+            n_fft,
+            hop,
+            mode,
+            params,
+        )
         mel = _mel_fb(sample_rate, n_fft, params.n_mels)
         self.register_buffer("mel_fb", torch.as_tensor(mel, dtype=torch.float32), persistent=False)
         chroma = _chroma_fb(sample_rate, n_fft)
-        self.register_buffer("chroma_fb", torch.as_tensor(chroma, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "chroma_fb", torch.as_tensor(chroma, dtype=torch.float32), persistent=False
+        )
 
     def forward(self, power: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """power (B, F, T) -> (B, 4)."""
-        return differentiable_lscore(power, self.sample_rate, self.n_fft, self.hop, self.mode, self.params, mask,
-                                     self.mel_fb.to(power.dtype), self.chroma_fb.to(power.dtype))
+        return differentiable_lscore(
+            power,
+            self.sample_rate,
+            self.n_fft,
+            self.hop,
+            self.mode,
+            self.params,
+            mask,
+            self.mel_fb.to(power.dtype),
+            self.chroma_fb.to(power.dtype),
+        )

@@ -46,8 +46,8 @@ Degenerate inputs (all give finite numbers)
 
 from __future__ import annotations
 
-import numpy as np
 import librosa
+import numpy as np
 
 from weaktok.lscore.peaks import onset_detect, peak_pick
 
@@ -59,8 +59,14 @@ FRAME_GATE_DB = 60.0  # timbral: only frames within this many dB of the loudest 
 SILENCE_DBFS = -60.0  # onsets: a clip whose peak frame RMS is below this has none
 
 ONSET_PRESETS = ("paper", "clicks")
-CLICKS_N_FFT, CLICKS_HOP = 1024, 256  # "clicks" onsets: their own STFT, twice the paper's time resolution
-CLICKS_LAG, CLICKS_MAX_SIZE = 2, 3  # flux against the max over 3 mel bands 2 frames back (SuperFlux)
+CLICKS_N_FFT, CLICKS_HOP = (
+    1024,
+    256,
+)  # "clicks" onsets: their own STFT, twice the paper's time resolution
+CLICKS_LAG, CLICKS_MAX_SIZE = (
+    2,
+    3,
+)  # flux against the max over 3 mel bands 2 frames back (SuperFlux)
 CLICKS_DELTA = 2.5  # absolute threshold on the un-normalised envelope (mean dB rise over mel bands)
 
 
@@ -105,14 +111,29 @@ def click_onset_times(y: np.ndarray, sr: int) -> np.ndarray:
     """
     power = np.abs(librosa.stft(y, n_fft=CLICKS_N_FFT, hop_length=CLICKS_HOP)) ** 2
     mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, fmax=0.5 * sr))
-    env = librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=CLICKS_HOP, n_fft=CLICKS_N_FFT,
-                                       lag=CLICKS_LAG, max_size=CLICKS_MAX_SIZE)  # (T,)
-    frames = peak_pick(env, pre_max=0.03 * sr // CLICKS_HOP, post_max=1, pre_avg=0.10 * sr // CLICKS_HOP,
-                       post_avg=0.10 * sr // CLICKS_HOP + 1, delta=CLICKS_DELTA, wait=0.03 * sr // CLICKS_HOP)
+    env = librosa.onset.onset_strength(
+        S=mel_db,
+        sr=sr,
+        hop_length=CLICKS_HOP,
+        n_fft=CLICKS_N_FFT,
+        lag=CLICKS_LAG,
+        max_size=CLICKS_MAX_SIZE,
+    )  # (T,)
+    frames = peak_pick(
+        env,
+        pre_max=0.03 * sr // CLICKS_HOP,
+        post_max=1,
+        pre_avg=0.10 * sr // CLICKS_HOP,
+        post_avg=0.10 * sr // CLICKS_HOP + 1,
+        delta=CLICKS_DELTA,
+        wait=0.03 * sr // CLICKS_HOP,
+    )
     return (frames * CLICKS_HOP).astype(int) / float(sr)
 
 
-def onset_times(y: np.ndarray, sr: int, power: np.ndarray | None = None, *, onset: str = "paper") -> np.ndarray:
+def onset_times(
+    y: np.ndarray, sr: int, power: np.ndarray | None = None, *, onset: str = "paper"
+) -> np.ndarray:
     """Onset times in seconds: ``librosa.onset.onset_detect`` with defaults (hop 512), RMS-gated.
 
     ``power`` (F, T) may be passed to reuse the STFT; the result equals ``librosa.onset.onset_detect(y=y, sr=sr,
@@ -180,9 +201,12 @@ def exact_lscore(y: np.ndarray, sr: int, *, onset: str = "paper") -> np.ndarray:
         return np.zeros(4)
     power = power_spectrogram(y)  # (1025, T)
     onsets = onset_times(y, sr, power=power, onset=onset)
-    return np.array([
-        timbral_exact(power),
-        density_exact(onsets, y.size / sr),
-        irregularity_exact(onsets),
-        structural_exact(power, sr),
-    ], dtype=np.float64)
+    return np.array(
+        [
+            timbral_exact(power),
+            density_exact(onsets, y.size / sr),
+            irregularity_exact(onsets),
+            structural_exact(power, sr),
+        ],
+        dtype=np.float64,
+    )

@@ -24,8 +24,14 @@ def batch_stats(L_batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, torch.sqrt(var + VAR_EPS)
 
 
-def distribution_loss(L_batch: torch.Tensor, mu_target, sigma_target, lambda_mu: float = 1.0,
-                      lambda_sigma: float = 1.0, standardise: bool = True) -> torch.Tensor:
+def distribution_loss(
+    L_batch: torch.Tensor,
+    mu_target,
+    sigma_target,
+    lambda_mu: float = 1.0,
+    lambda_sigma: float = 1.0,
+    standardise: bool = True,
+) -> torch.Tensor:
     """L_batch (B, K), targets (K,) (tensor, array or list) -> scalar loss (eq. 8, optionally standardised)."""
     mu_t = torch.as_tensor(mu_target, dtype=L_batch.dtype, device=L_batch.device)
     sigma_t = torch.as_tensor(sigma_target, dtype=L_batch.dtype, device=L_batch.device)

@@ -75,12 +75,22 @@ def window_mean(x: np.ndarray, pre: int, post: int) -> np.ndarray:
 def _as_index(value: float, name: str, minimum: int) -> int:
     """librosa's ``valid_int(value, cast=np.ceil)`` after its range check."""
     if value < minimum:
-        raise ValueError(f"{name} must be {'non-negative' if minimum == 0 else 'positive'}, got {value}")
+        raise ValueError(
+            f"{name} must be {'non-negative' if minimum == 0 else 'positive'}, got {value}"
+        )
     return int(math.ceil(value))
 
 
-def peak_pick(x: np.ndarray, *, pre_max: float, post_max: float, pre_avg: float, post_avg: float, delta: float,
-              wait: float) -> np.ndarray:
+def peak_pick(
+    x: np.ndarray,
+    *,
+    pre_max: float,
+    post_max: float,
+    pre_avg: float,
+    post_avg: float,
+    delta: float,
+    wait: float,
+) -> np.ndarray:
     """x (T,) float32/float64 -> (K,) int64 peak indices; equal to ``librosa.util.peak_pick(x, ...)`` (sparse).
 
     Frame n is a candidate if x[n] == max(x[n - pre_max : n + post_max]) and
@@ -99,7 +109,9 @@ def peak_pick(x: np.ndarray, *, pre_max: float, post_max: float, pre_avg: float,
         raise ValueError(f"delta must be non-negative, got {delta}")
     if x.shape[0] == 0:  # as librosa (numba's np.max of the empty first window)
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
-    threshold = window_mean(x, pre_avg, post_avg) + np.float32(delta)  # float32 + float32 stays float32
+    threshold = window_mean(x, pre_avg, post_avg) + np.float32(
+        delta
+    )  # float32 + float32 stays float32
     candidates = np.flatnonzero((x == window_max(x, pre_max, post_max)) & (x >= threshold))
     peaks, next_free = [], 0
     for n in candidates.tolist():  # greedy: a peak at n silences n + 1 .. n + wait
@@ -120,12 +132,20 @@ def onset_detect(onset_envelope: np.ndarray, sr: float, hop_length: int = 512) -
     env = np.asarray(onset_envelope)
     if env.ndim != 1 or env.dtype.kind != "f":
         raise ValueError(f"onset_detect expects a 1-D float envelope, got {env.dtype} {env.shape}")
-    env = env - np.min(env, keepdims=True, axis=-1)  # librosa's normalize=True, operation for operation
+    env = env - np.min(
+        env, keepdims=True, axis=-1
+    )  # librosa's normalize=True, operation for operation
     env /= np.max(env, keepdims=True, axis=-1) + np.finfo(env.dtype).tiny
     if not env.any() or not np.all(np.isfinite(env)):
         frames = np.zeros(0, dtype=np.int64)
     else:
-        frames = peak_pick(env, pre_max=0.03 * sr // hop_length, post_max=0.00 * sr // hop_length + 1,
-                           pre_avg=0.10 * sr // hop_length, post_avg=0.10 * sr // hop_length + 1,
-                           delta=0.07, wait=0.03 * sr // hop_length)
+        frames = peak_pick(
+            env,
+            pre_max=0.03 * sr // hop_length,
+            post_max=0.00 * sr // hop_length + 1,
+            pre_avg=0.10 * sr // hop_length,
+            post_avg=0.10 * sr // hop_length + 1,
+            delta=0.07,
+            wait=0.03 * sr // hop_length,
+        )
     return (frames * hop_length).astype(int) / float(sr)

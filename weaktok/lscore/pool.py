@@ -44,7 +44,11 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, WorkerCrashedError
 
 WARMUP_SR = 22050
-_ACTOR_GONE = (RayActorError, ObjectLostError, WorkerCrashedError)  # system failures; task errors pass through
+_ACTOR_GONE = (
+    RayActorError,
+    ObjectLostError,
+    WorkerCrashedError,
+)  # system failures; task errors pass through
 
 
 class LScorePoolError(RuntimeError):
@@ -76,7 +80,9 @@ class LScoreWorker:
 
     def __init__(self, warmup_sr: int = WARMUP_SR):
         t0 = time.perf_counter()
-        from weaktok.lscore.exact import exact_lscore  # imported here: the driver never needs librosa
+        from weaktok.lscore.exact import (
+            exact_lscore,
+        )  # imported here: the driver never needs librosa
 
         self._score = exact_lscore
         # Importing librosa compiles its numba kernels where numba's on-disk cache is empty (~20 s of CPU) or loads
@@ -111,7 +117,11 @@ def numba_cache_hint() -> str:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return f"the *.nbi/*.nbc files under NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}"
     spec = importlib.util.find_spec("librosa")
-    where = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else "librosa/"
+    where = (
+        spec.submodule_search_locations[0]
+        if spec and spec.submodule_search_locations
+        else "librosa/"
+    )
     return f"librosa's numba cache: find {where} -name '*.nb[ic]' -delete"
 
 
@@ -119,7 +129,11 @@ def describe_actor_death(e: BaseException) -> str:
     """Ray's actor-death error -> one line: what killed the actor's process (the full text stays chained)."""
     msg = str(getattr(e, "error_msg", "") or e)
     pid = re.search(r"\bpid[:=] ?(\d+)", msg)
-    where = f" (pid {pid.group(1)}; its stderr: logs/worker-*-{pid.group(1)}.err in Ray's session dir)" if pid else ""
+    where = (
+        f" (pid {pid.group(1)}; its stderr: logs/worker-*-{pid.group(1)}.err in Ray's session dir)"
+        if pid
+        else ""
+    )
     if getattr(e, "actor_init_failed", False):
         lines = [line.strip() for line in msg.splitlines() if line.strip()]
         return f"its warm-up raised {lines[-1] if lines else type(e).__name__}{where}"
@@ -128,16 +142,22 @@ def describe_actor_death(e: BaseException) -> str:
 
 def warmup_death_message(slot: int, e: BaseException) -> str:
     """The LScorePoolError text for actor ``slot`` dying while it imports librosa and scores a click clip."""
-    head = (f"L-Score actor {slot} died while warming up (importing weaktok.lscore.exact and scoring a click clip): "
-            f"{describe_actor_death(e)}.")
+    head = (
+        f"L-Score actor {slot} died while warming up (importing weaktok.lscore.exact and scoring a click clip): "
+        f"{describe_actor_death(e)}."
+    )
     if getattr(e, "actor_init_failed", False):
         return f"{head} Fix that error on the node (a missing or broken package?) and start again."
-    return (f"{head} A segfault there most likely means numba's on-disk cache is poisoned (numba issue #10128: "
-            f"cached GUFuncs compiled by several processes at once): delete {numba_cache_hint()} on that node and "
-            f"start again.")
+    return (
+        f"{head} A segfault there most likely means numba's on-disk cache is poisoned (numba issue #10128: "
+        f"cached GUFuncs compiled by several processes at once): delete {numba_cache_hint()} on that node and "
+        f"start again."
+    )
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any) -> bool:
+def connect_ray(
+    address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any
+) -> bool:
     """Make sure this process is connected to Ray; returns True only if this call started a local cluster.
 
     Order: reuse an already initialised Ray; else attach to the cluster named by ``address`` or, when that is
@@ -157,7 +177,9 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_
     if address != "local":
         ray.init(address=address, **init_kwargs)  # a named cluster that does not answer is an error
         return False
-    ray.init(**{"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False, **init_kwargs})
+    ray.init(
+        **{"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False, **init_kwargs}
+    )
     return True
 
 
@@ -193,21 +215,39 @@ class LScorePool:
     ``warmup_s`` (per actor: import + first call) and ``startup_s`` (the whole constructor, actors warm).
     """
 
-    def __init__(self, num_actors: int | None = None, max_in_flight: int | None = None, max_retries: int = 3,
-                 address: str | None = None, *, num_cpus: int | None = None, num_cpus_per_actor: float = 1.0,
-                 niceness: int | None = None, window: int = 2, task_timeout_s: float = 120.0,
-                 startup_timeout_s: float = 300.0, stats_window: int = 100, ray_init_kwargs: dict | None = None):
+    def __init__(
+        self,
+        num_actors: int | None = None,
+        max_in_flight: int | None = None,
+        max_retries: int = 3,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        num_cpus_per_actor: float = 1.0,
+        niceness: int | None = None,
+        window: int = 2,
+        task_timeout_s: float = 120.0,
+        startup_timeout_s: float = 300.0,
+        stats_window: int = 100,
+        ray_init_kwargs: dict | None = None,
+    ):
         t0 = time.perf_counter()
         self.started_ray = connect_ray(address, num_cpus, **(ray_init_kwargs or {}))
         self.connect_s = time.perf_counter() - t0
         self.max_retries, self.window = max_retries, window
         self.task_timeout_s, self.num_cpus_per_actor = task_timeout_s, num_cpus_per_actor
-        self._env = None if niceness is None else {"env_vars": {"RAY_worker_niceness": str(niceness)}}
+        self._env = (
+            None if niceness is None else {"env_vars": {"RAY_worker_niceness": str(niceness)}}
+        )
         self._actors: list = []
         self._pending: dict[ray.ObjectRef, _Batch] = {}  # submitted, not yet returned by poll
         self._finished: set[ray.ObjectRef] = set()  # the subset of _pending known to be done
-        self._carry: list[tuple[Any, np.ndarray]] = []  # results a failing poll() could not hand back yet
-        self._recent: deque = deque(maxlen=stats_window)  # (worker wall s, worker CPU s, turnaround s, clips)
+        self._carry: list[
+            tuple[Any, np.ndarray]
+        ] = []  # results a failing poll() could not hand back yet
+        self._recent: deque = deque(
+            maxlen=stats_window
+        )  # (worker wall s, worker CPU s, turnaround s, clips)
         self._next_tag = 0
         self.submitted = self.dropped = self.replaced = self.clips_scored = 0
         self._closed = False
@@ -225,8 +265,12 @@ class LScorePool:
     # actors
 
     def _spawn(self):
-        return LScoreWorker.options(num_cpus=self.num_cpus_per_actor, max_restarts=self.max_retries,
-                                    max_task_retries=self.max_retries, runtime_env=self._env).remote()
+        return LScoreWorker.options(
+            num_cpus=self.num_cpus_per_actor,
+            max_restarts=self.max_retries,
+            max_task_retries=self.max_retries,
+            runtime_env=self._env,
+        ).remote()
 
     def _wait_ready(self, timeout: float) -> list[float]:
         """Block until every actor is warm; returns each one's warm-up seconds.
@@ -238,10 +282,14 @@ class LScorePool:
         warm = [0.0] * len(self._actors)
         deadline = time.perf_counter() + timeout
         while slot_of:
-            done, _ = ray.wait(list(slot_of), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+            done, _ = ray.wait(
+                list(slot_of), num_returns=1, timeout=max(0.0, deadline - time.perf_counter())
+            )
             if not done:
-                raise LScorePoolError(f"{len(slot_of)} of {len(self._actors)} L-Score actors not warm after "
-                                      f"{timeout:.0f} s; free Ray resources: {ray.available_resources()}")
+                raise LScorePoolError(
+                    f"{len(slot_of)} of {len(self._actors)} L-Score actors not warm after "
+                    f"{timeout:.0f} s; free Ray resources: {ray.available_resources()}"
+                )
             for ref in done:
                 slot = slot_of.pop(ref)
                 try:
@@ -269,9 +317,13 @@ class LScorePool:
     # ----------------------------------------------------------------------------------------------------------
     # dispatch and collection, shared by map and submit
 
-    def _dispatch(self, slot: int, clips: list[np.ndarray], sr: int, tag: Any) -> tuple[ray.ObjectRef, _Batch]:
+    def _dispatch(
+        self, slot: int, clips: list[np.ndarray], sr: int, tag: Any
+    ) -> tuple[ray.ObjectRef, _Batch]:
         actor = self._actors[slot]
-        ref, stats_ref = actor.score.remote(ray.put(clips), sr)  # put once: a retried task reuses the object
+        ref, stats_ref = actor.score.remote(
+            ray.put(clips), sr
+        )  # put once: a retried task reuses the object
         return ref, _Batch(tag, stats_ref, actor, slot, len(clips), time.perf_counter())
 
     def _collect(self, ref: ray.ObjectRef, b: _Batch) -> np.ndarray:
@@ -280,27 +332,37 @@ class LScorePool:
             scores, secs = ray.get([ref, b.stats_ref], timeout=self.task_timeout_s)
         except _ACTOR_GONE as e:
             self._replace(b)
-            raise LScorePoolError(f"L-Score actor {b.slot} died more than max_retries={self.max_retries} times "
-                                  f"(batch tag {b.tag!r}, {b.n} clips); it has been replaced. Last death: "
-                                  f"{describe_actor_death(e)}") from e
+            raise LScorePoolError(
+                f"L-Score actor {b.slot} died more than max_retries={self.max_retries} times "
+                f"(batch tag {b.tag!r}, {b.n} clips); it has been replaced. Last death: "
+                f"{describe_actor_death(e)}"
+            ) from e
         except GetTimeoutError as e:
-            raise LScorePoolError(f"batch tag {b.tag!r} not back after {self.task_timeout_s:.0f} s") from e
+            raise LScorePoolError(
+                f"batch tag {b.tag!r} not back after {self.task_timeout_s:.0f} s"
+            ) from e
         self._recent.append((*secs, time.perf_counter() - b.t0, b.n))
         self.clips_scored += b.n
         return scores
 
-    def _wait_any(self, refs: list[ray.ObjectRef], timeout: float | None = None) -> list[ray.ObjectRef]:
+    def _wait_any(
+        self, refs: list[ray.ObjectRef], timeout: float | None = None
+    ) -> list[ray.ObjectRef]:
         """At least one finished ref among ``refs``; LScorePoolError instead of waiting forever."""
         timeout = self.task_timeout_s if timeout is None else timeout
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
         if not ready:
-            raise LScorePoolError(f"none of {len(refs)} L-Score batches finished within {timeout:.0f} s")
+            raise LScorePoolError(
+                f"none of {len(refs)} L-Score batches finished within {timeout:.0f} s"
+            )
         return ready
 
     # ----------------------------------------------------------------------------------------------------------
     # ordered, blocking: evaluation
 
-    def map(self, waveforms: list[np.ndarray] | np.ndarray, sr: int, batch_size: int | None = None) -> np.ndarray:
+    def map(
+        self, waveforms: list[np.ndarray] | np.ndarray, sr: int, batch_size: int | None = None
+    ) -> np.ndarray:
         """Score every clip; (N, 4) float64 in input order, equal to ``exact_lscore`` clip by clip.
 
         Clips go out in batches (default: about 4 per actor, so unequal lengths still balance), each to the actor
@@ -319,19 +381,25 @@ class LScorePool:
             while todo and min(load) < self.window:
                 slot = load.index(min(load))
                 start = todo.popleft()
-                ref, b = self._dispatch(slot, clips[start:start + bs], sr, tag=start)
+                ref, b = self._dispatch(slot, clips[start : start + bs], sr, tag=start)
                 inflight[ref], load[slot] = b, load[slot] + 1
             for ref in self._wait_any(list(inflight)):
                 b = inflight.pop(ref)
                 load[b.slot] -= 1
-                out[b.tag:b.tag + b.n] = self._collect(ref, b)
+                out[b.tag : b.tag + b.n] = self._collect(ref, b)
         return out
 
     # ----------------------------------------------------------------------------------------------------------
     # non-blocking with backpressure: training
 
-    def submit(self, waveforms: list[np.ndarray] | np.ndarray, sr: int, tag: Any = None, *,
-               block: bool = False) -> ray.ObjectRef | None:
+    def submit(
+        self,
+        waveforms: list[np.ndarray] | np.ndarray,
+        sr: int,
+        tag: Any = None,
+        *,
+        block: bool = False,
+    ) -> ray.ObjectRef | None:
         """Send one batch to the least-busy actor and return its ObjectRef at once ((n, 4) scores when done).
 
         At most ``max_in_flight`` submitted batches may be unfinished. When full: ``block=False`` (the training
@@ -414,10 +482,16 @@ class LScorePool:
         are starved of cores); turnaround_s_per_clip: dispatch to collection, queueing and polling delay included.
         """
         return {
-            "num_actors": self.num_actors, "queue_depth": self.queue_depth, "max_in_flight": self.max_in_flight,
-            "submitted": self.submitted, "dropped": self.dropped, "replaced_actors": self.replaced,
-            "clips_scored": self.clips_scored, "worker_s_per_clip": self._per_clip(0),
-            "worker_cpu_s_per_clip": self._per_clip(1), "turnaround_s_per_clip": self._per_clip(2),
+            "num_actors": self.num_actors,
+            "queue_depth": self.queue_depth,
+            "max_in_flight": self.max_in_flight,
+            "submitted": self.submitted,
+            "dropped": self.dropped,
+            "replaced_actors": self.replaced,
+            "clips_scored": self.clips_scored,
+            "worker_s_per_clip": self._per_clip(0),
+            "worker_cpu_s_per_clip": self._per_clip(1),
+            "turnaround_s_per_clip": self._per_clip(2),
         }
 
     # ----------------------------------------------------------------------------------------------------------

@@ -46,15 +46,21 @@ import torch.nn.functional as F
 Routing = Literal["cosine", "paper"]
 
 
-class ChunkOutput(NamedTuple):  # a NamedTuple, not a dataclass: ZeRO-3 hooks only see tensors in tuples/dicts
+class ChunkOutput(
+    NamedTuple
+):  # a NamedTuple, not a dataclass: ZeRO-3 hooks only see tensors in tuples/dicts
     chunks: torch.Tensor  # (B, C, D) mean of each chunk's frames; zeros past a row's chunk count
     chunk_mask: torch.Tensor  # (B, C) bool, True for real chunks
     chunk_ids: torch.Tensor  # (B, T) long, chunk index of each frame, -1 on padding frames
-    boundary_prob: torch.Tensor  # (B, T) probability that frame t starts a chunk; 1 at t=0, 0 on padding
+    boundary_prob: (
+        torch.Tensor
+    )  # (B, T) probability that frame t starts a chunk; 1 at t=0, 0 on padding
     boundaries: torch.Tensor  # (B, T) hard 0/1 floats (straight-through gradient in training)
     ratio_loss: torch.Tensor  # () H-Net ratio loss over valid frames
     chunk_starts: torch.Tensor  # (B, C) long, first frame of each chunk (0 for padded chunks)
-    chunk_prob: torch.Tensor  # (B, C) boundary_prob at each chunk's first frame (0 for padded chunks)
+    chunk_prob: (
+        torch.Tensor
+    )  # (B, C) boundary_prob at each chunk's first frame (0 for padded chunks)
     confidence: torch.Tensor  # (B, T) p where a boundary was taken, 1 - p elsewhere (1 on padding)
     frame_mask: torch.Tensor  # (B, T) bool, True for real frames
 
@@ -67,7 +73,9 @@ class ChunkOutput(NamedTuple):  # a NamedTuple, not a dataclass: ZeRO-3 hooks on
 # Pooling: frames -> chunks
 
 
-def pool_chunks(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor, max_chunks: int | None = None):
+def pool_chunks(
+    x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor, max_chunks: int | None = None
+):
     """Mean-pool frames into chunks that start where ``hard`` is 1.
 
     x: (B, T, D); hard: (B, T) 0/1 with hard[:, 0] = 1 on every non-empty row; mask: (B, T) bool (valid frames
@@ -86,7 +94,9 @@ def pool_chunks(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor, max_chu
     ids = torch.where(mask, raw.clamp_max(C - 1), -1)
     n_chunks = hard.sum(1).clamp_max(C)  # (B,)
     # flatten (row, chunk) into one index; padding frames go to a dump slot B*C that is dropped afterwards
-    flat = torch.where(ids >= 0, ids + C * torch.arange(B, device=x.device)[:, None], B * C)  # (B, T)
+    flat = torch.where(
+        ids >= 0, ids + C * torch.arange(B, device=x.device)[:, None], B * C
+    )  # (B, T)
     sums = x.new_zeros(B * C + 1, D).index_add_(0, flat.reshape(-1), x.reshape(B * T, D))
     counts = x.new_zeros(B * C + 1).index_add_(0, flat.reshape(-1), x.new_ones(B * T))
     chunks = (sums[:-1] / counts[:-1].clamp_min(1).unsqueeze(1)).view(B, C, D)
@@ -95,11 +105,15 @@ def pool_chunks(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor, max_chu
     # the cap go to the dump slot, so no slot gets two writes)
     t = torch.arange(T, device=x.device).expand(B, T)
     start_flat = torch.where(hard.bool() & (raw < C), flat, B * C).reshape(-1)
-    starts = torch.zeros(B * C + 1, dtype=torch.long, device=x.device).scatter_(0, start_flat, t.reshape(-1))
+    starts = torch.zeros(B * C + 1, dtype=torch.long, device=x.device).scatter_(
+        0, start_flat, t.reshape(-1)
+    )
     return chunks, chunk_mask, ids, starts[:-1].view(B, C)
 
 
-def pool_chunks_reference(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+def pool_chunks_reference(
+    x: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor
+) -> list[torch.Tensor]:
     """Per-row Python loop reference for ``pool_chunks`` (tests and benchmarks only): list of (C_b, D)."""
     out = []
     for b in range(x.shape[0]):
@@ -117,7 +131,9 @@ def pool_chunks_reference(x: torch.Tensor, hard: torch.Tensor, mask: torch.Tenso
     return out
 
 
-def ratio_loss(hard: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, target_ratio: float) -> torch.Tensor:
+def ratio_loss(
+    hard: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, target_ratio: float
+) -> torch.Tensor:
     """H-Net's ratio loss over valid frames: N/(N-1) * ((N-1) F G + (1-F)(1-G)), F = rate of ``hard`` (no grad),
     G = mean ``prob``."""
     m = mask.float()
@@ -134,7 +150,9 @@ def _default_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return mask.bool()
 
 
-def _chunk_prob(prob: torch.Tensor, chunk_starts: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+def _chunk_prob(
+    prob: torch.Tensor, chunk_starts: torch.Tensor, chunk_mask: torch.Tensor
+) -> torch.Tensor:
     return prob.gather(1, chunk_starts) * chunk_mask
 
 
@@ -145,11 +163,21 @@ def _chunk_prob(prob: torch.Tensor, chunk_starts: torch.Tensor, chunk_mask: torc
 class DynamicChunkingLayer(nn.Module):
     """Content-driven chunk boundaries from the cosine dissimilarity of neighbouring frames."""
 
-    def __init__(self, dim: int, tau: float = 1.0, routing: Routing = "cosine", target_ratio: float = 4.0,
-                 eps: float = 1e-6, max_chunk_rate: float = 1.0, train_boundaries: str = "sampled"):
+    def __init__(
+        self,
+        dim: int,
+        tau: float = 1.0,
+        routing: Routing = "cosine",
+        target_ratio: float = 4.0,
+        eps: float = 1e-6,
+        max_chunk_rate: float = 1.0,
+        train_boundaries: str = "sampled",
+    ):
         super().__init__()
         if train_boundaries not in ("sampled", "deterministic"):
-            raise ValueError(f"train_boundaries must be 'sampled' or 'deterministic', got {train_boundaries!r}")
+            raise ValueError(
+                f"train_boundaries must be 'sampled' or 'deterministic', got {train_boundaries!r}"
+            )
         self.sampled = train_boundaries == "sampled"
         if routing not in ("cosine", "paper"):
             raise ValueError(f"routing must be 'cosine' or 'paper', got {routing!r}")
@@ -188,7 +216,9 @@ class DynamicChunkingLayer(nn.Module):
         B, T, _ = x.shape
         prob_rest, logits = self.logits(x)  # (B, T-1), (B, T-1, 2)
         if self.training and self.sampled:
-            sample = F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 0].to(x.dtype)  # ST
+            sample = F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 0].to(
+                x.dtype
+            )  # ST
         else:
             sample = (prob_rest >= 0.5).to(x.dtype)
         ones = x.new_ones(B, 1)
@@ -197,11 +227,19 @@ class DynamicChunkingLayer(nn.Module):
         hard = boundaries.detach() > 0.5
         deterministic = (prob >= 0.5) & mask  # the eval boundaries (frame 0 included)
         chunks, chunk_mask, ids, starts = pool_chunks(x, hard, mask, max_chunks=self.max_chunks(T))
-        confidence = torch.where(mask, boundaries * prob + (1 - boundaries) * (1 - prob), torch.ones_like(prob))
+        confidence = torch.where(
+            mask, boundaries * prob + (1 - boundaries) * (1 - prob), torch.ones_like(prob)
+        )
         return ChunkOutput(
-            chunks=chunks, chunk_mask=chunk_mask, chunk_ids=ids, boundary_prob=prob, boundaries=boundaries,
+            chunks=chunks,
+            chunk_mask=chunk_mask,
+            chunk_ids=ids,
+            boundary_prob=prob,
+            boundaries=boundaries,
             ratio_loss=ratio_loss(deterministic.to(x.dtype), prob, mask, self.target_ratio),
-            chunk_starts=starts, chunk_prob=_chunk_prob(prob, starts, chunk_mask), confidence=confidence,
+            chunk_starts=starts,
+            chunk_prob=_chunk_prob(prob, starts, chunk_mask),
+            confidence=confidence,
             frame_mask=mask,
         )
 
@@ -224,11 +262,20 @@ class FixedChunking(nn.Module):
         B, T, _ = x.shape
         grid = (torch.arange(T, device=x.device) % self.stride == 0).expand(B, T)
         boundaries = (grid & mask).to(x.dtype)
-        chunks, chunk_mask, ids, starts = pool_chunks(x, boundaries.bool(), mask, max_chunks=self.max_chunks(T))
+        chunks, chunk_mask, ids, starts = pool_chunks(
+            x, boundaries.bool(), mask, max_chunks=self.max_chunks(T)
+        )
         return ChunkOutput(
-            chunks=chunks, chunk_mask=chunk_mask, chunk_ids=ids, boundary_prob=boundaries, boundaries=boundaries,
-            ratio_loss=x.new_zeros(()), chunk_starts=starts, chunk_prob=chunk_mask.to(x.dtype),
-            confidence=torch.ones_like(boundaries), frame_mask=mask,
+            chunks=chunks,
+            chunk_mask=chunk_mask,
+            chunk_ids=ids,
+            boundary_prob=boundaries,
+            boundaries=boundaries,
+            ratio_loss=x.new_zeros(()),
+            chunk_starts=starts,
+            chunk_prob=chunk_mask.to(x.dtype),
+            confidence=torch.ones_like(boundaries),
+            frame_mask=mask,
         )
 
 
@@ -276,13 +323,26 @@ def dechunk(values: torch.Tensor, out: ChunkOutput, smoothing: bool = True) -> t
     return frames * (gate * out.frame_mask).unsqueeze(-1)
 
 
-def build_chunker(dim: int, kind: str = "dynamic", routing: Routing = "cosine", tau: float = 1.0,
-                  target_ratio: float = 4.0, fixed_stride: int = 4, max_chunk_rate: float = 1.0,
-                  train_boundaries: str = "sampled") -> nn.Module:
+def build_chunker(
+    dim: int,
+    kind: str = "dynamic",
+    routing: Routing = "cosine",
+    tau: float = 1.0,
+    target_ratio: float = 4.0,
+    fixed_stride: int = 4,
+    max_chunk_rate: float = 1.0,
+    train_boundaries: str = "sampled",
+) -> nn.Module:
     """``max_chunk_rate`` caps the dynamic layer's chunk slots (see ``DynamicChunkingLayer``); fixed ignores it."""
     if kind == "dynamic":
-        return DynamicChunkingLayer(dim, tau=tau, routing=routing, target_ratio=target_ratio,
-                                    max_chunk_rate=max_chunk_rate, train_boundaries=train_boundaries)
+        return DynamicChunkingLayer(
+            dim,
+            tau=tau,
+            routing=routing,
+            target_ratio=target_ratio,
+            max_chunk_rate=max_chunk_rate,
+            train_boundaries=train_boundaries,
+        )
     if kind == "fixed":
         return FixedChunking(dim, stride=fixed_stride)
     raise ValueError(f"chunking kind must be 'dynamic' or 'fixed', got {kind!r}")
@@ -291,7 +351,9 @@ def build_chunker(dim: int, kind: str = "dynamic", routing: Routing = "cosine", 
 def sinusoidal_positions(pos: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
     """pos: (B, C) float positions (chunk start times in frames) -> (B, C, dim) sinusoidal embedding."""
     half = dim // 2
-    freqs = torch.exp(-math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float32) / half
+    )
     angles = pos.float().unsqueeze(-1) * freqs  # (B, C, half)
     emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
     if dim % 2:

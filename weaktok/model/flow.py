@@ -34,7 +34,9 @@ from weaktok.config import FlowConfig
 def normaliser_from_prior(stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Prior statistics (weaktok/prior.py) -> per-frequency mean (F,) and std (F,) of the corpus' frames: the
     principal shapes' variance plus the residual's (the diagonal of the frames' covariance)."""
-    var = (stats["comp_std"][:, None] ** 2 * stats["components"] ** 2).sum(0) + stats["resid_std"] ** 2  # (F,)
+    var = (stats["comp_std"][:, None] ** 2 * stats["components"] ** 2).sum(0) + stats[
+        "resid_std"
+    ] ** 2  # (F,)
     return stats["mean"].float(), var.sqrt().clamp_min(1e-3).float()
 
 
@@ -50,7 +52,9 @@ def normalise(model, spec: torch.Tensor) -> torch.Tensor:  # (B, F, T) log1p -> 
     return (spec - model.spec_mean[:, None].float()) / model.spec_std[:, None].float()
 
 
-def denormalise(model, x: torch.Tensor) -> torch.Tensor:  # (B, F, T) flow space -> (B, F, T) log1p, >= 0
+def denormalise(
+    model, x: torch.Tensor
+) -> torch.Tensor:  # (B, F, T) flow space -> (B, F, T) log1p, >= 0
     return (x * model.spec_std[:, None].float() + model.spec_mean[:, None].float()).clamp_min(0)
 
 
@@ -60,7 +64,9 @@ def denormalise(model, x: torch.Tensor) -> torch.Tensor:  # (B, F, T) flow space
 T_EPS = 0.05  # 1 - t is clamped here when a data prediction is turned into a velocity (JiT does the same)
 
 
-def to_velocity(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cfg: FlowConfig) -> torch.Tensor:
+def to_velocity(
+    out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cfg: FlowConfig
+) -> torch.Tensor:
     """The network's output (B, F, T) at input x_t and times t (B,) -> the velocity (B, F, T), fp32."""
     out = out.float()
     if cfg.predict == "velocity":
@@ -87,11 +93,18 @@ def sample_times(n: int, cfg: FlowConfig, gen: torch.Generator, device) -> torch
     return torch.sigmoid(torch.randn(n, generator=gen, device=device))
 
 
-def sample_known(n: int, frames: int, cfg: FlowConfig, gen: torch.Generator, device) -> torch.Tensor:
+def sample_known(
+    n: int, frames: int, cfg: FlowConfig, gen: torch.Generator, device
+) -> torch.Tensor:
     """(n, frames) bool: the known frames of each training example (see the module docstring)."""
     r = lambda: torch.rand(n, generator=gen, device=device)  # noqa: E731
     uncond = r() < cfg.uncond_prob
-    length = ((cfg.hole_min + (cfg.hole_max - cfg.hole_min) * r()) * frames).round().long().clamp(1, frames)
+    length = (
+        ((cfg.hole_min + (cfg.hole_max - cfg.hole_min) * r()) * frames)
+        .round()
+        .long()
+        .clamp(1, frames)
+    )
     start = (r() * (frames - length + 1)).long().clamp_max(frames - length)
     start = torch.where(r() < cfg.hole_at_end, frames - length, start)
     t = torch.arange(frames, device=device)
@@ -107,7 +120,13 @@ def flow_batch(model, spec: torch.Tensor, cfg: FlowConfig, gen: torch.Generator)
     t = sample_times(B, cfg, gen, spec.device)  # (B,)
     known = sample_known(B, T, cfg, gen, spec.device)  # (B, T)
     xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
-    return {"x": torch.where(known[:, None], x1, xt), "t": t, "known": known, "v": x1 - x0, "x1": x1}
+    return {
+        "x": torch.where(known[:, None], x1, xt),
+        "t": t,
+        "known": known,
+        "v": x1 - x0,
+        "x1": x1,
+    }
 
 
 def flow_loss(v_hat: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -130,8 +149,15 @@ def clean_estimate(model, out: torch.Tensor, batch: dict, cfg: FlowConfig) -> to
 # Sampling
 
 
-def velocity(model, x: torch.Tensor, t: float, known: torch.Tensor, data: torch.Tensor, guidance: float,
-             cfg: FlowConfig):
+def velocity(
+    model,
+    x: torch.Tensor,
+    t: float,
+    known: torch.Tensor,
+    data: torch.Tensor,
+    guidance: float,
+    cfg: FlowConfig,
+):
     """v(x, t) with the known frames set to the data; guided when ``guidance`` != 1. -> (v (B, F, T), ModelOutput)."""
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     B = x.shape[0]
@@ -140,14 +166,23 @@ def velocity(model, x: torch.Tensor, t: float, known: torch.Tensor, data: torch.
     out = model(inp.to(dtype), t=tt, known=known)
     v = to_velocity(out.recon, inp, tt, cfg)
     if guidance != 1.0 and bool(known.any()):
-        v_none = to_velocity(model(x.to(dtype), t=tt, known=torch.zeros_like(known)).recon, x, tt, cfg)
+        v_none = to_velocity(
+            model(x.to(dtype), t=tt, known=torch.zeros_like(known)).recon, x, tt, cfg
+        )
         v = v_none + guidance * (v - v_none)
     return v, out
 
 
 @torch.no_grad()
-def sample(model, known_spec: torch.Tensor, known: torch.Tensor, cfg: FlowConfig, gen: torch.Generator | None = None,
-           steps: int | None = None, guidance: float | None = None):
+def sample(
+    model,
+    known_spec: torch.Tensor,
+    known: torch.Tensor,
+    cfg: FlowConfig,
+    gen: torch.Generator | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+):
     """known_spec (B, F, T) log1p (only its known frames are read), known (B, T) or (T,) bool -> (log1p output
     (B, F, T), the ModelOutput of the last model call, whose stats also hold ``sampling_boundary_rate``: the mean
     boundary rate over every call). From N(0, I) noise drawn from ``gen``, on known_spec's device."""

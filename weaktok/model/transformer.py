@@ -41,13 +41,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         B, C, D = x.shape
         qkv = self.qkv(x).view(B, C, 3, self.n_heads, D // self.n_heads)  # (B, C, 3, H, h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, C, h)
         q, k = rotate(q, positions, self.base), rotate(k, positions, self.base)
         dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, C, h)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p
+        )  # (B, H, C, h)
         y = y.transpose(1, 2).reshape(B, C, D)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 
@@ -58,26 +62,44 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, n_heads, dropout, base)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim),
-                                 nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim),
+            nn.GELU(),
+            nn.Linear(ff_mult * dim, dim),
+            nn.Dropout(dropout),
+        )
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), positions, attn_mask)
         return x + self.mlp(self.ln2(x))
 
 
 class RotaryTransformer(nn.Module):
-    def __init__(self, dim: int, n_layers: int, n_heads: int, ff_mult: int = 4, dropout: float = 0.0,
-                 base: float = 10000.0):
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int,
+        n_heads: int,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+        base: float = 10000.0,
+    ):
         super().__init__()
         if dim % n_heads or (dim // n_heads) % 2:
-            raise ValueError(f"rotary positions need an even head size model.dim / model.n_heads, "
-                             f"got {dim} / {n_heads}")
+            raise ValueError(
+                f"rotary positions need an even head size model.dim / model.n_heads, "
+                f"got {dim} / {n_heads}"
+            )
         self.dim, self.n_heads = dim, n_heads
-        self.blocks = nn.ModuleList(Block(dim, n_heads, ff_mult, dropout, base) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            Block(dim, n_heads, ff_mult, dropout, base) for _ in range(n_layers)
+        )
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, C, D), positions (B, C) float (or long) chunk start times,
         key_padding_mask (B, C) bool True = padded key (ignored as a key) -> (B, C, D)."""
         attn_mask = None

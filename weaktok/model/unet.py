@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weaktok.model.chunking import ChunkOutput, build_chunker, dechunk, sinusoidal_positions
 from weaktok.config import ModelConfig
+from weaktok.model.chunking import ChunkOutput, build_chunker, dechunk, sinusoidal_positions
 from weaktok.model.transformer import RotaryTransformer
 
 DOWNSAMPLE = 8  # 3 stride-2 levels
@@ -95,9 +95,13 @@ def keep_mask(known: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class ModelOutput(NamedTuple):  # NamedTuple so ZeRO-3's module hooks reach every output tensor
-    recon: torch.Tensor  # (B, F, T) inpaint: the reconstructed log1p spectrogram; flow: the predicted velocity
+    recon: (
+        torch.Tensor
+    )  # (B, F, T) inpaint: the reconstructed log1p spectrogram; flow: the predicted velocity
     chunk: ChunkOutput  # bottleneck chunking (frames at T/8 resolution)
-    stats: dict[str, torch.Tensor]  # boundary_rate, mean_prob, mean_chunk_len (bottleneck frames), ratio_loss
+    stats: dict[
+        str, torch.Tensor
+    ]  # boundary_rate, mean_prob, mean_chunk_len (bottleneck frames), ratio_loss
 
 
 class ChunkedUNet(nn.Module):
@@ -108,7 +112,9 @@ class ChunkedUNet(nn.Module):
         self.cfg = cfg
         self.flow = cfg.objective == "flow"
         e = d if self.flow else 0  # width of the time embedding (flow), 0 = none
-        self.in_conv = nn.Conv1d(n_freqs + self.flow, c0, kernel_size=3, padding=1)  # flow: + the known mask
+        self.in_conv = nn.Conv1d(
+            n_freqs + self.flow, c0, kernel_size=3, padding=1
+        )  # flow: + the known mask
         self.down1, self.down2, self.down3 = Down(c0, c1, e), Down(c1, c2, e), Down(c2, d, e)
         if self.flow:
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -118,19 +124,36 @@ class ChunkedUNet(nn.Module):
             self.register_buffer("spec_std", torch.ones(n_freqs))
         ck = cfg.chunking
         # max_chunk_rate: static chunk slots per bottleneck frame (chunking.py); 1 = exact, no cap
-        self.chunker = build_chunker(d, kind=ck.kind, routing=ck.routing, tau=ck.tau,
-                                     target_ratio=ck.target_ratio, fixed_stride=ck.fixed_stride,
-                                     max_chunk_rate=ck.max_chunk_rate, train_boundaries=ck.train_boundaries)
+        self.chunker = build_chunker(
+            d,
+            kind=ck.kind,
+            routing=ck.routing,
+            tau=ck.tau,
+            target_ratio=ck.target_ratio,
+            fixed_stride=ck.fixed_stride,
+            max_chunk_rate=ck.max_chunk_rate,
+            train_boundaries=ck.train_boundaries,
+        )
         # n_layers = 0 is the chunking-only ablation: chunks are pooled, normed and spread back with no mixing
         # between them (nn.TransformerEncoder cannot be built with zero layers, so there is no module at all)
         self.transformer = None
         if cfg.n_layers > 0 and cfg.positions == "rotary":
-            self.transformer = RotaryTransformer(d, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout)
+            self.transformer = RotaryTransformer(
+                d, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout
+            )
         elif cfg.n_layers > 0:
-            layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=cfg.ff_mult * d,
-                                               dropout=cfg.dropout, activation="gelu", batch_first=True,
-                                               norm_first=True)
-            self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+            layer = nn.TransformerEncoderLayer(
+                d,
+                cfg.n_heads,
+                dim_feedforward=cfg.ff_mult * d,
+                dropout=cfg.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.transformer = nn.TransformerEncoder(
+                layer, cfg.n_layers, enable_nested_tensor=False
+            )
         self.chunk_norm = nn.LayerNorm(d)
         self.up3, self.up2, self.up1 = Up(d, c2, e), Up(c2, c1, e), Up(c1, c0, e)
         self.out_conv = nn.Conv1d(c0, n_freqs, kernel_size=3, padding=1)
@@ -142,8 +165,13 @@ class ChunkedUNet(nn.Module):
         if hasattr(self.chunker, "tau"):
             self.chunker.tau = tau
 
-    def bottleneck(self, h: torch.Tensor, mask: torch.Tensor, temb: torch.Tensor | None = None,
-                   residual: torch.Tensor | None = None) -> tuple[torch.Tensor, ChunkOutput]:
+    def bottleneck(
+        self,
+        h: torch.Tensor,
+        mask: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ChunkOutput]:
         """h: (B, T8, D), mask (B, T8), temb (B, D) or None, residual (B, T8, 1) or None (= 1: every frame keeps
         its own features) -> (B, T8, D) = h * residual + the un-chunked chunk outputs, and the chunking.
 
@@ -162,7 +190,9 @@ class ChunkedUNet(nn.Module):
         if self.cfg.positions == "absolute":
             z = z + sinusoidal_positions(co.chunk_starts, h.shape[-1]).to(h.dtype)
         if self.transformer is not None:
-            key_padding = ~co.chunk_mask & (torch.arange(C, device=h.device) > 0)  # (B, C), chunk 0 never padded
+            key_padding = ~co.chunk_mask & (
+                torch.arange(C, device=h.device) > 0
+            )  # (B, C), chunk 0 never padded
             if self.cfg.positions == "rotary":
                 z = self.transformer(z, co.chunk_starts, key_padding_mask=key_padding)
             else:
@@ -171,8 +201,13 @@ class ChunkedUNet(nn.Module):
         smoothing = self.cfg.chunking.smoothing and self.cfg.chunking.kind == "dynamic"
         return (h if residual is None else h * residual) + dechunk(z, co, smoothing=smoothing), co
 
-    def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                known: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        spec: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+    ) -> ModelOutput:
         """spec (B, F, T); flow models also take t (B,) in [0, 1] and known (B, T) (bool or 0/1; None = nothing
         known)."""
         B, _, T = spec.shape
@@ -188,12 +223,18 @@ class ChunkedUNet(nn.Module):
         if self.flow:
             if t is None:
                 raise ValueError("a flow model needs the time t (B,) of its input")
-            kn = x.new_zeros(B, Tp) if known is None else F.pad(known.to(x.dtype), (0, pad))  # (B, Tp)
+            kn = (
+                x.new_zeros(B, Tp) if known is None else F.pad(known.to(x.dtype), (0, pad))
+            )  # (B, Tp)
             x = torch.cat([x, kn[:, None]], dim=1)  # (B, F + 1, Tp)
-            temb = self.time_mlp(sinusoidal_positions(1000 * t[:, None], self.cfg.dim)[:, 0].to(x.dtype))  # (B, D)
+            temb = self.time_mlp(
+                sinusoidal_positions(1000 * t[:, None], self.cfg.dim)[:, 0].to(x.dtype)
+            )  # (B, D)
             if self.cfg.skips == "known":
                 keep = [keep_mask(kn, f) for f in (1, 2, 4)]  # (B, 1, Tp / f) per level
-            elif self.cfg.skips == "local":  # the full-resolution skip (3-frame receptive field) stays everywhere
+            elif (
+                self.cfg.skips == "local"
+            ):  # the full-resolution skip (3-frame receptive field) stays everywhere
                 keep = [torch.ones_like(kn[:, None])] + [keep_mask(kn, f) for f in (2, 4)]
             if self.cfg.residual == "known":
                 residual = keep_mask(kn, DOWNSAMPLE).transpose(1, 2)  # (B, T8, 1)
@@ -202,7 +243,9 @@ class ChunkedUNet(nn.Module):
         s2 = self.down2(s1, temb)  # (B, c2, Tp/4)
         h = self.down3(s2, temb)  # (B, D, Tp/8)
         h, co = self.bottleneck(h.transpose(1, 2), mask8, temb, residual)
-        if keep is not None:  # skips only where the frames are known: generated content comes from the bottleneck
+        if (
+            keep is not None
+        ):  # skips only where the frames are known: generated content comes from the bottleneck
             s0, s1, s2 = s0 * keep[0], s1 * keep[1], s2 * keep[2]
         y = self.up3(h.transpose(1, 2), s2, temb)
         y = self.up2(y, s1, temb)

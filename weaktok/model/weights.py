@@ -37,18 +37,26 @@ def save_model(path: str | Path, state: dict[str, torch.Tensor], cfg: Config) ->
     return path
 
 
-def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict | None]:
+def read_model_file(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict, dict | None]:
     """(state dict, config dict or None) of a model file; a bare state dict (no config) is accepted too."""
     path = Path(path)
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # truncated / garbage / not a zip: UnpicklingError, RuntimeError, EOFError ...
-        raise ModelFileError(f"{path}: not a weaktok model file ({type(e).__name__}: {e})") from None
+    except (
+        Exception
+    ) as e:  # truncated / garbage / not a zip: UnpicklingError, RuntimeError, EOFError ...
+        raise ModelFileError(
+            f"{path}: not a weaktok model file ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
         return blob["model"], blob.get("config")
     if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         return blob, None
-    raise ModelFileError(f"{path} holds no model weights (expected weaktok's final/model.pt or a state dict)")
+    raise ModelFileError(
+        f"{path} holds no model weights (expected weaktok's final/model.pt or a state dict)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -70,8 +78,10 @@ def model_path(checkpoint: str | Path) -> Path:
     for cand in (p, p / MODEL_FILE, p / "final" / MODEL_FILE):
         if cand.is_file():
             return cand
-    raise ModelFileError(f"no trained weights at {p}: expected a model.pt file or a run folder holding "
-                          f"final/model.pt (train one with `weaktok train --config demo --out {p}`)")
+    raise ModelFileError(
+        f"no trained weights at {p}: expected a model.pt file or a run folder holding "
+        f"final/model.pt (train one with `weaktok train --config demo --out {p}`)"
+    )
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Loaded:
@@ -84,10 +94,13 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
     try:
         cfg = build(Config, raw, prefix="")
     except (KeyError, TypeError, ConfigError) as e:
-        raise ModelFileError(f"{path}: not a weaktok model file ({type(e).__name__}: {e})") from None
+        raise ModelFileError(
+            f"{path}: not a weaktok model file ({type(e).__name__}: {e})"
+        ) from None
     validate(cfg)
-    front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
-                         cfg.lscore.griffin_lim_iters).to(device)
+    front = SpecFrontEnd(
+        cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, cfg.lscore.griffin_lim_iters
+    ).to(device)
     model = build_model(cfg.model, front.n_freqs).to(device)
     model.load_state_dict(state)
     model.eval()

@@ -48,30 +48,125 @@ The package, by stage (every name below is importable from ``weaktok.train``):
     cli.py          parse_args, main (``python -m weaktok.train``; __main__.py runs it)
 """
 
-from weaktok.train.checkpoint import (ABSENT, COMPLETE, CONFIG_FILE, CORRUPT_SUFFIX, NOT_COMPARED, SHAPE_KEYS,
-                                      CheckpointError, ConfigMismatchError, complete_tags, config_changes,
-                                      load_blockers, numpy_rng_globals, read_checkpoint_config, rng_state,
-                                      save_checkpoint, set_rng_state, show_value, unreadable_files)
+from weaktok.train.checkpoint import (
+    ABSENT,
+    COMPLETE,
+    CONFIG_FILE,
+    CORRUPT_SUFFIX,
+    NOT_COMPARED,
+    SHAPE_KEYS,
+    CheckpointError,
+    ConfigMismatchError,
+    complete_tags,
+    config_changes,
+    load_blockers,
+    numpy_rng_globals,
+    read_checkpoint_config,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    show_value,
+    unreadable_files,
+)
 from weaktok.train.cli import main, parse_args
-from weaktok.train.distributed import Dist, all_reduce_sum, broadcast_object, gather_objects, setup_distributed
-from weaktok.train.engine import build_engine, check_precision, deepspeed_config, lr_lambda, use_bf16
+from weaktok.train.distributed import (
+    Dist,
+    all_reduce_sum,
+    broadcast_object,
+    gather_objects,
+    setup_distributed,
+)
+from weaktok.train.engine import (
+    build_engine,
+    check_precision,
+    deepspeed_config,
+    lr_lambda,
+    use_bf16,
+)
 from weaktok.train.export import export_weights, master_weights
 from weaktok.train.hooks import HookList, TrainHooks, call
 from weaktok.train.lscore_glue import poll_pool, start_pool, submit_outputs
-from weaktok.train.resume import (Candidate, apply_optimizer_settings, init_from_weights, load_init_weights,
-                                  load_resume, log_config_changes, resume_candidates, resume_plan)
+from weaktok.train.resume import (
+    Candidate,
+    apply_optimizer_settings,
+    init_from_weights,
+    load_init_weights,
+    load_resume,
+    log_config_changes,
+    resume_candidates,
+    resume_plan,
+)
 from weaktok.train.step import Losses, PartsWindow, all_finite, compute_loss, corrupt, model_dtype
-from weaktok.train.trainer import LogWindow, MetricsLog, Trainer, TrainState, corpus_prior, load_prior, train
+from weaktok.train.trainer import (
+    LogWindow,
+    MetricsLog,
+    Trainer,
+    TrainState,
+    corpus_prior,
+    load_prior,
+    train,
+)
 from weaktok.train.validation import validate
 
 __all__ = [
-    "ABSENT", "COMPLETE", "CONFIG_FILE", "CORRUPT_SUFFIX", "NOT_COMPARED", "SHAPE_KEYS", "Candidate",
-    "CheckpointError", "ConfigMismatchError", "Dist", "HookList", "LogWindow", "Losses", "MetricsLog", "PartsWindow",
-    "TrainHooks", "TrainState", "Trainer", "all_finite", "all_reduce_sum", "apply_optimizer_settings",
-    "broadcast_object", "build_engine", "call", "check_precision", "complete_tags", "compute_loss", "config_changes",
-    "corpus_prior", "corrupt", "deepspeed_config", "export_weights", "gather_objects", "init_from_weights",
-    "load_blockers", "load_init_weights", "load_prior", "load_resume", "log_config_changes", "lr_lambda", "main",
-    "master_weights", "model_dtype", "numpy_rng_globals", "parse_args", "poll_pool", "read_checkpoint_config",
-    "resume_candidates", "resume_plan", "rng_state", "save_checkpoint", "set_rng_state", "setup_distributed",
-    "show_value", "start_pool", "submit_outputs", "train", "unreadable_files", "use_bf16", "validate",
+    "ABSENT",
+    "COMPLETE",
+    "CONFIG_FILE",
+    "CORRUPT_SUFFIX",
+    "NOT_COMPARED",
+    "SHAPE_KEYS",
+    "Candidate",
+    "CheckpointError",
+    "ConfigMismatchError",
+    "Dist",
+    "HookList",
+    "LogWindow",
+    "Losses",
+    "MetricsLog",
+    "PartsWindow",
+    "TrainHooks",
+    "TrainState",
+    "Trainer",
+    "all_finite",
+    "all_reduce_sum",
+    "apply_optimizer_settings",
+    "broadcast_object",
+    "build_engine",
+    "call",
+    "check_precision",
+    "complete_tags",
+    "compute_loss",
+    "config_changes",
+    "corpus_prior",
+    "corrupt",
+    "deepspeed_config",
+    "export_weights",
+    "gather_objects",
+    "init_from_weights",
+    "load_blockers",
+    "load_init_weights",
+    "load_prior",
+    "load_resume",
+    "log_config_changes",
+    "lr_lambda",
+    "main",
+    "master_weights",
+    "model_dtype",
+    "numpy_rng_globals",
+    "parse_args",
+    "poll_pool",
+    "read_checkpoint_config",
+    "resume_candidates",
+    "resume_plan",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "setup_distributed",
+    "show_value",
+    "start_pool",
+    "submit_outputs",
+    "train",
+    "unreadable_files",
+    "use_bf16",
+    "validate",
 ]

@@ -70,31 +70,51 @@ def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) 
     tag = f"step{state['step']:08d}"
     path = ckpt_dir / tag
     previous = complete_tags(ckpt_dir)
-    resave = all_reduce_sum([float(dist.is_main and (path / COMPLETE).is_file())], dist)[0] > 0  # rank 0 decides
+    resave = (
+        all_reduce_sum([float(dist.is_main and (path / COMPLETE).is_file())], dist)[0] > 0
+    )  # rank 0 decides
     write = path.with_name(tag + ".next") if resave else path
     try:
         if dist.is_main and resave:
             shutil.rmtree(write, ignore_errors=True)  # a .next left by an earlier failure
-        engine.save_checkpoint(str(ckpt_dir), tag=write.name, client_state=state)  # collective: every rank its part
+        engine.save_checkpoint(
+            str(ckpt_dir), tag=write.name, client_state=state
+        )  # collective: every rank its part
     except Exception as e:
         shutil.rmtree(write, ignore_errors=True)
-        prev = f"the previous complete checkpoint {ckpt_dir / previous[-1]} is intact and `resume: auto` " \
-               "will pick it" if previous else "there is no earlier complete checkpoint"
+        prev = (
+            f"the previous complete checkpoint {ckpt_dir / previous[-1]} is intact and `resume: auto` "
+            "will pick it"
+            if previous
+            else "there is no earlier complete checkpoint"
+        )
         try:  # torch.save reports a full disk as e.g. "unexpected pos 22976 vs 22870": say how much room is left
             room = f"{shutil.disk_usage(ckpt_dir).free / 1e6:.1f} MB free there"
         except OSError:
             room = "free space unknown"
-        raise CheckpointError(f"writing checkpoint {write} failed on rank {dist.rank} "
-                              f"({type(e).__name__}: {str(e).strip()}; {room}); {prev}") from e
+        raise CheckpointError(
+            f"writing checkpoint {write} failed on rank {dist.rank} "
+            f"({type(e).__name__}: {str(e).strip()}; {room}); {prev}"
+        ) from e
     if dist.world > 1:
         torch.distributed.barrier()
     if dist.is_main:
         tmp = write / (COMPLETE + ".tmp")
         try:  # written whole, then renamed: a marker is either absent or complete
-            if "config" in state:  # read on resume before any tensor: a config that cannot load is refused up front
+            if (
+                "config" in state
+            ):  # read on resume before any tensor: a config that cannot load is refused up front
                 (write / CONFIG_FILE).write_text(yaml.safe_dump(state["config"], sort_keys=False))
-            tmp.write_text(json.dumps({"step": state["step"], "epoch": state["epoch"], "world": dist.world,
-                                       "bf16": bool(engine.bfloat16_enabled())}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "step": state["step"],
+                        "epoch": state["epoch"],
+                        "world": dist.world,
+                        "bf16": bool(engine.bfloat16_enabled()),
+                    }
+                )
+            )
             os.replace(tmp, write / COMPLETE)
             if resave:  # old -> .old, .next -> tag, drop .old: one complete copy of the step at every moment
                 old = path.with_name(tag + ".old")
@@ -102,12 +122,15 @@ def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) 
                 os.replace(path, old)
                 os.replace(write, path)
                 shutil.rmtree(old, ignore_errors=True)
-                (ckpt_dir / "latest").write_text(tag)  # DeepSpeed's pointer (zero_to_fp32.py reads it)
+                (ckpt_dir / "latest").write_text(
+                    tag
+                )  # DeepSpeed's pointer (zero_to_fp32.py reads it)
         except OSError as e:
             if not (path / COMPLETE).is_file():
                 shutil.rmtree(write, ignore_errors=True)
-            raise CheckpointError(f"marking checkpoint {path} complete failed ({e}); older checkpoints are "
-                                  "intact") from e
+            raise CheckpointError(
+                f"marking checkpoint {path} complete failed ({e}); older checkpoints are intact"
+            ) from e
         for old in complete_tags(ckpt_dir)[:-keep]:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     if dist.world > 1:
@@ -116,7 +139,11 @@ def save_checkpoint(engine, ckpt_dir: Path, state: dict, keep: int, dist: Dist) 
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -163,8 +190,16 @@ def numpy_rng_globals() -> list:
 
 # Config keys that change the model's parameter names or shapes: a checkpoint's tensors cannot load into a model
 # built with another value (tests/integration/test_resume_config.py checks this list against build_model for every key).
-SHAPE_KEYS = ("audio.n_fft", "model.channels", "model.dim", "model.n_layers", "model.ff_mult", "model.chunking.kind",
-              "model.objective", "model.positions")
+SHAPE_KEYS = (
+    "audio.n_fft",
+    "model.channels",
+    "model.dim",
+    "model.n_layers",
+    "model.ff_mult",
+    "model.chunking.kind",
+    "model.objective",
+    "model.positions",
+)
 NOT_COMPARED = ("train.resume", "train.init_from")  # how a run starts, not what it trains
 ABSENT = "(not recorded)"
 
@@ -179,8 +214,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_changes(old: dict, cfg: Config) -> dict[str, tuple]:
     """Dotted key -> (old value, new value) for every key (but ``NOT_COMPARED``) where ``cfg`` differs from ``old``."""
     a, b = _flat(old), _flat(to_dict(cfg))
-    return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys())
-            if k not in NOT_COMPARED and a.get(k, ABSENT) != b.get(k, ABSENT)}
+    return {
+        k: (a.get(k, ABSENT), b.get(k, ABSENT))
+        for k in sorted(a.keys() | b.keys())
+        if k not in NOT_COMPARED and a.get(k, ABSENT) != b.get(k, ABSENT)
+    }
 
 
 def show_value(value) -> str:
@@ -189,7 +227,9 @@ def show_value(value) -> str:
 
 
 def _zero_layout(stage) -> int:
-    return {0: 0, 1: 1, 2: 1}.get(stage, stage)  # ZeRO 1 and 2 store the optimizer state alike; 0 and 3 do not
+    return {0: 0, 1: 1, 2: 1}.get(
+        stage, stage
+    )  # ZeRO 1 and 2 store the optimizer state alike; 0 and 3 do not
 
 
 def load_blockers(changes: dict[str, tuple], marker: dict, cfg: Config, world: int) -> list[str]:
@@ -197,16 +237,27 @@ def load_blockers(changes: dict[str, tuple], marker: dict, cfg: Config, world: i
     each of these fails ``engine.load_checkpoint``): parameter shapes, the ZeRO optimizer-state layout (stage 0,
     1-2, 3), precision in effect (bf16 keeps its optimizer state in other files), and for ZeRO 1-3 the number
     of ranks the state is partitioned over. Other changes (lr, epochs, loss weights, ...) load fine."""
-    lines = [f"{k}: {show_value(old)} -> {show_value(new)} (parameter shapes)" for k, (old, new) in changes.items()
-             if k in SHAPE_KEYS and old is not ABSENT]  # a key newer than the checkpoint: its default built it
+    lines = [
+        f"{k}: {show_value(old)} -> {show_value(new)} (parameter shapes)"
+        for k, (old, new) in changes.items()
+        if k in SHAPE_KEYS and old is not ABSENT
+    ]  # a key newer than the checkpoint: its default built it
     old_stage, new_stage = changes.get("train.zero_stage", (cfg.train.zero_stage,) * 2)
     if _zero_layout(old_stage) != _zero_layout(new_stage):
         lines.append(f"train.zero_stage: {old_stage} -> {new_stage} (optimizer state layout)")
     precision = {True: "bf16", False: "fp32"}
     if marker.get("bf16") is not None and marker["bf16"] != use_bf16(cfg):
-        lines.append(f"train.precision in effect: {precision[marker['bf16']]} -> {precision[use_bf16(cfg)]} "
-                     f"(optimizer state layout; train.precision is {cfg.train.precision!r})")
-    if old_stage and _zero_layout(old_stage) == _zero_layout(new_stage) and marker.get("world") not in (None, world):
-        lines.append(f"ranks: {marker['world']} -> {world} (ZeRO stage {old_stage} partitions the optimizer state "
-                     "by rank)")
+        lines.append(
+            f"train.precision in effect: {precision[marker['bf16']]} -> {precision[use_bf16(cfg)]} "
+            f"(optimizer state layout; train.precision is {cfg.train.precision!r})"
+        )
+    if (
+        old_stage
+        and _zero_layout(old_stage) == _zero_layout(new_stage)
+        and marker.get("world") not in (None, world)
+    ):
+        lines.append(
+            f"ranks: {marker['world']} -> {world} (ZeRO stage {old_stage} partitions the optimizer state "
+            "by rank)"
+        )
     return lines

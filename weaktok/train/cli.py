@@ -13,11 +13,21 @@ from weaktok.train.trainer import train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    package_doc = sys.modules[__package__].__doc__  # the package docstring's first line, as before the split
-    p = argparse.ArgumentParser(prog="python -m weaktok.train", description=package_doc.split("\n")[0])
-    p.add_argument("--config", required=True, help="shipped config name (tiny, demo, paper) or a YAML path")
-    p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, final weights)")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher compat
+    package_doc = sys.modules[
+        __package__
+    ].__doc__  # the package docstring's first line, as before the split
+    p = argparse.ArgumentParser(
+        prog="python -m weaktok.train", description=package_doc.split("\n")[0]
+    )
+    p.add_argument(
+        "--config", required=True, help="shipped config name (tiny, demo, paper) or a YAML path"
+    )
+    p.add_argument(
+        "--out", required=True, help="run folder (config, metrics, checkpoints, final weights)"
+    )
+    p.add_argument(
+        "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # deepspeed launcher compat
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p.parse_args(argv)
 

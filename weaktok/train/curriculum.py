@@ -29,5 +29,7 @@ def weights_at(progress: float, cfg: CurriculumConfig) -> Weights:
         return Weights(1.0, 0.0, cfg.ratio_weight, phase=1)
     if cfg.anneal_epochs > 0 and progress < cfg.warmup_epochs + cfg.anneal_epochs:
         a = (progress - cfg.warmup_epochs) / cfg.anneal_epochs  # in [0, 1)
-        return Weights(1.0 + a * (cfg.final_w_recon - 1.0), a * cfg.final_w_L, cfg.ratio_weight, phase=2)
+        return Weights(
+            1.0 + a * (cfg.final_w_recon - 1.0), a * cfg.final_w_L, cfg.ratio_weight, phase=2
+        )
     return Weights(cfg.final_w_recon, cfg.final_w_L, cfg.ratio_weight, phase=3)

@@ -17,6 +17,8 @@ import torch
 # So weaktok loads the op itself, first, under an flock the kernel releases when its holder dies: holding it, a
 # torch lock file can only be a dead process' leftover. (Age is no test: a real rebuild can hold it for minutes.)
 FLOCK_NAME = "weaktok.flock"
+
+
 @dataclass
 class Dist:
     rank: int
@@ -36,10 +38,14 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
     at most this long instead of waiting forever (gloo usually notices a dead peer's closed socket at once; a peer
     that is alive but stuck is only caught by the timeout). Where a launcher (Ray Train) already initialised the
     process group, that group and its timeout are kept."""
-    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    missing = [
+        k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+    ]
     if missing:
-        raise RuntimeError(f"environment lacks {', '.join(missing)}: start training with `weaktok train`, the "
-                           "deepspeed launcher, cluster/launch_multinode.sh or ray_jobs/train.py")
+        raise RuntimeError(
+            f"environment lacks {', '.join(missing)}: start training with `weaktok train`, the "
+            "deepspeed launcher, cluster/launch_multinode.sh or ray_jobs/train.py"
+        )
     use_cuda = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
     os.environ.setdefault("LOCAL_RANK", "0")
@@ -72,13 +78,18 @@ def guarded_jit_load(build_dir: str | Path, load):
     folder = Path(build_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / FLOCK_NAME, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # waits for a live loader; a dead one's flock is gone with its process
+        fcntl.flock(
+            f, fcntl.LOCK_EX
+        )  # waits for a live loader; a dead one's flock is gone with its process
         try:
             stale = folder / "lock"
             if stale.exists():
                 stale.unlink()
-                print(f"[weaktok] removed a stale torch extension lock {stale} (left by a process killed while "
-                      "loading the op)", flush=True)
+                print(
+                    f"[weaktok] removed a stale torch extension lock {stale} (left by a process killed while "
+                    "loading the op)",
+                    flush=True,
+                )
             return load()
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -15,22 +15,32 @@ from weaktok.train.checkpoint import complete_tags
 from weaktok.train.distributed import Dist
 
 
-def master_weights(engine, cfg: Config, ckpt_dir: Path, dist: Dist) -> dict[str, torch.Tensor] | None:
+def master_weights(
+    engine, cfg: Config, ckpt_dir: Path, dist: Dist
+) -> dict[str, torch.Tensor] | None:
     """The fp32 master weights, whole (not ZeRO partitions), on rank 0 (None elsewhere).
 
     ZeRO 1-3: DeepSpeed's own consolidation (``zero_to_fp32``) of the newest complete checkpoint, which every run
     has written by now (each epoch ends with one). These are the optimizer's fp32 masters, not the bf16 copies
     the module computes with. ZeRO 0 (fp32 only): the module's own weights.
     """
-    if cfg.train.zero_stage == 0:  # fp32 only (check_precision): the module's weights are the masters
-        return {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()} if dist.is_main else None
+    if (
+        cfg.train.zero_stage == 0
+    ):  # fp32 only (check_precision): the module's weights are the masters
+        return (
+            {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
+            if dist.is_main
+            else None
+        )
     if not dist.is_main:
         return None
     # here, not at the top: DeepSpeed is heavy, and only ZeRO 1-3 runs need its reader
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag = complete_tags(ckpt_dir)[-1]
-    with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not ours to print on stdout
+    with contextlib.redirect_stdout(
+        sys.stderr
+    ):  # its progress lines are not ours to print on stdout
         state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 

@@ -23,7 +23,9 @@ def start_pool(cfg: Config, dist: Dist):
 
 
 @torch.no_grad()
-def lscore_targets(cfg: Config, manifest: dict, front, lscore_fn, dist: Dist, pool) -> tuple[dict, dict]:
+def lscore_targets(
+    cfg: Config, manifest: dict, front, lscore_fn, dist: Dist, pool
+) -> tuple[dict, dict]:
     """(the L-Score loss's target, validation's target), each {"mean": (4,), "std": (4,)} on the device.
 
     ``lscore.loss_target: manifest``: both are the manifest's exact L-Score of whole items. ``surrogate``: the loss
@@ -31,7 +33,9 @@ def lscore_targets(cfg: Config, manifest: dict, front, lscore_fn, dist: Dist, po
     validation compares the exact L-Score of its generations (of that length too) with the exact L-Score of the same
     crops (the pool, rank 0; the manifest's when there is no pool). Rank 0 reads the crops, deterministically, and
     broadcasts."""
-    manifest_target = {k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")}
+    manifest_target = {
+        k: torch.tensor(manifest["lscore_target"][k], device=dist.device) for k in ("mean", "std")
+    }
     if cfg.lscore.loss_target == "manifest":
         return manifest_target, manifest_target
     from weaktok.data.loader import eval_loader
@@ -46,17 +50,23 @@ def lscore_targets(cfg: Config, manifest: dict, front, lscore_fn, dist: Dist, po
                 break
         L = torch.cat(scores)[: cfg.lscore.target_items]
         if len(L) < 2:
-            raise ValueError(f"lscore.loss_target=surrogate: the train split of {cfg.data.shards} has {len(L)} items")
+            raise ValueError(
+                f"lscore.loss_target=surrogate: the train split of {cfg.data.shards} has {len(L)} items"
+            )
         stats = {"loss": {"mean": L.mean(0), "std": L.std(0)}}
         if pool is not None:
-            E = torch.as_tensor(pool.map(waves[: len(L)], cfg.audio.sample_rate), dtype=torch.float32)  # (n, 4)
+            E = torch.as_tensor(
+                pool.map(waves[: len(L)], cfg.audio.sample_rate), dtype=torch.float32
+            )  # (n, 4)
             stats["val"] = {"mean": E.mean(0), "std": E.std(0)}
     stats = broadcast_object(stats, dist)
     on = lambda d: {k: v.to(dist.device) for k, v in d.items()}  # noqa: E731
     return on(stats["loss"]), on(stats["val"]) if "val" in stats else manifest_target
 
 
-def feedback_step(correction: list[float], val: dict, val_target: dict, loss_target: dict, gain: float) -> list[float]:
+def feedback_step(
+    correction: list[float], val: dict, val_target: dict, loss_target: dict, gain: float
+) -> list[float]:
     """The closed loop's update (``lscore.feedback``): the surrogate target's correction after a validation whose
     generations the pool scored exactly. Per term k, with d_k = mean over modes of (exact_k - target_k) / std_k:
     correction_k -= gain * d_k * surrogate std_k (a too-high exact score lowers what the loss asks of the surrogate).
@@ -65,7 +75,10 @@ def feedback_step(correction: list[float], val: dict, val_target: dict, loss_tar
     if not modes:
         return correction
     tm, ts = val_target["mean"].cpu().numpy(), val_target["std"].cpu().numpy()
-    d = np.mean([(np.asarray(val[f"val_gen_{m}_lscore"]) - tm) / np.maximum(ts, 1e-6) for m in modes], axis=0)
+    d = np.mean(
+        [(np.asarray(val[f"val_gen_{m}_lscore"]) - tm) / np.maximum(ts, 1e-6) for m in modes],
+        axis=0,
+    )
     sd = loss_target["std"].cpu().numpy()
     return [float(c - gain * dk * s) for c, dk, s in zip(correction, d, sd)]
 
@@ -84,12 +97,19 @@ def poll_pool(pool, state, log, hooks) -> None:
 
     try:
         finished = pool.poll()
-    except LScorePoolError as e:  # an actor died past its retries: the pool replaced it; training goes on
+    except (
+        LScorePoolError
+    ) as e:  # an actor died past its retries: the pool replaced it; training goes on
         state.lscore_pool_errors += 1
         print(f"[weaktok] L-Score pool error (step {state.step}, continuing): {e}", flush=True)
         return
     for tag, scores in finished:
-        record = {"kind": "lscore_exact", "step": state.step, "from_step": tag,
-                  "lscore_exact": np.asarray(scores).mean(0).tolist(), "pool": pool.stats()}
+        record = {
+            "kind": "lscore_exact",
+            "step": state.step,
+            "from_step": tag,
+            "lscore_exact": np.asarray(scores).mean(0).tolist(),
+            "pool": pool.stats(),
+        }
         log.write(record)
         hooks.on_log(record)

@@ -46,29 +46,53 @@ TRAIN_GAUGES = {
     "w_L": ("weaktok_w_L", "Curriculum weight of the L-Score distribution loss"),
     "w_recon": ("weaktok_w_recon", "Curriculum weight of the reconstruction loss"),
     "w_ratio": ("weaktok_w_ratio", "Weight of the chunking ratio loss"),
-    "phase": ("weaktok_curriculum_phase", "Curriculum phase: 1 reconstruction only, 2 annealing, 3 annealed"),
+    "phase": (
+        "weaktok_curriculum_phase",
+        "Curriculum phase: 1 reconstruction only, 2 annealing, 3 annealed",
+    ),
     "tau": ("weaktok_tau", "Gumbel-Softmax temperature of the chunker"),
     "lr": ("weaktok_lr", "Learning rate"),
     "samples_per_s": ("weaktok_samples_per_second", "Training samples per second, all ranks"),
-    "audio_s_per_s": ("weaktok_audio_seconds_per_second", "Seconds of training audio per second, all ranks"),
+    "audio_s_per_s": (
+        "weaktok_audio_seconds_per_second",
+        "Seconds of training audio per second, all ranks",
+    ),
     "data_wait_share": ("weaktok_data_wait_share", "Share of wall time rank 0 waited for data"),
-    "chunk_boundary_rate": ("weaktok_chunk_boundary_rate", "Fraction of bottleneck frames that start a chunk"),
+    "chunk_boundary_rate": (
+        "weaktok_chunk_boundary_rate",
+        "Fraction of bottleneck frames that start a chunk",
+    ),
     "chunk_mean_prob": ("weaktok_chunk_mean_boundary_prob", "Mean boundary probability"),
     "chunk_mean_chunk_len": ("weaktok_chunk_mean_length", "Mean chunk length in bottleneck frames"),
 }
-LOSS_TERMS = {"loss": "total", "recon": "recon", "flow": "flow", "lscore_dist": "lscore_dist", "ratio_loss": "ratio"}
+LOSS_TERMS = {
+    "loss": "total",
+    "recon": "recon",
+    "flow": "flow",
+    "lscore_dist": "lscore_dist",
+    "ratio_loss": "ratio",
+}
 # validation records (kind "val"): scalar key -> (gauge name, help); per-term lists -> gauges with a `term` label
 VAL_GAUGES = {
     "val_recon": ("weaktok_val_recon", "Validation reconstruction L1"),
     "val_flow": ("weaktok_val_flow_loss", "Validation flow loss (velocity MSE; flow models only)"),
     "val_boundary_rate": ("weaktok_val_boundary_rate", "Validation boundary rate"),
-    "val_mean_chunk_len": ("weaktok_val_mean_chunk_length", "Validation mean chunk length (bottleneck frames)"),
+    "val_mean_chunk_len": (
+        "weaktok_val_mean_chunk_length",
+        "Validation mean chunk length (bottleneck frames)",
+    ),
     "val_items": ("weaktok_val_items", "Items in the last validation"),
-    "val_gen_rel_err_mean": ("weaktok_val_gen_rel_err_mean",
-                             "Mean relative error of the exact L-Score of validation generations vs target"),
-    "val_gen_std_dist_total": ("weaktok_val_gen_std_dist_total",
-                               ("Sum over terms of |exact - target| / target std of validation generations, "
-                                "mean over modes")),
+    "val_gen_rel_err_mean": (
+        "weaktok_val_gen_rel_err_mean",
+        "Mean relative error of the exact L-Score of validation generations vs target",
+    ),
+    "val_gen_std_dist_total": (
+        "weaktok_val_gen_std_dist_total",
+        (
+            "Sum over terms of |exact - target| / target std of validation generations, "
+            "mean over modes"
+        ),
+    ),
     "epoch": ("weaktok_epoch", "Completed epochs at the last validation"),
 }
 # validation generations (weaktok/train/validation.py): record key val_gen_<mode>_<what> (per-term list) -> gauge
@@ -76,21 +100,36 @@ VAL_GAUGES = {
 VAL_GEN_MODES = ("uncond", "seed")
 VAL_TERMS = {
     "lscore": ("weaktok_val_gen_lscore", "Exact L-Score of validation generations (mean)"),
-    "rel_err": ("weaktok_val_gen_rel_err", "Relative error of validation generations' exact L-Score vs the target"),
-    "std_dist": ("weaktok_val_gen_std_dist", "|exact - target| / target std per term (validation generations)"),
+    "rel_err": (
+        "weaktok_val_gen_rel_err",
+        "Relative error of validation generations' exact L-Score vs the target",
+    ),
+    "std_dist": (
+        "weaktok_val_gen_std_dist",
+        "|exact - target| / target std per term (validation generations)",
+    ),
 }
 POOL_GAUGES = {
     "queue_depth": ("weaktok_lscore_pool_queue_depth", "Unfinished L-Score pool batches"),
-    "max_in_flight": ("weaktok_lscore_pool_max_in_flight", "Pool bound on unfinished batches (then drops)"),
+    "max_in_flight": (
+        "weaktok_lscore_pool_max_in_flight",
+        "Pool bound on unfinished batches (then drops)",
+    ),
     "num_actors": ("weaktok_lscore_pool_actors", "L-Score pool actors"),
 }
-POOL_LATENCY = {"turnaround": "turnaround_s_per_clip", "worker": "worker_s_per_clip",
-                "worker_cpu": "worker_cpu_s_per_clip"}
+POOL_LATENCY = {
+    "turnaround": "turnaround_s_per_clip",
+    "worker": "worker_s_per_clip",
+    "worker_cpu": "worker_cpu_s_per_clip",
+}
 POOL_COUNTERS = {
     "submitted": ("weaktok_lscore_pool_submitted", "Batches submitted to the L-Score pool"),
     "dropped": ("weaktok_lscore_pool_dropped", "Batches dropped because the pool was full"),
     "clips_scored": ("weaktok_lscore_pool_clips_scored", "Clips scored by the pool"),
-    "replaced_actors": ("weaktok_lscore_pool_replaced_actors", "Pool actors replaced after failures"),
+    "replaced_actors": (
+        "weaktok_lscore_pool_replaced_actors",
+        "Pool actors replaced after failures",
+    ),
 }
 
 
@@ -101,19 +140,34 @@ class MetricsPortInUse(ConfigError):
 class MetricsExporter(TrainHooks):
     """A train hook that keeps the run's Prometheus metrics and serves them (see the module docstring)."""
 
-    def __init__(self, cfg: Config, out: str | Path, rank: int = 0, local_rank: int = 0, world: int = 1,
-                 target: dict | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        out: str | Path,
+        rank: int = 0,
+        local_rank: int = 0,
+        world: int = 1,
+        target: dict | None = None,
+    ):
         self.cfg, self.out = cfg.metrics, Path(out)
         self.rank, self.local_rank = rank, local_rank
         self.labels = {"run": self.cfg.run_name or self.out.resolve().name, "rank": str(rank)}
         self.registry = CollectorRegistry()
         self.server = self.thread = None
         self.url: str | None = None
-        self._last: dict[str, float] = {}  # last cumulative value seen per record field (counters get deltas)
+        self._last: dict[
+            str, float
+        ] = {}  # last cumulative value seen per record field (counters get deltas)
         self._last_checkpoint = time.time()
         self._define()
-        self._lab(self._info).info({"config": cfg.name, "world": str(world), "per_rank": str(self.cfg.per_rank),
-                                    "zero_stage": str(cfg.train.zero_stage)})
+        self._lab(self._info).info(
+            {
+                "config": cfg.name,
+                "world": str(world),
+                "per_rank": str(self.cfg.per_rank),
+                "zero_stage": str(cfg.train.zero_stage),
+            }
+        )
         if target:
             self._set_terms(self.lscore_target, target["mean"])
         if self.cfg.enabled and (rank == 0 or self.cfg.per_rank):
@@ -122,10 +176,14 @@ class MetricsExporter(TrainHooks):
     # ------------------------------------------------------------------------------------------------------
     # metric definitions
 
-    def _metric(self, kind, name: str, doc: str, label: str | None = None, values=LSCORE_NAMES, **kw):
+    def _metric(
+        self, kind, name: str, doc: str, label: str | None = None, values=LSCORE_NAMES, **kw
+    ):
         """A metric labelled (run, rank[, label]) in our registry. Counters and histograms get their children now
         (their series start at 0 on the first scrape); gauges appear once they have a value, not as a fake 0."""
-        m = kind(name, doc, ("run", "rank", *([label] if label else [])), registry=self.registry, **kw)
+        m = kind(
+            name, doc, ("run", "rank", *([label] if label else [])), registry=self.registry, **kw
+        )
         if kind is not Gauge:
             for v in values if label else [None]:
                 m.labels(**self.labels, **({label: v} if label else {}))
@@ -139,20 +197,40 @@ class MetricsExporter(TrainHooks):
         """Create every metric (names and help texts are the exporter's public interface)."""
         m = self._metric
         self.steps = m(Counter, "weaktok_train_steps", "Optimizer steps taken by this process")
-        self.last_step_ts = m(Gauge, "weaktok_last_step_timestamp_seconds",
-                              "Unix time of the last optimizer step (exporter start before the first)")
+        self.last_step_ts = m(
+            Gauge,
+            "weaktok_last_step_timestamp_seconds",
+            "Unix time of the last optimizer step (exporter start before the first)",
+        )
         self._lab(self.last_step_ts).set(time.time())
         self.train = {k: m(Gauge, n, d) for k, (n, d) in TRAIN_GAUGES.items()}
-        self.loss = m(Gauge, "weaktok_loss", "Loss terms at the last logged step (term: total, recon, lscore_dist, "
-                      "ratio)", "term")
-        self.step_time = m(Histogram, "weaktok_step_time_seconds",
-                           "Mean step time of each logging window (one observation per log record)",
-                           buckets=STEP_TIME_BUCKETS)
-        self.data_wait = m(Counter, "weaktok_data_wait_seconds", "Seconds rank 0 waited for training batches")
-        self.nan_skipped = m(Counter, "weaktok_nan_skipped_steps", "Steps skipped for a non-finite loss")
-        self.corrupt_skipped = m(Counter, "weaktok_corrupt_skipped", "Corrupt samples skipped by rank 0's loader")
-        self.lscore_batch = m(Gauge, "weaktok_lscore_batch", "Differentiable L-Score of the training batch (mean)",
-                              "term")
+        self.loss = m(
+            Gauge,
+            "weaktok_loss",
+            "Loss terms at the last logged step (term: total, recon, lscore_dist, ratio)",
+            "term",
+        )
+        self.step_time = m(
+            Histogram,
+            "weaktok_step_time_seconds",
+            "Mean step time of each logging window (one observation per log record)",
+            buckets=STEP_TIME_BUCKETS,
+        )
+        self.data_wait = m(
+            Counter, "weaktok_data_wait_seconds", "Seconds rank 0 waited for training batches"
+        )
+        self.nan_skipped = m(
+            Counter, "weaktok_nan_skipped_steps", "Steps skipped for a non-finite loss"
+        )
+        self.corrupt_skipped = m(
+            Counter, "weaktok_corrupt_skipped", "Corrupt samples skipped by rank 0's loader"
+        )
+        self.lscore_batch = m(
+            Gauge,
+            "weaktok_lscore_batch",
+            "Differentiable L-Score of the training batch (mean)",
+            "term",
+        )
         self._define_lscore_and_val()
         self._define_pool()
         self._define_checkpoint_and_rank()
@@ -160,36 +238,62 @@ class MetricsExporter(TrainHooks):
 
     def _define_lscore_and_val(self) -> None:
         m = self._metric
-        self.lscore_exact = m(Gauge, "weaktok_lscore_exact",
-                              "Exact L-Score of generated outputs from the pool (batch mean)", "term")
-        self.lscore_exact_lag = m(Gauge, "weaktok_lscore_exact_lag_steps",
-                                  "Steps between submitting outputs to the pool and receiving their L-Score")
-        self.lscore_target = m(Gauge, "weaktok_lscore_target", "Target L-Score (training-set mean)", "term")
+        self.lscore_exact = m(
+            Gauge,
+            "weaktok_lscore_exact",
+            "Exact L-Score of generated outputs from the pool (batch mean)",
+            "term",
+        )
+        self.lscore_exact_lag = m(
+            Gauge,
+            "weaktok_lscore_exact_lag_steps",
+            "Steps between submitting outputs to the pool and receiving their L-Score",
+        )
+        self.lscore_target = m(
+            Gauge, "weaktok_lscore_target", "Target L-Score (training-set mean)", "term"
+        )
         self.val = {k: m(Gauge, n, d) for k, (n, d) in VAL_GAUGES.items()}
-        self.val_terms = {k: Gauge(n, d, ("run", "rank", "mode", "term"), registry=self.registry)
-                          for k, (n, d) in VAL_TERMS.items()}
+        self.val_terms = {
+            k: Gauge(n, d, ("run", "rank", "mode", "term"), registry=self.registry)
+            for k, (n, d) in VAL_TERMS.items()
+        }
         self.validations = m(Counter, "weaktok_validations", "Validations run")
 
     def _define_pool(self) -> None:
         m = self._metric
         self.pool = {k: m(Gauge, n, d) for k, (n, d) in POOL_GAUGES.items()}
         self.pool_counters = {k: m(Counter, n, d) for k, (n, d) in POOL_COUNTERS.items()}
-        self.pool_latency = m(Gauge, "weaktok_lscore_pool_seconds_per_clip",
-                              "Recent L-Score pool seconds per clip (kind: turnaround, worker, worker_cpu)", "kind")
+        self.pool_latency = m(
+            Gauge,
+            "weaktok_lscore_pool_seconds_per_clip",
+            "Recent L-Score pool seconds per clip (kind: turnaround, worker, worker_cpu)",
+            "kind",
+        )
 
     def _define_checkpoint_and_rank(self) -> None:
         m = self._metric
         self.checkpoints = m(Counter, "weaktok_checkpoints", "Complete checkpoints written")
-        self.last_checkpoint_ts = m(Gauge, "weaktok_last_checkpoint_timestamp_seconds",
-                                    "Unix time of the last complete checkpoint")
-        since = m(Gauge, "weaktok_seconds_since_checkpoint",
-                  "Seconds since the last complete checkpoint (or since the exporter started)")
+        self.last_checkpoint_ts = m(
+            Gauge,
+            "weaktok_last_checkpoint_timestamp_seconds",
+            "Unix time of the last complete checkpoint",
+        )
+        since = m(
+            Gauge,
+            "weaktok_seconds_since_checkpoint",
+            "Seconds since the last complete checkpoint (or since the exporter started)",
+        )
         self._lab(since).set_function(lambda: time.time() - self._last_checkpoint)
         self.rank_batches = m(Counter, "weaktok_rank_batches", "Micro-batches this rank started")
         self.rank_samples = m(Counter, "weaktok_rank_samples", "Samples this rank trained on")
-        self.rank_corrupt = m(Counter, "weaktok_rank_corrupt_skipped", "Corrupt samples this rank's loader skipped")
-        self.rank_last_batch_ts = m(Gauge, "weaktok_rank_last_batch_timestamp_seconds",
-                                    "Unix time this rank last started a micro-batch")
+        self.rank_corrupt = m(
+            Counter, "weaktok_rank_corrupt_skipped", "Corrupt samples this rank's loader skipped"
+        )
+        self.rank_last_batch_ts = m(
+            Gauge,
+            "weaktok_rank_last_batch_timestamp_seconds",
+            "Unix time this rank last started a micro-batch",
+        )
         self.rank_epochs = m(Counter, "weaktok_rank_epochs", "Epochs this rank finished")
 
     # ------------------------------------------------------------------------------------------------------
@@ -199,21 +303,42 @@ class MetricsExporter(TrainHooks):
         """Start the HTTP server, print and record its URL; a taken port is a MetricsPortInUse."""
         base = self.cfg.port + self.local_rank if self.cfg.port else 0
         if base > 65535:
-            raise ConfigError(f"config key 'metrics.port': {self.cfg.port} + local rank {self.local_rank} > 65535")
-        ports = range(base, min(base + FALLBACK_TRIES, 65536)) if self.cfg.port_fallback and base else [base]
+            raise ConfigError(
+                f"config key 'metrics.port': {self.cfg.port} + local rank {self.local_rank} > 65535"
+            )
+        ports = (
+            range(base, min(base + FALLBACK_TRIES, 65536))
+            if self.cfg.port_fallback and base
+            else [base]
+        )
         for port in ports:
             if self._bind(port):
                 break
         else:
-            raise MetricsPortInUse(_in_use_message(self.cfg.host, list(ports), self.cfg.port_fallback))
+            raise MetricsPortInUse(
+                _in_use_message(self.cfg.host, list(ports), self.cfg.port_fallback)
+            )
         port = self.server.server_port
         host = self.cfg.host if self.cfg.host not in ("0.0.0.0", "::") else socket.getfqdn()
-        self.url = f"http://{host}:{port}/metrics" if ":" not in host else f"http://[{host}]:{port}/metrics"
+        self.url = (
+            f"http://{host}:{port}/metrics"
+            if ":" not in host
+            else f"http://[{host}]:{port}/metrics"
+        )
         moved = f" (metrics.port {base} was in use)" if port != base and base else ""
-        print(f"[weaktok] metrics at {self.url}{moved}" + (f" (rank {self.rank})" if self.rank else ""), flush=True)
-        if not _is_loopback(self.server.server_address[0]):  # configured on purpose; say what it means
-            print(f"[weaktok] note: metrics.host={self.cfg.host} serves /metrics (run names, paths, losses) without "
-                  "authentication to every machine that can reach this one; 127.0.0.1 keeps it local", flush=True)
+        print(
+            f"[weaktok] metrics at {self.url}{moved}"
+            + (f" (rank {self.rank})" if self.rank else ""),
+            flush=True,
+        )
+        if not _is_loopback(
+            self.server.server_address[0]
+        ):  # configured on purpose; say what it means
+            print(
+                f"[weaktok] note: metrics.host={self.cfg.host} serves /metrics (run names, paths, losses) without "
+                "authentication to every machine that can reach this one; 127.0.0.1 keeps it local",
+                flush=True,
+            )
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / URL_FILE).write_text(self.url + "\n")
@@ -221,14 +346,20 @@ class MetricsExporter(TrainHooks):
     def _bind(self, port: int) -> bool:
         """Try one port: True when serving, False when it is in use; other failures are config errors."""
         try:
-            self.server, self.thread = start_http_server(port, addr=self.cfg.host, registry=self.registry)
+            self.server, self.thread = start_http_server(
+                port, addr=self.cfg.host, registry=self.registry
+            )
         except socket.gaierror as e:
-            raise ConfigError(f"config key 'metrics.host': cannot resolve {self.cfg.host!r} ({e})") from None
+            raise ConfigError(
+                f"config key 'metrics.host': cannot resolve {self.cfg.host!r} ({e})"
+            ) from None
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 return False
-            raise ConfigError(f"config key 'metrics.port': cannot serve metrics on {self.cfg.host}:{port} "
-                              f"({e.strerror or e})") from None
+            raise ConfigError(
+                f"config key 'metrics.port': cannot serve metrics on {self.cfg.host}:{port} "
+                f"({e.strerror or e})"
+            ) from None
         return True
 
     def close(self) -> None:
@@ -244,7 +375,11 @@ class MetricsExporter(TrainHooks):
 
     def on_batch(self, batch: dict, state: dict) -> None:
         """Every rank, each micro-batch: per-rank counters; the step counter follows ``state['step']``."""
-        for key in ("step", "nan_skipped", "corrupt_skipped"):  # first call: a resumed run's totals are the base
+        for key in (
+            "step",
+            "nan_skipped",
+            "corrupt_skipped",
+        ):  # first call: a resumed run's totals are the base
             self._last.setdefault(key, state.get(key, 0))
         self._lab(self.rank_batches).inc()
         self._lab(self.rank_samples).inc(len(batch["audio"]))
@@ -301,7 +436,9 @@ class MetricsExporter(TrainHooks):
         batch = [record.get(f"lscore_batch_{i}") for i in range(len(LSCORE_NAMES))]
         if None not in batch:
             self._set_terms(self.lscore_batch, batch)
-        if "pool_queue_depth" in record:  # in every train record, so a stalled pool still shows its backlog
+        if (
+            "pool_queue_depth" in record
+        ):  # in every train record, so a stalled pool still shows its backlog
             self._lab(self.pool["queue_depth"]).set(record["pool_queue_depth"])
 
     def _on_exact(self, record: dict) -> None:
@@ -348,7 +485,9 @@ def _is_loopback(address: str) -> bool:
 
 def _in_use_message(host: str, ports: list[int], fallback: bool) -> str:
     tried = f"ports {ports[0]}-{ports[-1]} are all" if len(ports) > 1 else f"port {ports[0]} is"
-    fix = ("" if fallback else ", or metrics.port_fallback=true to try the next ports")
-    return (f"config key 'metrics.port': {tried} already in use on {host} (another run's exporter?); "
-            f"set metrics.port to a free port, metrics.port=0 for any free port{fix}, "
-            f"or metrics.enabled=false to train without metrics")
+    fix = "" if fallback else ", or metrics.port_fallback=true to try the next ports"
+    return (
+        f"config key 'metrics.port': {tried} already in use on {host} (another run's exporter?); "
+        f"set metrics.port to a free port, metrics.port=0 for any free port{fix}, "
+        f"or metrics.enabled=false to train without metrics"
+    )

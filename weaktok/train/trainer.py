@@ -23,21 +23,32 @@ import torch
 
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import Config, ConfigError, save_config, to_dict
-from weaktok.train.curriculum import weights_at
 from weaktok.data.loader import train_loader
-from weaktok.lscore.differentiable import DifferentiableLScore
 from weaktok.data.manifest import load_manifest, shard_paths
-from weaktok.model.unet import build_model, count_params
 from weaktok.data.prior import corpus_spectrum
+from weaktok.lscore.differentiable import DifferentiableLScore
+from weaktok.model.flow import clean_estimate, flow_batch, set_normaliser
+from weaktok.model.unet import build_model, count_params
 from weaktok.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from weaktok.train.curriculum import weights_at
 from weaktok.train.distributed import Dist, broadcast_object, setup_distributed
 from weaktok.train.engine import build_engine, check_precision, use_bf16
 from weaktok.train.export import export_weights
 from weaktok.train.hooks import HookList
-from weaktok.train.lscore_glue import feedback_step, lscore_targets, poll_pool, start_pool, submit_outputs
-from weaktok.train.resume import (apply_optimizer_settings, load_init_weights, load_resume, log_config_changes,
-                                  resume_plan)
-from weaktok.model.flow import clean_estimate, flow_batch, set_normaliser
+from weaktok.train.lscore_glue import (
+    feedback_step,
+    lscore_targets,
+    poll_pool,
+    start_pool,
+    submit_outputs,
+)
+from weaktok.train.resume import (
+    apply_optimizer_settings,
+    load_init_weights,
+    load_resume,
+    log_config_changes,
+    resume_plan,
+)
 from weaktok.train.step import PartsWindow, all_finite, compute_flow_loss, compute_loss, corrupt
 from weaktok.train.validation import validate
 
@@ -53,11 +64,22 @@ class TrainState:
     nan_skipped: int = 0  # micro-batches skipped on every rank for a non-finite loss
     corrupt_skipped: int = 0  # corrupt items this rank's data loader dropped
     samples: int = 0  # examples stepped on, all ranks together
-    lscore_pool_errors: int = 0  # rank 0: L-Score pool failures; stored once non-zero, not restored on resume
-    target_correction: list = field(default_factory=lambda: [0.0] * 4)  # the closed loop's (lscore.feedback)
+    lscore_pool_errors: int = (
+        0  # rank 0: L-Score pool failures; stored once non-zero, not restored on resume
+    )
+    target_correction: list = field(
+        default_factory=lambda: [0.0] * 4
+    )  # the closed loop's (lscore.feedback)
 
-    RESUMED: ClassVar[tuple[str, ...]] = ("step", "epoch", "batch_in_epoch", "nan_skipped", "corrupt_skipped",
-                                          "samples", "target_correction")  # what a resume restores
+    RESUMED: ClassVar[tuple[str, ...]] = (
+        "step",
+        "epoch",
+        "batch_in_epoch",
+        "nan_skipped",
+        "corrupt_skipped",
+        "samples",
+        "target_correction",
+    )  # what a resume restores
 
     def as_dict(self) -> dict:
         """The counters as a dict (``lscore_pool_errors`` only once non-zero)."""
@@ -101,7 +123,9 @@ class LogWindow:
     t0: float = field(default_factory=time.perf_counter)
     samples: int = 0  # all ranks
     wait: float = 0.0  # seconds waiting for the data loader
-    parts: PartsWindow = field(default_factory=PartsWindow)  # loss parts, on the device until the log line
+    parts: PartsWindow = field(
+        default_factory=PartsWindow
+    )  # loss parts, on the device until the log line
 
 
 def load_prior(cfg: Config, front, dist: Dist) -> dict | None:
@@ -116,7 +140,11 @@ def load_prior(cfg: Config, front, dist: Dist) -> dict | None:
 def corpus_prior(cfg: Config, front, dist: Dist) -> dict:
     """Generation's prior statistics (weaktok/prior.py) from rank 0's share of the training split, computed on the
     CPU and broadcast; on every rank's device."""
-    stats = corpus_spectrum(cfg.data.shards, front.cpu(), cfg.audio.clip_seconds) if dist.is_main else None
+    stats = (
+        corpus_spectrum(cfg.data.shards, front.cpu(), cfg.audio.clip_seconds)
+        if dist.is_main
+        else None
+    )
     front.to(dist.device)
     stats = broadcast_object(stats, dist)
     return {k: v.to(dist.device) for k, v in stats.items()}
@@ -131,15 +159,21 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.hooks = HookList(hooks or [])  # a copy: the caller's list stays as it was
         self.state = TrainState()
-        self._cleanup = contextlib.ExitStack()  # whatever setup starts is stopped by close(), however the run ends
+        self._cleanup = (
+            contextlib.ExitStack()
+        )  # whatever setup starts is stopped by close(), however the run ends
         # built by setup()
         self.dist: Dist | None = None
         self.manifest: dict = {}
         self.plan: list = []
-        self.front = self.lscore_fn = self.model = self.engine = self.optimizer = self.scheduler = None
+        self.front = self.lscore_fn = self.model = self.engine = self.optimizer = self.scheduler = (
+            None
+        )
         self.target: dict = {}
         self.prior: dict | None = None  # training's prior statistics (fill: prior)
-        self.val_prior: dict | None = None  # validation's, when training has none (validation_prior)
+        self.val_prior: dict | None = (
+            None  # validation's, when training has none (validation_prior)
+        )
         self.log: MetricsLog | None = None
         self.pool = None
         self.gen: torch.Generator | None = None
@@ -183,10 +217,14 @@ class Trainer:
         self.manifest = manifest = load_manifest(cfg.data.shards)  # clear errors before any compute
         shard_paths(cfg.data.shards, "train", manifest, verify=cfg.data.verify_shards)
         if cfg.data.verify_shards and (manifest["splits"].get("val") or {}).get("shards"):
-            shard_paths(cfg.data.shards, "val", manifest, verify=True)  # validation reads it every epoch
+            shard_paths(
+                cfg.data.shards, "val", manifest, verify=True
+            )  # validation reads it every epoch
         if manifest["sample_rate"] != cfg.audio.sample_rate:
-            raise ConfigError(f"config key 'audio.sample_rate': {cfg.audio.sample_rate} differs from the shards' "
-                              f"{manifest['sample_rate']} ({cfg.data.shards}/manifest.json)")
+            raise ConfigError(
+                f"config key 'audio.sample_rate': {cfg.audio.sample_rate} differs from the shards' "
+                f"{manifest['sample_rate']} ({cfg.data.shards}/manifest.json)"
+            )
         check_precision(cfg)
         self.dist = dist = setup_distributed(cfg.train.dist_timeout_s)
         # a config its checkpoint cannot load into: refused here, folder untouched
@@ -197,24 +235,37 @@ class Trainer:
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-        if cfg.metrics.enabled:  # before heavy compute: a metrics port in use fails here (weaktok/metrics.py)
+        if (
+            cfg.metrics.enabled
+        ):  # before heavy compute: a metrics port in use fails here (weaktok/metrics.py)
             # imported here: weaktok.train.prometheus subclasses TrainHooks from this package, and a top-level import
             # would make `import weaktok.train.prometheus` (before weaktok.train) a circular import
             from weaktok.train.prometheus import MetricsExporter
 
-            exporter = MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"])
+            exporter = MetricsExporter(
+                cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"]
+            )
             self._cleanup.callback(exporter.close)
             self.hooks.append(exporter)
 
-        self.front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
-                                  cfg.lscore.griffin_lim_iters).to(dist.device)
-        self.lscore_fn = DifferentiableLScore(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length,
-                                              mode=cfg.lscore.mode).to(dist.device)
+        self.front = SpecFrontEnd(
+            cfg.audio.sample_rate,
+            cfg.audio.n_fft,
+            cfg.audio.hop_length,
+            cfg.lscore.griffin_lim_iters,
+        ).to(dist.device)
+        self.lscore_fn = DifferentiableLScore(
+            cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, mode=cfg.lscore.mode
+        ).to(dist.device)
         self.prior = load_prior(cfg, self.front, dist)
         self.model = build_model(cfg.model, self.front.n_freqs)
-        if cfg.model.objective == "flow" and not cfg.train.init_from:  # a resumed run loads its own buffers
+        if (
+            cfg.model.objective == "flow" and not cfg.train.init_from
+        ):  # a resumed run loads its own buffers
             set_normaliser(self.model, self.prior)
-        if cfg.train.init_from and not self.plan:  # precedence: the run's own checkpoint (resume) > train.init_from
+        if (
+            cfg.train.init_from and not self.plan
+        ):  # precedence: the run's own checkpoint (resume) > train.init_from
             load_init_weights(self.model, cfg, dist)
         self.batches_per_epoch = -(-cfg.data.samples_per_epoch // cfg.data.batch_size)
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
@@ -229,14 +280,20 @@ class Trainer:
         if self.pool is not None:
             self._cleanup.callback(self.pool.close)
         # the loss's target and validation's (lscore_glue.lscore_targets); the closed loop's correction of the first
-        self.base_target, self.val_target = lscore_targets(cfg, manifest, self.front, self.lscore_fn, dist, self.pool)
+        self.base_target, self.val_target = lscore_targets(
+            cfg, manifest, self.front, self.lscore_fn, dist, self.pool
+        )
         self._apply_correction()
-        self.gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1000 + dist.rank
-                                                                   + 7919 * self.state.step)
+        self.gen = torch.Generator(device=dist.device).manual_seed(
+            cfg.seed * 1000 + dist.rank + 7919 * self.state.step
+        )
         if dist.is_main:
-            print(f"[weaktok] {count_params(self.model) / 1e6:.2f} M params, world {dist.world}, ZeRO "
-                  f"{cfg.train.zero_stage}, {'bf16' if use_bf16(cfg) else 'fp32'}, {self.steps_per_epoch} "
-                  f"steps/epoch, device {dist.device}", flush=True)
+            print(
+                f"[weaktok] {count_params(self.model) / 1e6:.2f} M params, world {dist.world}, ZeRO "
+                f"{cfg.train.zero_stage}, {'bf16' if use_bf16(cfg) else 'fp32'}, {self.steps_per_epoch} "
+                f"steps/epoch, device {dist.device}",
+                flush=True,
+            )
 
     def _resume(self) -> None:
         """Load the newest loadable checkpoint of the plan (resume.load_resume): counters, RNG (same number of
@@ -250,8 +307,11 @@ class Trainer:
             set_rng_state(client["rng"])
         apply_optimizer_settings(self.cfg, self.scheduler)
         if self.dist.is_main:
-            print(f"[weaktok] resumed from {cand.folder}: step {self.state.step}, epoch {self.state.epoch}, "
-                  f"batch {self.state.batch_in_epoch} of the epoch", flush=True)
+            print(
+                f"[weaktok] resumed from {cand.folder}: step {self.state.step}, epoch {self.state.epoch}, "
+                f"batch {self.state.batch_in_epoch} of the epoch",
+                flush=True,
+            )
             log_config_changes(self.cfg, cand, client.get("config"))
 
     def train_epoch(self) -> dict:
@@ -260,15 +320,25 @@ class Trainer:
         cfg, dist, state = self.cfg, self.dist, self.state
         remaining = self.batches_per_epoch - state.batch_in_epoch
         # a resumed epoch reads a fresh stream (seeded by the step) for the batches it still owes
-        loader = train_loader(cfg.data.shards, cfg.data.batch_size, cfg.audio.clip_seconds,
-                              remaining * cfg.data.batch_size, cfg.data.num_workers, cfg.data.shuffle_buffer,
-                              seed=cfg.seed + 1009 * dist.rank + state.step, epoch=state.epoch, verify=False)
+        loader = train_loader(
+            cfg.data.shards,
+            cfg.data.batch_size,
+            cfg.audio.clip_seconds,
+            remaining * cfg.data.batch_size,
+            cfg.data.num_workers,
+            cfg.data.shuffle_buffer,
+            seed=cfg.seed + 1009 * dist.rank + state.step,
+            epoch=state.epoch,
+            verify=False,
+        )
         self.engine.train()
         with contextlib.ExitStack() as stack:
             keys_log = None
             if cfg.data.log_keys:
                 (self.out / "samples").mkdir(parents=True, exist_ok=True)
-                keys_log = stack.enter_context(open(self.out / "samples" / f"rank{dist.rank}.txt", "a"))
+                keys_log = stack.enter_context(
+                    open(self.out / "samples" / f"rank{dist.rank}.txt", "a")
+                )
             self.window = LogWindow()
             it = iter(loader)
             while state.batch_in_epoch < self.batches_per_epoch and not self.done:
@@ -287,7 +357,9 @@ class Trainer:
             state.batch_in_epoch = 0
         val = self.validate()
         path = self.checkpoint()
-        val = broadcast_object(val, dist)  # every rank gets rank 0's record (with the exact L-Score)
+        val = broadcast_object(
+            val, dist
+        )  # every rank gets rank 0's record (with the exact L-Score)
         self.hooks.on_epoch_end(val, path)
         return val
 
@@ -306,16 +378,23 @@ class Trainer:
             else:
                 inp = corrupt(spec, cfg, self.gen, self.prior)
         if cfg.model.objective == "flow":
-            losses, out = compute_flow_loss(engine, self.front, self.lscore_fn, spec, fb, w, self.target, cfg)
+            losses, out = compute_flow_loss(
+                engine, self.front, self.lscore_fn, spec, fb, w, self.target, cfg
+            )
         else:
-            losses, out = compute_loss(engine, self.front, self.lscore_fn, spec, inp, w, self.target, cfg)
+            losses, out = compute_loss(
+                engine, self.front, self.lscore_fn, spec, inp, w, self.target, cfg
+            )
         finite = all_finite(losses.total, dist)
         state.batch_in_epoch += 1
         if not finite:  # every rank skips together, so collectives stay matched
             state.nan_skipped += 1
             if dist.is_main:
-                print(f"[weaktok] non-finite loss at step {state.step}: step skipped "
-                      f"({state.nan_skipped} so far)", flush=True)
+                print(
+                    f"[weaktok] non-finite loss at step {state.step}: step skipped "
+                    f"({state.nan_skipped} so far)",
+                    flush=True,
+                )
             return
         engine.backward(losses.total)
         engine.step()
@@ -325,9 +404,17 @@ class Trainer:
         if state.batch_in_epoch % cfg.train.grad_accum == 0:
             state.step += 1
             step = state.step
-            if dist.is_main and self.pool is not None and cfg.lscore.pool_every and step % cfg.lscore.pool_every == 0:
-                outputs = (clean_estimate(engine.module, out.recon.detach(), fb, cfg.model.flow)
-                           if cfg.model.objective == "flow" else out.recon.detach().float())
+            if (
+                dist.is_main
+                and self.pool is not None
+                and cfg.lscore.pool_every
+                and step % cfg.lscore.pool_every == 0
+            ):
+                outputs = (
+                    clean_estimate(engine.module, out.recon.detach(), fb, cfg.model.flow)
+                    if cfg.model.objective == "flow"
+                    else out.recon.detach().float()
+                )
                 submit_outputs(self.pool, self.front, outputs[: cfg.lscore.pool_items], cfg, step)
             if dist.is_main:
                 poll_pool(self.pool, state, self.log, self.hooks)
@@ -341,14 +428,26 @@ class Trainer:
         cfg, state, win = self.cfg, self.state, self.window
         now = time.perf_counter()
         elapsed = now - win.t0
-        record = {"kind": "train", "step": state.step, "epoch": state.epoch, "progress": round(progress, 4),
-                  **win.parts.read(), "w_L": w.w_L, "w_recon": w.w_recon, "w_ratio": w.w_ratio,
-                  "phase": w.phase, "tau": cfg.model.chunking.tau, "lr": self.engine.get_lr()[0],
-                  "samples_per_s": win.samples / max(elapsed, 1e-9),
-                  "audio_s_per_s": win.samples * cfg.audio.clip_seconds / max(elapsed, 1e-9),
-                  "step_time_s": elapsed / cfg.train.log_every, "data_wait_s": win.wait,
-                  "data_wait_share": win.wait / max(elapsed, 1e-9), "nan_skipped": state.nan_skipped,
-                  "corrupt_skipped": state.corrupt_skipped}
+        record = {
+            "kind": "train",
+            "step": state.step,
+            "epoch": state.epoch,
+            "progress": round(progress, 4),
+            **win.parts.read(),
+            "w_L": w.w_L,
+            "w_recon": w.w_recon,
+            "w_ratio": w.w_ratio,
+            "phase": w.phase,
+            "tau": cfg.model.chunking.tau,
+            "lr": self.engine.get_lr()[0],
+            "samples_per_s": win.samples / max(elapsed, 1e-9),
+            "audio_s_per_s": win.samples * cfg.audio.clip_seconds / max(elapsed, 1e-9),
+            "step_time_s": elapsed / cfg.train.log_every,
+            "data_wait_s": win.wait,
+            "data_wait_share": win.wait / max(elapsed, 1e-9),
+            "nan_skipped": state.nan_skipped,
+            "corrupt_skipped": state.corrupt_skipped,
+        }
         if self.pool is not None:  # every record, so a stalled pool still shows its backlog
             record["pool_queue_depth"] = self.pool.queue_depth
             record["lscore_pool_errors"] = state.lscore_pool_errors
@@ -360,11 +459,30 @@ class Trainer:
     def validate(self) -> dict:
         """Validation (validation.validate: reconstruction, and the exact L-Score of generations); rank 0 logs it,
         tells the hooks and prints the epoch line."""
-        val = validate(self.cfg, self.dist, self.engine, self.front, self.val_target, self.state, self.pool,
-                       self.validation_prior())
-        if self.cfg.lscore.feedback:  # the closed loop: rank 0's exact scores move every rank's surrogate target
-            corr = feedback_step(self.state.target_correction, val, self.val_target, self.base_target,
-                                 self.cfg.lscore.feedback) if self.dist.is_main else None
+        val = validate(
+            self.cfg,
+            self.dist,
+            self.engine,
+            self.front,
+            self.val_target,
+            self.state,
+            self.pool,
+            self.validation_prior(),
+        )
+        if (
+            self.cfg.lscore.feedback
+        ):  # the closed loop: rank 0's exact scores move every rank's surrogate target
+            corr = (
+                feedback_step(
+                    self.state.target_correction,
+                    val,
+                    self.val_target,
+                    self.base_target,
+                    self.cfg.lscore.feedback,
+                )
+                if self.dist.is_main
+                else None
+            )
             self.state.target_correction = broadcast_object(corr, self.dist)
             self._apply_correction()
             val["lscore_target_correction"] = self.state.target_correction
@@ -374,14 +492,19 @@ class Trainer:
             self.hooks.on_validation(val)
             dist = val.get("val_gen_std_dist_total")
             flow_loss = f"val flow loss {val['val_flow']:.4f}, " if "val_flow" in val else ""
-            print(f"[weaktok] epoch {val['epoch']} step {val['step']}: {flow_loss}val recon {val['val_recon']:.4f}, "
-                  f"boundary rate {val['val_boundary_rate']:.3f}, generated L-Score distance "
-                  f"{'n/a' if dist is None else f'{dist:.3f}'}", flush=True)
+            print(
+                f"[weaktok] epoch {val['epoch']} step {val['step']}: {flow_loss}val recon {val['val_recon']:.4f}, "
+                f"boundary rate {val['val_boundary_rate']:.3f}, generated L-Score distance "
+                f"{'n/a' if dist is None else f'{dist:.3f}'}",
+                flush=True,
+            )
         return val
 
     def _apply_correction(self) -> None:
         """The loss's target: the base target plus the closed loop's correction (lscore.feedback; zeros when off)."""
-        corr = torch.tensor(self.state.target_correction, device=self.dist.device, dtype=torch.float32)
+        corr = torch.tensor(
+            self.state.target_correction, device=self.dist.device, dtype=torch.float32
+        )
         self.target = {"mean": self.base_target["mean"] + corr, "std": self.base_target["std"]}
 
     def validation_prior(self) -> dict | None:
@@ -399,7 +522,9 @@ class Trainer:
     def checkpoint(self) -> Path:
         """A checkpoint of the current step (checkpoint.save_checkpoint); rank 0 tells the hooks. Its folder."""
         client = self.state.to_client_state(self.cfg, self.dist.world)
-        tag = save_checkpoint(self.engine, self.ckpt_dir, client, self.cfg.train.keep_checkpoints, self.dist)
+        tag = save_checkpoint(
+            self.engine, self.ckpt_dir, client, self.cfg.train.keep_checkpoints, self.dist
+        )
         if self.dist.is_main:
             self.hooks.on_checkpoint(self.ckpt_dir / tag, self.state.as_dict())
         return self.ckpt_dir / tag
@@ -408,8 +533,12 @@ class Trainer:
         """final/model.pt (export.export_weights) and, with ``fill: prior``, final/spectrum.pt; the weights' path
         on rank 0."""
         path = export_weights(self.engine, self.cfg, self.out, self.dist)
-        if self.prior is not None and self.dist.is_main:  # generation reuses it (generate.cached_spectrum)
-            torch.save({k: v.cpu() for k, v in self.prior.items()}, self.out / "final" / "spectrum.pt")
+        if (
+            self.prior is not None and self.dist.is_main
+        ):  # generation reuses it (generate.cached_spectrum)
+            torch.save(
+                {k: v.cpu() for k, v in self.prior.items()}, self.out / "final" / "spectrum.pt"
+            )
         return path
 
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from weaktok.data.loader import eval_loader
-from weaktok.model import flow
 from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole_start, unconditional
 from weaktok.lscore.exact import LSCORE_NAMES
+from weaktok.model import flow
 from weaktok.train.distributed import all_reduce_sum, gather_objects
 from weaktok.train.step import model_dtype
 
@@ -52,18 +52,32 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
     n_gen = cfg.lscore.val_items if prior is not None else 0
     share = -(-n_gen // dist.world)  # outputs per mode on this rank
     engine.eval()
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # recon L1 sum, items, boundary rate sum, chunk length sum, flow loss sum
+    sums = [
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ]  # recon L1 sum, items, boundary rate sum, chunk length sum, flow loss sum
     flow_model = cfg.model.objective == "flow"
-    vgen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1000 + GEN_SEED + 17 + dist.rank)
-    seeds: list[torch.Tensor] = []  # (F, T) this rank's first val spectrograms, the seed-based outputs' seeds
+    vgen = torch.Generator(device=dist.device).manual_seed(
+        cfg.seed * 1000 + GEN_SEED + 17 + dist.rank
+    )
+    seeds: list[
+        torch.Tensor
+    ] = []  # (F, T) this rank's first val spectrograms, the seed-based outputs' seeds
     budget = cfg.data.val_max_items or float("inf")
     seen = 0
-    for batch in eval_loader(cfg.data.shards, "val", cfg.data.val_batch_size, cfg.audio.clip_seconds):
+    for batch in eval_loader(
+        cfg.data.shards, "val", cfg.data.val_batch_size, cfg.audio.clip_seconds
+    ):
         if seen >= budget / dist.world:
             break
         spec = front(batch["audio"].to(dist.device))
         if flow_model:  # fixed noise, times and masks (weaktok/flow.py eval_loss): the same weights, the same number
-            known = flow.sample_known(spec.shape[0], spec.shape[-1], cfg.model.flow, vgen, dist.device)
+            known = flow.sample_known(
+                spec.shape[0], spec.shape[-1], cfg.model.flow, vgen, dist.device
+            )
             loss, l1, out = flow.eval_loss(engine.module, spec, known, vgen)
             sums[4] += loss.sum().item()
         else:
@@ -82,8 +96,15 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
     engine.train()
     total = all_reduce_sum(sums, dist)
     n = max(total[1], 1)
-    record = {"kind": "val", "step": state.step, "epoch": state.epoch, "val_items": int(total[1]),
-              "val_recon": total[0] / n, "val_boundary_rate": total[2] / n, "val_mean_chunk_len": total[3] / n}
+    record = {
+        "kind": "val",
+        "step": state.step,
+        "epoch": state.epoch,
+        "val_items": int(total[1]),
+        "val_recon": total[0] / n,
+        "val_boundary_rate": total[2] / n,
+        "val_mean_chunk_len": total[3] / n,
+    }
     if flow_model:
         record["val_flow"] = total[4] / n
     gathered = {mode: gather_objects(waves[mode], dist)[:n_gen] for mode in MODES} if share else {}
@@ -94,7 +115,9 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
     return record
 
 
-def generated_waves(cfg, dist, model, front, prior: dict, n: int, seeds: list[torch.Tensor]) -> dict:
+def generated_waves(
+    cfg, dist, model, front, prior: dict, n: int, seeds: list[torch.Tensor]
+) -> dict:
     """This rank's validation generations as waveforms: ``{"uncond": n (N,) arrays, "seed": one (N_hole,) array per
     seed}``. ``model``: the unwrapped model (engine.module), in eval mode; ``seeds``: (F, T) spectrograms of the
     training clip length. One batched Griffin-Lim call for both modes; seed-based outputs cropped to the hole."""
@@ -102,12 +125,18 @@ def generated_waves(cfg, dist, model, front, prior: dict, n: int, seeds: list[to
     gen = torch.Generator(device=dist.device).manual_seed(gen_seed)
     frames = front.num_frames(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
     with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
-        torch.manual_seed(gen_seed)  # Griffin-Lim's random phase init draws from the global generator
+        torch.manual_seed(
+            gen_seed
+        )  # Griffin-Lim's random phase init draws from the global generator
         specs = [unconditional(model, prior, n, frames, None, gen)[0]]  # (n, F, T)
         if seeds:
-            specs.append(seed_based(model, torch.stack(seeds), prior, MASK_FRACTION, None, gen)[0])  # (S, F, T)
+            specs.append(
+                seed_based(model, torch.stack(seeds), prior, MASK_FRACTION, None, gen)[0]
+            )  # (S, F, T)
         wav = front.inverse(torch.cat(specs)).cpu().numpy()  # (n + S, (T - 1) * hop)
-    start = seed_hole_start(frames, MASK_FRACTION) * front.hop_length  # the hole's first sample (frame t is centred on t * hop)
+    start = (
+        seed_hole_start(frames, MASK_FRACTION) * front.hop_length
+    )  # the hole's first sample (frame t is centred on t * hop)
     return {"uncond": list(wav[:n]), "seed": [w[start:] for w in wav[n:]]}
 
 
@@ -122,27 +151,49 @@ def score_generations(waves: dict, sr: int, target: dict, state, pool) -> dict:
         return {}
     try:
         scores = pool.map(clips, sr)  # (N, 4) exact, librosa, in input order
-    except LScorePoolError as e:  # actors died past their retries: this validation goes without exact scores
+    except (
+        LScorePoolError
+    ) as e:  # actors died past their retries: this validation goes without exact scores
         state.lscore_pool_errors += 1
-        print(f"[weaktok] L-Score pool error in validation (step {state.step}, continuing without exact "
-              f"L-Scores): {e}", flush=True)
+        print(
+            f"[weaktok] L-Score pool error in validation (step {state.step}, continuing without exact "
+            f"L-Scores): {e}",
+            flush=True,
+        )
         return {"val_gen_error": str(e)}
     tmean = target["mean"].cpu().numpy()
     tstd = target["std"].cpu().numpy()
-    out = {"val_gen_target": tmean.tolist(), "val_gen_target_std": tstd.tolist(), "val_gen_steps": STEPS,
-           "lscore_names": list(LSCORE_NAMES)}
+    out = {
+        "val_gen_target": tmean.tolist(),
+        "val_gen_target_std": tstd.tolist(),
+        "val_gen_steps": STEPS,
+        "lscore_names": list(LSCORE_NAMES),
+    }
     totals, rels, first = [], [], 0
     for mode in MODES:
-        part, first = scores[first : first + len(waves[mode])], first + len(waves[mode])  # (n_mode, 4)
+        part, first = (
+            scores[first : first + len(waves[mode])],
+            first + len(waves[mode]),
+        )  # (n_mode, 4)
         if not len(part):
             continue
         mean = part.mean(0)
         rel = np.abs(mean - tmean) / np.maximum(np.abs(tmean), 1e-6)
-        std_dist = np.abs(mean - tmean) / np.maximum(tstd, 1e-6)  # standardised L1 distance of the means
-        out.update({f"val_gen_{mode}_items": len(part), f"val_gen_{mode}_lscore": mean.tolist(),
-                    f"val_gen_{mode}_rel_err": rel.tolist(), f"val_gen_{mode}_std_dist": std_dist.tolist()})
+        std_dist = np.abs(mean - tmean) / np.maximum(
+            tstd, 1e-6
+        )  # standardised L1 distance of the means
+        out.update(
+            {
+                f"val_gen_{mode}_items": len(part),
+                f"val_gen_{mode}_lscore": mean.tolist(),
+                f"val_gen_{mode}_rel_err": rel.tolist(),
+                f"val_gen_{mode}_std_dist": std_dist.tolist(),
+            }
+        )
         totals.append(float(std_dist.sum()))
         rels.append(rel)
-    out["val_gen_std_dist_total"] = float(np.mean(totals))  # sum over terms, averaged over the modes
+    out["val_gen_std_dist_total"] = float(
+        np.mean(totals)
+    )  # sum over terms, averaged over the modes
     out["val_gen_rel_err_mean"] = float(np.mean(rels))
     return out

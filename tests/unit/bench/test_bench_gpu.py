@@ -2,6 +2,7 @@
 
 Without CUDA the gpu section reports one "skipped" line and exits 0; with CUDA ``--quick`` runs every measurement.
 The bare step's host syncs are counted on CPU: the only one is the training loop's NaN check (``all_finite``)."""
+
 import json
 
 import pytest
@@ -16,8 +17,24 @@ from weaktok.config import load_config
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the skip path is for machines without CUDA")
 def test_bench_gpu_skips_cleanly_without_cuda(tmp_path, capsys):
     # the gpu options reach run() (unknown keyword arguments would raise) and change nothing without CUDA
-    assert main(["bench", "gpu", "--no-compile", "--compile-backend", "aot_eager", "--set", "data.batch_size=128",
-                 "--shards", str(tmp_path / "none"), "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "gpu",
+                "--no-compile",
+                "--compile-backend",
+                "aot_eager",
+                "--set",
+                "data.batch_size=128",
+                "--shards",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert SKIPPED in capsys.readouterr().out
     [result] = json.loads((tmp_path / "gpu.json").read_text())["results"]
     assert result["goal"] == SKIPPED and result["passed"] is None
@@ -39,7 +56,10 @@ def test_bare_step_host_syncs_are_the_nan_check_only(bf16):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_gpu_quick_on_cuda(tmp_path):
-    assert main(["bench", "gpu", "--quick", "--compile-backend", "aot_eager", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["bench", "gpu", "--quick", "--compile-backend", "aot_eager", "--out", str(tmp_path)])
+        == 0
+    )
     results = json.loads((tmp_path / "gpu.json").read_text())["results"]
     assert not [r for r in results if r["note"].startswith("failed")], results
     syncs = next(r for r in results if r["name"] == "host syncs per bare step")

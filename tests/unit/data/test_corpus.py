@@ -12,8 +12,9 @@ import soundfile as sf
 
 from weaktok.data.corpus import CC0, README_MARKER, REAL_LOOPS, SONIC_PI_SAMPLES, build_corpus
 
-needs_samples = pytest.mark.skipif(not any(SONIC_PI_SAMPLES.glob("loop_*.flac")),
-                                   reason="sonic-pi-samples not installed")
+needs_samples = pytest.mark.skipif(
+    not any(SONIC_PI_SAMPLES.glob("loop_*.flac")), reason="sonic-pi-samples not installed"
+)
 FSLD_NAME = re.compile(r"^(\d+)_(\d+)\.wav$")
 N = 24
 
@@ -44,9 +45,14 @@ def test_fsld_layout_and_metadata(corpus):
         assert users.setdefault(entry["username"], uid) == uid  # one user id per username
         assert entry["license"] == CC0
         assert entry["tags"] and all(t == t.lower() and t.strip() == t for t in entry["tags"])
-        assert isinstance(entry["annotations"]["bpm"], int) and 60 <= entry["annotations"]["bpm"] <= 200
+        assert (
+            isinstance(entry["annotations"]["bpm"], int)
+            and 60 <= entry["annotations"]["bpm"] <= 200
+        )
         assert entry["name"] and entry["pack"] and entry["meter"]
-        assert entry["source_samples"] and all((SONIC_PI_SAMPLES / s).is_file() for s in entry["source_samples"])
+        assert entry["source_samples"] and all(
+            (SONIC_PI_SAMPLES / s).is_file() for s in entry["source_samples"]
+        )
     assert len(users) >= 3
     readme = (out / "README.txt").read_text()
     assert readme.startswith(README_MARKER) and "sonic-pi-samples" in readme and "CC0" in readme
@@ -62,7 +68,7 @@ def test_wavs_are_valid_loops(corpus):
         y, _ = sf.read(str(f), dtype="float32")
         assert 4.0 <= len(y) / 22050 <= 8.0, (f.name, len(y) / 22050)
         assert np.all(np.isfinite(y)) and np.abs(y).max() > 0.5  # peak-normalised, not silent
-        assert np.sqrt(np.mean(y ** 2)) > 1e-3
+        assert np.sqrt(np.mean(y**2)) > 1e-3
 
 
 @needs_samples
@@ -87,7 +93,9 @@ def test_corpus_spans_a_range_of_lscores(corpus):
     from weaktok.lscore.exact import exact_lscore
 
     out, _, _ = corpus
-    L = np.array([exact_lscore(sf.read(str(f), dtype="float32")[0], 22050) for f in wavs(out)])  # (N, 4)
+    L = np.array(
+        [exact_lscore(sf.read(str(f), dtype="float32")[0], 22050) for f in wavs(out)]
+    )  # (N, 4)
     timbral, density, irregularity, structural = L.T
     # measured at seed 0: density 0.59..8.2 /s, irregularity 0.016..0.46 s, structural 0.03..0.28
     assert density.min() < 2.0 and density.max() > 6.0 and np.ptp(density) > 3.0
@@ -98,12 +106,16 @@ def test_corpus_spans_a_range_of_lscores(corpus):
 
 @needs_samples
 def test_deterministic_for_a_seed(tmp_path):
-    a, b, c = (build_corpus(tmp_path / name, n=8, seed=s, progress=False) for name, s in
-               (("a", 3), ("b", 3), ("c", 4)))
+    a, b, c = (
+        build_corpus(tmp_path / name, n=8, seed=s, progress=False)
+        for name, s in (("a", 3), ("b", 3), ("c", 4))
+    )
     fa, fb, fc = wavs(tmp_path / "a"), wavs(tmp_path / "b"), wavs(tmp_path / "c")
     assert [f.name for f in fa] == [f.name for f in fb]
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
-    assert (tmp_path / "a" / "metadata.json").read_bytes() == (tmp_path / "b" / "metadata.json").read_bytes()
+    assert (tmp_path / "a" / "metadata.json").read_bytes() == (
+        tmp_path / "b" / "metadata.json"
+    ).read_bytes()
     shared = {f.read_bytes() for f in fa} & {f.read_bytes() for f in fc}
     assert len(shared) <= 1  # at most a real loop tiled the same way; every composed item differs
 
@@ -112,7 +124,11 @@ def test_fallback_synthesis_without_samples(tmp_path, capsys):
     empty = tmp_path / "no-samples"
     empty.mkdir()
     summary = build_corpus(tmp_path / "out", n=8, seed=0, samples_dir=empty, progress=False)
-    assert summary["fallback"] == "synthesis" and summary["real_loops"] == 0 and summary["composed"] == 8
+    assert (
+        summary["fallback"] == "synthesis"
+        and summary["real_loops"] == 0
+        and summary["composed"] == 8
+    )
     assert "synthesis" in capsys.readouterr().err
     assert "fallback: synthesis" in (tmp_path / "out" / "README.txt").read_text()
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
@@ -128,7 +144,9 @@ def test_rerun_replaces_consistently_and_refuses_foreign_folders(tmp_path):
     build_corpus(out, n=8, seed=0, progress=False)
     build_corpus(out, n=4, seed=1, progress=False)
     meta = json.loads((out / "metadata.json").read_text())
-    assert sorted(FSLD_NAME.match(f.name).group(1) for f in wavs(out)) == sorted(meta)  # no stale WAVs
+    assert sorted(FSLD_NAME.match(f.name).group(1) for f in wavs(out)) == sorted(
+        meta
+    )  # no stale WAVs
     foreign = tmp_path / "fsld"
     foreign.mkdir()
     (foreign / "metadata.json").write_text("{}")
@@ -149,8 +167,12 @@ def test_ingestion_path_reads_it(corpus):
 
 def test_cli_writes_a_corpus(tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "weaktok", "corpus", "--out", str(out), "--n", "6", "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "weaktok", "corpus", "--out", str(out), "--n", "6", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "6 loops" in r.stdout
     assert len(wavs(out)) == 6 and len(json.loads((out / "metadata.json").read_text())) == 6

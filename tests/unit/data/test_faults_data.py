@@ -6,6 +6,7 @@ Already covered elsewhere and not repeated here (tests/unit/data/test_loader.py)
 loader, a truncated val shard in the eval loader, a missing train shard and a checksum mismatch via the
 ``verify=`` argument.
 """
+
 import io
 import json
 import logging
@@ -32,8 +33,13 @@ def originals(folder: Path, split: str) -> dict[str, np.ndarray]:
             try:
                 for m in t:
                     if m.name.endswith(".flac"):
-                        out[m.name[:-5]] = sf.read(io.BytesIO(t.extractfile(m).read()), dtype="float32")[0]
-            except (tarfile.ReadError, sf.LibsndfileError):  # a truncated shard: what precedes the cut
+                        out[m.name[:-5]] = sf.read(
+                            io.BytesIO(t.extractfile(m).read()), dtype="float32"
+                        )[0]
+            except (
+                tarfile.ReadError,
+                sf.LibsndfileError,
+            ):  # a truncated shard: what precedes the cut
                 pass
     return out
 
@@ -51,7 +57,9 @@ def read_eval(folder, split="val", workers=0, batch=4, seconds=0.5):
 def read_train(folder, workers=0, samples=96, batch=4, seconds=0.5, epochs=1):
     keys, skipped, audio = [], 0, []
     with deadline(180, "loader"):
-        loader = train_loader(str(folder), batch, seconds, samples, num_workers=workers, shuffle_buffer=8)
+        loader = train_loader(
+            str(folder), batch, seconds, samples, num_workers=workers, shuffle_buffer=8
+        )
         for _ in range(epochs):
             for b in loader:
                 keys += b["keys"]
@@ -64,7 +72,9 @@ def assert_is_loop_crop(crop: np.ndarray, full: np.ndarray):
     """``crop`` must be ``len(crop)`` consecutive samples of ``full`` tiled: the data is intact, not corrupted."""
     tiled = np.concatenate([full] * (len(crop) // len(full) + 2))
     starts = np.flatnonzero(tiled[: len(full)] == crop[0])
-    assert any(np.array_equal(tiled[s:s + len(crop)], crop) for s in starts), "crop is not a slice of its item"
+    assert any(np.array_equal(tiled[s : s + len(crop)], crop) for s in starts), (
+        "crop is not a slice of its item"
+    )
 
 
 def truncate(path: Path, keep: float = 0.5):
@@ -77,7 +87,9 @@ def truncate(path: Path, keep: float = 0.5):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_truncated_shards_train_loader_skips_counts_and_keeps_data_intact(tmp_path, workers, caplog):
+def test_truncated_shards_train_loader_skips_counts_and_keeps_data_intact(
+    tmp_path, workers, caplog
+):
     shards = make_shards(tmp_path / "s")  # 6 train shards x 4 items
     full = originals(shards, "train")
     for i in (1, 3, 5):  # half the shards: every resampled stream meets one
@@ -89,8 +101,11 @@ def test_truncated_shards_train_loader_skips_counts_and_keeps_data_intact(tmp_pa
     for key, crop in audio:
         assert_is_loop_crop(crop, full[key])
     if workers == 0:  # worker processes log in their own process
-        assert "train-000001.tar" in caplog.text or "train-000003.tar" in caplog.text \
+        assert (
+            "train-000001.tar" in caplog.text
+            or "train-000003.tar" in caplog.text
             or "train-000005.tar" in caplog.text
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -103,7 +118,9 @@ def test_truncated_shard_eval_loader_loses_only_the_cut_items(tmp_path, workers,
     with caplog.at_level(logging.WARNING, logger="weaktok.data.loader"):
         keys, skipped, audio = read_eval(shards, workers=workers)
     others = {k for k in full if not "val0016" <= k <= "val0019"}
-    assert others <= set(keys) and len(keys) == len(set(keys))  # nothing outside the cut is lost or repeated
+    assert others <= set(keys) and len(keys) == len(
+        set(keys)
+    )  # nothing outside the cut is lost or repeated
     assert set(keys) - others <= survivors
     assert skipped >= 1 and len(keys) + skipped >= len(full) - 4
     for k in keys:  # deterministic crop from the start: exactly the original samples
@@ -125,7 +142,9 @@ def test_checksum_mismatch_is_caught_by_the_config_switch(tmp_path):
     data[at + 13] = ord("9")  # 0.5 -> 0.9
     victim.write_bytes(bytes(data))
     cfg = load_config("tiny", [f"data.shards={shards}", "data.verify_shards=true"])
-    with pytest.raises(ShardsError, match=r"shard corrupted: .*train-000002.tar does not match the sha256"):
+    with pytest.raises(
+        ShardsError, match=r"shard corrupted: .*train-000002.tar does not match the sha256"
+    ):
         train_loader(cfg.data.shards, 2, 0.5, 4, num_workers=0, verify=cfg.data.verify_shards)
     val = shards / "val-000001.tar"
     data = bytearray(val.read_bytes())
@@ -137,24 +156,33 @@ def test_checksum_mismatch_is_caught_by_the_config_switch(tmp_path):
     # default off (hashing every shard at start-up costs time on big datasets): the changed value then goes
     # through unnoticed, which is exactly what the switch is for
     assert load_config("tiny").data.verify_shards is False
-    lscores = {k: ls for b in eval_loader(str(shards), "val", 2, 0.5) for k, ls in zip(b["keys"], b["lscore"])}
+    lscores = {
+        k: ls
+        for b in eval_loader(str(shards), "val", 2, 0.5)
+        for k, ls in zip(b["keys"], b["lscore"])
+    }
     assert float(lscores["val0004"][0]) == pytest.approx(0.9)
 
 
 def test_train_verifies_before_any_compute(tmp_path):
     """weaktok.train checks the train and val splits with data.verify_shards before it starts ranks or the model."""
     from weaktok.train import train
+
     shards = make_shards(tmp_path / "s")
     victim = shards / "train-000000.tar"
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
-    cfg = load_config("tiny", [f"data.shards={shards}", "data.verify_shards=true", "audio.sample_rate=8000"])
+    cfg = load_config(
+        "tiny", [f"data.shards={shards}", "data.verify_shards=true", "audio.sample_rate=8000"]
+    )
     with pytest.raises(ShardsError, match="train-000000.tar"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written
     shards = make_shards(tmp_path / "s2")  # the validation split too: it is read every epoch
     victim = next(iter(sorted(shards.glob("val-*.tar"))))
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
-    cfg = load_config("tiny", [f"data.shards={shards}", "data.verify_shards=true", "audio.sample_rate=8000"])
+    cfg = load_config(
+        "tiny", [f"data.shards={shards}", "data.verify_shards=true", "audio.sample_rate=8000"]
+    )
     with pytest.raises(ShardsError, match=victim.name):
         train(cfg, tmp_path / "run2")
     assert not (tmp_path / "run2").exists()
@@ -167,7 +195,9 @@ def test_train_verifies_before_any_compute(tmp_path):
 def test_missing_shard_is_an_error_naming_it_in_both_loaders(tmp_path):
     shards = make_shards(tmp_path / "s")
     (shards / "val-000003.tar").unlink()
-    with pytest.raises(ShardsError, match=r"shard missing: .*val-000003.tar \(listed in .*manifest.json\)"):
+    with pytest.raises(
+        ShardsError, match=r"shard missing: .*val-000003.tar \(listed in .*manifest.json\)"
+    ):
         eval_loader(str(shards), "val", 2, 0.5)
     (shards / "train-000005.tar").unlink()
     with pytest.raises(ShardsError, match=r"shard missing: .*train-000005.tar"):
@@ -183,7 +213,9 @@ def test_shard_deleted_after_the_loader_started_is_skipped_and_counted(tmp_path,
     else:
         loader = eval_loader(str(shards), "val", 4, 0.5)
     for i in (0, 2, 4):
-        (shards / f"{split}-{i:06d}.tar").unlink()  # gone between listing and reading (e.g. a cleanup job)
+        (
+            shards / f"{split}-{i:06d}.tar"
+        ).unlink()  # gone between listing and reading (e.g. a cleanup job)
     keys, skipped = [], 0
     with caplog.at_level(logging.WARNING, logger="weaktok.data.loader"), deadline(120, "loader"):
         for b in loader:
@@ -192,7 +224,9 @@ def test_shard_deleted_after_the_loader_started_is_skipped_and_counted(tmp_path,
     assert skipped >= 1 and "cannot open" in caplog.text
     assert any(f"{split}-00000{i}.tar: cannot open" in caplog.text for i in (0, 2, 4))
     if kind == "eval":
-        assert sorted(keys) == sorted(k for k in originals(shards, "val"))  # the 3 shards still there, whole
+        assert sorted(keys) == sorted(
+            k for k in originals(shards, "val")
+        )  # the 3 shards still there, whole
         assert skipped == 3
     else:
         assert len(keys) == 96 and all(int(k[5:]) // 4 in (1, 3, 5) for k in keys)
@@ -205,6 +239,7 @@ def test_shard_deleted_after_the_loader_started_is_skipped_and_counted(tmp_path,
 def _rewrite_item(folder: Path, split: str, key: str, change):
     """Rebuild the shard holding ``key`` with ``change(members) -> members`` applied to that item; fix the sha256."""
     from weaktok.data.manifest import sha256_file
+
     manifest = load_manifest(folder)
     for entry in manifest["splits"][split]["shards"]:
         path = folder / entry["file"]
@@ -235,12 +270,24 @@ def _rewrite_item(folder: Path, split: str, key: str, change):
 def _bad_items(shards: Path, split: str):
     """Five different bad items in one split; returns their keys."""
     _rewrite_item(shards, split, f"{split}0001", lambda it: {"json": it["json"]})  # no audio member
-    _rewrite_item(shards, split, f"{split}0005", lambda it: {**it, "json": b"[1, 2, 3]"})  # meta not a mapping
-    _rewrite_item(shards, split, f"{split}0009",
-                  lambda it: {**it, "json": json.dumps({"lscore": [0.1, "x"]}).encode()})  # lscore malformed
-    _rewrite_item(shards, split, f"{split}0013",  # another sample rate than the manifest's 8000 Hz
-                  lambda it: {**it, "flac": _flac_at(np.full(4000, 0.1, np.float32), 16000)})
-    _rewrite_item(shards, split, f"{split}0017", lambda it: {**it, "json": b"{not json"})  # json does not parse
+    _rewrite_item(
+        shards, split, f"{split}0005", lambda it: {**it, "json": b"[1, 2, 3]"}
+    )  # meta not a mapping
+    _rewrite_item(
+        shards,
+        split,
+        f"{split}0009",
+        lambda it: {**it, "json": json.dumps({"lscore": [0.1, "x"]}).encode()},
+    )  # lscore malformed
+    _rewrite_item(
+        shards,
+        split,
+        f"{split}0013",  # another sample rate than the manifest's 8000 Hz
+        lambda it: {**it, "flac": _flac_at(np.full(4000, 0.1, np.float32), 16000)},
+    )
+    _rewrite_item(
+        shards, split, f"{split}0017", lambda it: {**it, "json": b"{not json"}
+    )  # json does not parse
     return {f"{split}{i:04d}" for i in (1, 5, 9, 13, 17)}
 
 
@@ -259,11 +306,17 @@ def test_bad_items_are_skipped_and_counted_in_eval(tmp_path, workers, caplog):
     assert skipped == 5  # the old loader crashed in collate on the malformed metadata
     assert sorted(keys) == sorted(f"val{i:04d}" for i in range(24) if f"val{i:04d}" not in bad)
     if workers == 0:
-        for key, why in (("val0001", "no .flac member"), ("val0005", "not a mapping"),
-                         ("val0009", "'lscore' must be a list of 4 numbers"), ("val0013", "sample rate 16000 Hz"),
-                         ("val0017", "JSONDecodeError")):
+        for key, why in (
+            ("val0001", "no .flac member"),
+            ("val0005", "not a mapping"),
+            ("val0009", "'lscore' must be a list of 4 numbers"),
+            ("val0013", "sample rate 16000 Hz"),
+            ("val0017", "JSONDecodeError"),
+        ):
             line = next(line for line in caplog.text.splitlines() if f"item {key}" in line)
-            assert why in line and "val-00000" in line and ".tar" in line  # the file and the item are named
+            assert (
+                why in line and "val-00000" in line and ".tar" in line
+            )  # the file and the item are named
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -285,7 +338,9 @@ def test_bad_items_are_skipped_and_counted_in_train(tmp_path, workers):
 def test_items_dropped_after_the_last_full_batch_are_still_counted(tmp_path):
     shards = make_shards(tmp_path / "s", corrupt={"val0020", "val0021", "val0022", "val0023"})
     keys, skipped, _ = read_eval(shards, batch=4)
-    assert len(keys) == 20 and skipped == 4  # the old loader reported 0: no batch came after the drops
+    assert (
+        len(keys) == 20 and skipped == 4
+    )  # the old loader reported 0: no batch came after the drops
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -308,7 +363,9 @@ def test_all_corrupt_eval_split_is_an_error_naming_the_shards(tmp_path, workers)
     shards = make_shards(tmp_path / "s")
     for p in shards.glob("val-*.tar"):
         p.write_bytes(b"\x00garbage" * 500)
-    with pytest.raises(ShardsError, match=r"split 'val': no readable item in its shards .*val-000000.tar"):
+    with pytest.raises(
+        ShardsError, match=r"split 'val': no readable item in its shards .*val-000000.tar"
+    ):
         read_eval(shards, workers=workers)
 
 
@@ -316,15 +373,24 @@ def test_all_corrupt_eval_split_is_an_error_naming_the_shards(tmp_path, workers)
 # malformed manifests are errors naming the manifest, not KeyErrors deep in a worker
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda m: m["splits"]["val"]["shards"][0].update(file="../../etc/passwd"), "entries must be plain file names"),
-    (lambda m: m["splits"]["val"]["shards"][0].update(file="/etc/passwd"), "entries must be plain file names"),
-    (lambda m: m["splits"]["val"]["shards"][0].pop("file"), "lists None as a shard"),
-    (lambda m: m["splits"]["val"].pop("shards"), "split 'val' has no 'shards' list"),
-    (lambda m: m.update(splits=[1, 2]), "no 'splits' mapping"),
-    (lambda m: m.pop("sample_rate"), "'sample_rate' must be a positive integer"),
-    (lambda m: m.update(sample_rate="22050"), "'sample_rate' must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (
+            lambda m: m["splits"]["val"]["shards"][0].update(file="../../etc/passwd"),
+            "entries must be plain file names",
+        ),
+        (
+            lambda m: m["splits"]["val"]["shards"][0].update(file="/etc/passwd"),
+            "entries must be plain file names",
+        ),
+        (lambda m: m["splits"]["val"]["shards"][0].pop("file"), "lists None as a shard"),
+        (lambda m: m["splits"]["val"].pop("shards"), "split 'val' has no 'shards' list"),
+        (lambda m: m.update(splits=[1, 2]), "no 'splits' mapping"),
+        (lambda m: m.pop("sample_rate"), "'sample_rate' must be a positive integer"),
+        (lambda m: m.update(sample_rate="22050"), "'sample_rate' must be a positive integer"),
+    ],
+)
 def test_malformed_manifest_is_a_clear_error(tmp_path, change, needle):
     shards = make_shards(tmp_path / "s")
     manifest = json.loads((shards / MANIFEST).read_text())

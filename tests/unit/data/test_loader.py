@@ -1,7 +1,7 @@
 """Streaming loaders: shapes, epochs, loop-aware crops, exact eval coverage across ranks, corrupt items, errors."""
+
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +31,23 @@ def make_shards(folder: Path, n_items=24, per_shard=4, corrupt=(), no_audio=()) 
             for i in range(n_items):
                 key = f"{split}{i:04d}"
                 y = (0.1 * rng.standard_normal(SR // 2 + 37 * i)).astype(np.float32)
-                sample = {"__key__": key, "json": json.dumps({"id": key, "lscore": [0.5, 3.0, 0.1, 0.2]}).encode()}
+                sample = {
+                    "__key__": key,
+                    "json": json.dumps({"id": key, "lscore": [0.5, 3.0, 0.1, 0.2]}).encode(),
+                }
                 if key not in no_audio:
                     sample["flac"] = b"garbage, not flac" if key in corrupt else _flac(y)
                 w.write(sample)
-        shards = [{"file": p.name, "items": per_shard, "sha256": sha256_file(p)}
-                  for p in sorted(folder.glob(f"{split}-*.tar"))]
+        shards = [
+            {"file": p.name, "items": per_shard, "sha256": sha256_file(p)}
+            for p in sorted(folder.glob(f"{split}-*.tar"))
+        ]
         entries.append((split, shards))
-    manifest = {"sample_rate": SR, "splits": {s: {"count": n_items, "seconds": 0, "shards": sh} for s, sh in entries},
-                "lscore_target": {"mean": [0.5, 3.0, 0.1, 0.2], "std": [0.1, 1.0, 0.05, 0.1]}}
+    manifest = {
+        "sample_rate": SR,
+        "splits": {s: {"count": n_items, "seconds": 0, "shards": sh} for s, sh in entries},
+        "lscore_target": {"mean": [0.5, 3.0, 0.1, 0.2], "std": [0.1, 1.0, 0.05, 0.1]},
+    }
     write_manifest(folder, manifest)
     return folder
 
@@ -52,7 +60,9 @@ def test_loop_crop_wraps():
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_loader_fixed_epoch_and_shapes(tmp_path, workers):
     shards = make_shards(tmp_path / "s")
-    loader = train_loader(str(shards), batch_size=3, clip_seconds=0.75, samples_per_rank=12, num_workers=workers)
+    loader = train_loader(
+        str(shards), batch_size=3, clip_seconds=0.75, samples_per_rank=12, num_workers=workers
+    )
     batches = list(loader)
     assert len(batches) == 4  # ceil(12/3) = 4 batches per rank (2 per worker when there are 2)
     for b in batches:
@@ -68,8 +78,16 @@ def test_train_loader_repeats_for_a_seed_and_differs_across_seeds(tmp_path):
     shards = make_shards(tmp_path / "s")
 
     def stream(seed, epoch=0):
-        loader = train_loader(str(shards), batch_size=3, clip_seconds=0.25, samples_per_rank=12, num_workers=0,
-                              shuffle_buffer=8, seed=seed, epoch=epoch)
+        loader = train_loader(
+            str(shards),
+            batch_size=3,
+            clip_seconds=0.25,
+            samples_per_rank=12,
+            num_workers=0,
+            shuffle_buffer=8,
+            seed=seed,
+            epoch=epoch,
+        )
         return [(k, float(a.sum())) for b in loader for k, a in zip(b["keys"], b["audio"])]
 
     assert stream(3) == stream(3)

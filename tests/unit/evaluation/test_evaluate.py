@@ -1,8 +1,8 @@
 """Evaluation on a tiny trained model: Table 1 on generated regions with baselines, intervals and seeds; the
 distribution metrics, the bypass ablation and the rulers in table1.json; markdown, plots and the CLI's errors."""
+
 import json
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +22,18 @@ def evaluated(tmp_path_factory):
 
     shards, run = tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("eval")
-    t = evaluate([run, run / "final" / "model.pt"], out, split="test", n_gen=3, steps=2, seconds=SECONDS,
-                 guidance_steps=2, device="cpu", n_boot=200, target_items=12)
+    t = evaluate(
+        [run, run / "final" / "model.pt"],
+        out,
+        split="test",
+        n_gen=3,
+        steps=2,
+        seconds=SECONDS,
+        guidance_steps=2,
+        device="cpu",
+        n_boot=200,
+        target_items=12,
+    )
     return t, out, shards, run
 
 
@@ -31,7 +41,11 @@ def test_table1_json_has_every_field_with_intervals(evaluated):
     table, out, _, _ = evaluated
     t = json.loads((out / "table1.json").read_text())
     assert t["names"] == ["timbral", "density", "irregularity", "structural"]
-    assert len(t["seeds"]) == 2 and t["n_items"]["generated_per_seed"] == 3 and t["n_items"]["target"] == 12
+    assert (
+        len(t["seeds"]) == 2
+        and t["n_items"]["generated_per_seed"] == 3
+        and t["n_items"]["target"] == 12
+    )
     for m in ("uncond", "seed"):
         s = t[m]["pooled"]
         assert s["n"] == 6 and len(s["mean"]) == 4 and t[m]["seeds"] == 2
@@ -78,7 +92,9 @@ def test_seed_rows_score_only_the_inpainted_region(evaluated):
     assert reg["uncond"]["seconds"] == pytest.approx(SECONDS, abs=1e-3)
     start = reg["seed"]["start_sample"]
     assert start == pytest.approx(reg["seed"]["start_s"] * 22050, abs=12)
-    audio = np.concatenate([b["audio"].numpy() for b in eval_loader(str(shards), "test", 8, SECONDS)])
+    audio = np.concatenate(
+        [b["audio"].numpy() for b in eval_loader(str(shards), "test", 8, SECONDS)]
+    )
     whole = np.stack([exact_lscore(a, 22050) for a in audio]).mean(0)
     hole = np.stack([exact_lscore(a[start:], 22050) for a in audio]).mean(0)
     assert np.allclose(t["baselines"]["data"]["uncond"]["mean"], whole, rtol=1e-4)
@@ -117,16 +133,37 @@ def test_markdown_quotes_the_papers_eight_cells_and_plots_exist(evaluated):
     md = (out / "table1.md").read_text()
     for cell in ("0.409", "2.962", "0.739", "0.496", "0.502", "6.667", "0.067", "0.571"):
         assert cell in md, cell
-    for section in ("## Baselines", "copy_seed", "prior_noise", "## Distributions", "## Bypass ablation",
-                    "predefined", "in-painted region only", "## What the rulers read"):
+    for section in (
+        "## Baselines",
+        "copy_seed",
+        "prior_noise",
+        "## Distributions",
+        "## Bypass ablation",
+        "predefined",
+        "in-painted region only",
+        "## What the rulers read",
+    ):
         assert section in md, section
     for name in ("rel_err.png", "lscore_hist.png", "examples_0.png", "training_curves.png"):
         assert (out / name).stat().st_size > 5000, name
 
 
 def test_cli_missing_checkpoint_names_the_path(tmp_path):
-    r = subprocess.run([venv_bin("weaktok"), "evaluate", "--checkpoint", str(tmp_path / "no_run"), "--out",
-                        str(tmp_path / "e")], capture_output=True, text=True, env=cpu_env(), cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [
+            venv_bin("weaktok"),
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "no_run"),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cpu_env(),
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 2 and str(tmp_path / "no_run") in r.stderr
 
 
@@ -143,10 +180,23 @@ def test_evaluate_on_cuda(tmp_path_factory):
     from weaktok.evaluation.evaluate import evaluate
 
     _, run = tiny_model(tmp_path_factory)
-    t = evaluate(run, tmp_path_factory.mktemp("eval_cuda"), split="test", n_gen=2, steps=2, seconds=2.0,
-                 guidance_steps=2, device="cuda", n_boot=100, target_items=8, rulers=False)
+    t = evaluate(
+        run,
+        tmp_path_factory.mktemp("eval_cuda"),
+        split="test",
+        n_gen=2,
+        steps=2,
+        seconds=2.0,
+        guidance_steps=2,
+        device="cuda",
+        n_boot=100,
+        target_items=8,
+        rulers=False,
+    )
     assert t["device"] == "cuda" and t["seed"]["pooled"]["n"] == 2
-    assert all(np.isfinite(t[m]["pooled"]["mean"]).all() for m in ("uncond", "seed", "uncond_guided"))
+    assert all(
+        np.isfinite(t[m]["pooled"]["mean"]).all() for m in ("uncond", "seed", "uncond_guided")
+    )
 
 
 def test_scorer_onset_presets():

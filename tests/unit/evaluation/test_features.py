@@ -2,6 +2,7 @@
 centroid and zero-crossing rate, a burst train's onset rate, silence), no numba kernel on its path, and the
 distribution metrics against closed forms (Fréchet distance of Gaussians) or constructed cases (same vs shifted
 distributions, copies vs fresh draws, separable vs identical sets)."""
+
 import sys
 
 import numpy as np
@@ -55,7 +56,17 @@ def test_features_of_sine_noise_and_silence_are_finite_and_tell_them_apart():
     assert np.all(np.isfinite(f))
     s, w, z = f[0], f[1], f[2]
     # the sine: its pitch class, its frequency as centroid, 2 f / sr crossings per sample, tonal
-    assert np.argmax(s[[FEATURE_NAMES.index(f"chroma_mean_{p}") for p in ("C", "D", "E", "F", "G", "A", "B")]]) == 5
+    assert (
+        np.argmax(
+            s[
+                [
+                    FEATURE_NAMES.index(f"chroma_mean_{p}")
+                    for p in ("C", "D", "E", "F", "G", "A", "B")
+                ]
+            ]
+        )
+        == 5
+    )
     assert col(s, "centroid_mean") == pytest.approx(441.0, rel=0.03)
     assert col(s, "zcr_mean") == pytest.approx(2 * 441.0 / SR, rel=0.02)
     assert col(s, "rms_mean") == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
@@ -79,7 +90,9 @@ def test_onset_rate_of_a_burst_train():
 
 
 def test_zero_crossing_threshold_counts_tiny_samples_as_zero():
-    f = clip_features(1e-12 * np.sign(noise()), SR)  # every sample +-1e-12: all "zero", none crosses
+    f = clip_features(
+        1e-12 * np.sign(noise()), SR
+    )  # every sample +-1e-12: all "zero", none crosses
     assert col(f, "zcr_mean") == 0
 
 
@@ -111,7 +124,9 @@ def test_no_numba_kernel_runs(monkeypatch):
                     monkeypatch.setattr(module, attr, forbidden)
                     patched += 1
     assert patched >= 10  # the dispatchers, GUFuncs, DUFuncs and stencils
-    with pytest.raises(AssertionError, match="numba kernel ran"):  # the guard bites: librosa's own zcr is numba
+    with pytest.raises(
+        AssertionError, match="numba kernel ran"
+    ):  # the guard bites: librosa's own zcr is numba
         librosa.feature.zero_crossing_rate(y)
     np.testing.assert_array_equal(clip_features(y, SR), expected)
 
@@ -128,7 +143,9 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     # equal covariances: FD = ||mu_a - mu_b||^2
     shifts = [0.5, 1.0, 2.0]
     fds = [frechet_distance(a, rng.normal(size=(n, d)) + np.array([s, 0, 0, 0])) for s in shifts]
-    np.testing.assert_allclose(fds, np.square(shifts), rtol=0.05, atol=0.01)  # mean-estimate noise ~ 0.01 s
+    np.testing.assert_allclose(
+        fds, np.square(shifts), rtol=0.05, atol=0.01
+    )  # mean-estimate noise ~ 0.01 s
     # equal means, C_a = I, C_b = 4 I: FD = d (1 + 4 - 2 * 2) = d
     assert frechet_distance(a, 2.0 * rng.normal(size=(n, d))) == pytest.approx(d, rel=0.03)
 
@@ -184,5 +201,11 @@ def test_memorisation_flags_copies_and_not_fresh_draws():
     # z-scored by the training set inside: a per-feature rescaling of all inputs changes nothing
     gen = rng.normal(size=(150, 5))
     scale = np.array([1.0, 10.0, 1e3, 0.1, 5.0])
-    a, b = memorisation(gen, train, heldout), memorisation(gen * scale, train * scale, heldout * scale)
-    assert a["ratio"] == pytest.approx(b["ratio"]) and a["near_copy_fraction"] == b["near_copy_fraction"]
+    a, b = (
+        memorisation(gen, train, heldout),
+        memorisation(gen * scale, train * scale, heldout * scale),
+    )
+    assert (
+        a["ratio"] == pytest.approx(b["ratio"])
+        and a["near_copy_fraction"] == b["near_copy_fraction"]
+    )

@@ -32,8 +32,20 @@ from weaktok.lscore.peaks import onset_detect
 SR, SECONDS = 22050, 8.0
 HAVE_AMEN = (rulers.SAMPLES_DIR / "loop_amen.flac").exists()
 HAVE_DRONE = (rulers.SAMPLES_DIR / "ambi_drone.flac").exists()
-FIELDS = ("name", "what", "timbral", "density", "irregularity", "structural", "expected_density",
-          "expected_irregularity", "abs_err", "density_clicks", "irregularity_clicks", "abs_err_clicks")
+FIELDS = (
+    "name",
+    "what",
+    "timbral",
+    "density",
+    "irregularity",
+    "structural",
+    "expected_density",
+    "expected_irregularity",
+    "abs_err",
+    "density_clicks",
+    "irregularity_clicks",
+    "abs_err_clicks",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +55,13 @@ def rows():
 
 def test_reference_signals_have_the_asked_length_and_are_finite():
     sigs = reference_signals(SR, SECONDS)
-    names = {f"click_{f}hz" for f in CLICK_RATES} | {"click_jitter_6hz", "drone", "white_noise", "sine_440hz",
-                                                     "silence"}
+    names = {f"click_{f}hz" for f in CLICK_RATES} | {
+        "click_jitter_6hz",
+        "drone",
+        "white_noise",
+        "sine_440hz",
+        "silence",
+    }
     assert names <= set(sigs)
     assert ({"amen_loop", "amen_shuffled"} <= set(sigs)) == HAVE_AMEN
     for name, y in sigs.items():
@@ -78,8 +95,12 @@ def test_rows_carry_all_fields(rows):
         assert all(v is not None and np.isfinite(v) for v in measured), r["name"]
     for f in CLICK_RATES:
         r = rows[f"click_{f}hz"]
-        assert r["expected_irregularity"] == 0.0 and r["abs_err"] == abs(r["density"] - r["expected_density"])
-        assert abs(r["expected_density"] - f) <= 1.0 / SECONDS + 0.15  # f/s minus what the 0.1 s lead-in drops
+        assert r["expected_irregularity"] == 0.0 and r["abs_err"] == abs(
+            r["density"] - r["expected_density"]
+        )
+        assert (
+            abs(r["expected_density"] - f) <= 1.0 / SECONDS + 0.15
+        )  # f/s minus what the 0.1 s lead-in drops
     table = ruler_markdown(list(rows.values()))
     assert table.count("\n") == len(rows) + 1 and "density (clicks)" in table
 
@@ -87,7 +108,9 @@ def test_rows_carry_all_fields(rows):
 def test_paper_default_reproduces_the_measured_detector(rows):
     for f in (1, 2, 4, 8):  # slow trains are counted right
         assert rows[f"click_{f}hz"]["density"] == pytest.approx(f, abs=0.5)
-    assert rows["click_12hz"]["density"] < 10.5  # measured 8.875: fast trains after a silent lead-in collapse
+    assert (
+        rows["click_12hz"]["density"] < 10.5
+    )  # measured 8.875: fast trains after a silent lead-in collapse
     assert rows["click_16hz"]["density"] < 10.0  # 7.5
     assert rows["click_20hz"]["density"] < 1.0  # 0.125: only the first click
     assert rows["white_noise"]["density"] > 1.0  # 4.0 for this seed: onsets in stationary noise
@@ -97,7 +120,12 @@ def test_paper_default_reproduces_the_measured_detector(rows):
 
 def test_silence_gives_finite_zero_output(rows):
     r = rows["silence"]
-    assert [r[k] for k in ("timbral", "density", "irregularity", "structural")] == [0.0, 0.0, 0.0, 0.0]
+    assert [r[k] for k in ("timbral", "density", "irregularity", "structural")] == [
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
     assert np.array_equal(exact_lscore(np.zeros(SR, np.float32), SR, onset="clicks"), np.zeros(4))
 
 
@@ -107,12 +135,15 @@ def test_clicks_preset_counts_click_trains_and_ignores_steady_sounds(rows):
         assert r["abs_err_clicks"] <= 0.1 * r["expected_density"], (f, r["density_clicks"])
     assert rows["click_16hz"]["density_clicks"] == pytest.approx(16.0, rel=0.1)
     assert rows["click_jitter_6hz"]["irregularity_clicks"] == pytest.approx(
-        rows["click_jitter_6hz"]["expected_irregularity"], abs=0.006)  # measured 0.0485 vs 0.0480
+        rows["click_jitter_6hz"]["expected_irregularity"], abs=0.006
+    )  # measured 0.0485 vs 0.0480
     for name in ("drone", "white_noise", "sine_440hz"):
         assert rows[name]["density_clicks"] <= 0.25, name  # measured 0.0 each
     y = reference_signals(SR, 2.0)["click_4hz"]
     paper, clicks = exact_lscore(y, SR), exact_lscore(y, SR, onset="clicks")
-    assert paper[0] == clicks[0] and paper[3] == clicks[3]  # the preset touches only the onset terms
+    assert (
+        paper[0] == clicks[0] and paper[3] == clicks[3]
+    )  # the preset touches only the onset terms
     with pytest.raises(ValueError, match="onset"):
         exact_lscore(np.zeros(SR, np.float32), SR, onset="nope")
 
@@ -121,9 +152,17 @@ def _paper_lscore(y, sr):
     """The exact L-Score as written before the onset presets existed (the librosa defaults, spelled out)."""
     power = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP)) ** 2
     mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, fmax=0.5 * sr))
-    onsets = onset_detect(librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=HOP, n_fft=N_FFT), sr, HOP)
-    return np.array([timbral_exact(power), density_exact(onsets, y.size / sr), irregularity_exact(onsets),
-                     structural_exact(power, sr)])
+    onsets = onset_detect(
+        librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=HOP, n_fft=N_FFT), sr, HOP
+    )
+    return np.array(
+        [
+            timbral_exact(power),
+            density_exact(onsets, y.size / sr),
+            irregularity_exact(onsets),
+            structural_exact(power, sr),
+        ]
+    )
 
 
 def test_default_output_is_unchanged_bit_for_bit():
@@ -133,8 +172,10 @@ def test_default_output_is_unchanged_bit_for_bit():
             y = sigs[name]
             assert np.array_equal(exact_lscore(y, SR), _paper_lscore(y, SR)), name
             assert np.array_equal(exact_lscore(y, SR), exact_lscore(y, SR, onset="paper")), name
-    assert np.array_equal(power_spectrogram(sigs["sine_440hz"]),
-                          np.abs(librosa.stft(sigs["sine_440hz"], n_fft=N_FFT, hop_length=HOP)) ** 2)
+    assert np.array_equal(
+        power_spectrogram(sigs["sine_440hz"]),
+        np.abs(librosa.stft(sigs["sine_440hz"], n_fft=N_FFT, hop_length=HOP)) ** 2,
+    )
 
 
 @pytest.mark.skipif(not HAVE_AMEN, reason="sonic-pi loop_amen.flac not installed")

@@ -1,6 +1,7 @@
 """weaktok.evaluation.stats: bootstrap intervals that cover, relative errors that are exact, a sampled target that
 widens the interval by the expected amount, NaN items dropped per term, a stratified seed pool that weighs seeds
 equally, and determinism."""
+
 import json
 
 import numpy as np
@@ -16,9 +17,13 @@ def test_ci_of_the_mean_covers_mu_at_its_nominal_rate_with_the_normal_width():
     s = summarize(v, np.full(reps, mu), n_boot=1000, seed=0)
     ci = np.array(s["ci95"])  # (reps, 2)
     coverage = np.mean((ci[:, 0] <= mu) & (mu <= ci[:, 1]))
-    assert 0.90 <= coverage <= 0.99, coverage  # ~0.93-0.95 expected (percentile intervals undercover slightly)
+    assert 0.90 <= coverage <= 0.99, (
+        coverage
+    )  # ~0.93-0.95 expected (percentile intervals undercover slightly)
     width = np.median(ci[:, 1] - ci[:, 0])
-    assert width == pytest.approx(2 * 1.96 / np.sqrt(n), rel=0.1)  # the normal-theory width for sd 1
+    assert width == pytest.approx(
+        2 * 1.96 / np.sqrt(n), rel=0.1
+    )  # the normal-theory width for sd 1
 
 
 def test_rel_err_is_exact_on_constant_data():
@@ -49,7 +54,9 @@ def test_target_samples_widen_rel_err_ci_by_their_own_sampling_noise():
     # equal sizes and spreads: var(mean_v - mean_t) = 2 var(mean_v), so the width grows by sqrt(2)
     np.testing.assert_allclose(w_sampled / w_fixed, np.sqrt(2), rtol=0.12)
     # the mean's own interval does not depend on the target
-    np.testing.assert_allclose(np.diff(fixed["ci95"], axis=1), np.diff(sampled["ci95"], axis=1), rtol=0.1)
+    np.testing.assert_allclose(
+        np.diff(fixed["ci95"], axis=1), np.diff(sampled["ci95"], axis=1), rtol=0.1
+    )
 
 
 def test_nan_items_are_dropped_per_term_and_n_is_reported_per_term():
@@ -63,7 +70,11 @@ def test_nan_items_are_dropped_per_term_and_n_is_reported_per_term():
     assert s["std"][1] == pytest.approx(np.nanstd(v[:, 1]))
     lo, hi = s["ci95"][1]
     assert lo < s["mean"][1] < hi
-    assert s["mean"][2] is None and s["ci95"][2] == [None, None] and s["rel_err_ci95"][2] == [None, None]
+    assert (
+        s["mean"][2] is None
+        and s["ci95"][2] == [None, None]
+        and s["rel_err_ci95"][2] == [None, None]
+    )
     json.dumps(s, allow_nan=False)  # JSON-ready: no NaN anywhere
     # without NaN, n is one int; a NaN in the target's samples is dropped too
     t = rng.normal(0.5, 1.0, size=(20, 3))
@@ -77,7 +88,11 @@ def test_pooled_over_one_seed_is_summarize_and_seeds_weigh_equally():
     v = rng.normal(1.0, 1.0, size=(50, 4))
     one = summarize_seeds([v], np.ones(4), n_boot=500, seed=9)
     assert one["pooled"] == summarize(v, np.ones(4), n_boot=500, seed=9)
-    assert one["seeds"] == 1 and one["sd_over_seeds"] is None and one["rel_err_over_seeds"]["sd"] is None
+    assert (
+        one["seeds"] == 1
+        and one["sd_over_seeds"] is None
+        and one["rel_err_over_seeds"]["sd"] is None
+    )
     # three seeds of constant scores 1, 2, 3 with 10, 20, 30 items: equal weight gives 2 (item weight: 2.33)
     seeds = [np.full((10 * (i + 1), 2), float(i + 1)) for i in range(3)]
     s = summarize_seeds(seeds, [2.0, 4.0], n_boot=500)
@@ -96,7 +111,9 @@ def test_bootstrap_is_deterministic_for_a_seed():
     v = np.random.default_rng(6).normal(size=(40, 2))
     t = np.random.default_rng(8).normal(size=(30, 2))
     assert summarize(v, t, n_boot=300, seed=2) == summarize(v, t, n_boot=300, seed=2)
-    assert summarize(v, t, n_boot=300, seed=2)["ci95"] != summarize(v, t, n_boot=300, seed=3)["ci95"]
+    assert (
+        summarize(v, t, n_boot=300, seed=2)["ci95"] != summarize(v, t, n_boot=300, seed=3)["ci95"]
+    )
     a = summarize_seeds([v, v[:20] + 1], t, n_boot=300, seed=2)
     assert a == summarize_seeds([v, v[:20] + 1], t, n_boot=300, seed=2)
 

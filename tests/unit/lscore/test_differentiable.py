@@ -19,9 +19,9 @@ from weaktok.lscore.calibrate import (
     calibrate,
     calibration_set,
     chord_sequence,
-    random_chords,
     front_end_power,
     plot_calibration,
+    random_chords,
     real_loops,
 )
 
@@ -46,9 +46,12 @@ def clicks(rate, seconds=6.0, jitter=0.0, seed=0):
 
 def test_timbral_twin_equals_exact_on_the_same_stft():
     rng = np.random.default_rng(0)
-    ys = [0.3 * rng.standard_normal(3 * SR).astype(np.float32),
-          0.5 * np.sin(2 * np.pi * 440.0 * np.arange(3 * SR) / SR).astype(np.float32),
-          clicks(4.0, 3.0), chord_sequence(random_chords(6, rng), 3.0, SR)]
+    ys = [
+        0.3 * rng.standard_normal(3 * SR).astype(np.float32),
+        0.5 * np.sin(2 * np.pi * 440.0 * np.arange(3 * SR) / SR).astype(np.float32),
+        clicks(4.0, 3.0),
+        chord_sequence(random_chords(6, rng), 3.0, SR),
+    ]
     ys += [y for _, y in real_loops(SR)[:3]]
     for y in ys:
         twin = timbral_complexity(exact_stft_power(y)).item()
@@ -59,7 +62,10 @@ def test_timbral_twin_equals_exact_on_the_same_stft():
 def test_soft_density_on_click_trains(rate):
     y = clicks(rate)
     truth = exact_lscore(y, SR)[1]
-    for power, n_fft, hop in [(front_end_power(y, SR), 1024, 256), (exact_stft_power(y), 2048, 512)]:
+    for power, n_fft, hop in [
+        (front_end_power(y, SR), 1024, 256),
+        (exact_stft_power(y), 2048, 512),
+    ]:
         L = differentiable_lscore(power, SR, n_fft, hop)[0]
         assert abs(L[1].item() - truth) < 0.5
         assert L[2].item() < 0.02
@@ -74,15 +80,21 @@ def test_soft_ioi_std_tracks_jitter():
 
 def test_soft_structural_repeated_lower_than_random():
     rng = np.random.default_rng(1)
-    rep = differentiable_lscore(front_end_power(chord_sequence(REPEATED, 6.0, SR), SR), SR, 1024, 256)[0, 3]
-    rnd = differentiable_lscore(front_end_power(chord_sequence(random_chords(12, rng), 6.0, SR), SR),
-                                SR, 1024, 256)[0, 3]
+    rep = differentiable_lscore(
+        front_end_power(chord_sequence(REPEATED, 6.0, SR), SR), SR, 1024, 256
+    )[0, 3]
+    rnd = differentiable_lscore(
+        front_end_power(chord_sequence(random_chords(12, rng), 6.0, SR), SR), SR, 1024, 256
+    )[0, 3]
     assert rnd - rep > 0.1
 
 
 def _test_clip():
     rng = np.random.default_rng(3)
-    y = clicks(5.0, 4.0, jitter=0.03) + chord_sequence(random_chords(8, rng), 4.0, SR)[: 4 * SR] * 0.3
+    y = (
+        clicks(5.0, 4.0, jitter=0.03)
+        + chord_sequence(random_chords(8, rng), 4.0, SR)[: 4 * SR] * 0.3
+    )
     return y + 0.01 * rng.standard_normal(len(y)).astype(np.float32)
 
 
@@ -124,8 +136,12 @@ def test_masked_padded_batch_matches_single_clips():
     mask[0], mask[1, : b.shape[-1]] = True, True
     module = DifferentiableLScore(SR, 1024, 256)
     L = module(batch, mask)
-    torch.testing.assert_close(L[0], differentiable_lscore(a, SR, 1024, 256)[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(L[1], differentiable_lscore(b, SR, 1024, 256)[0], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        L[0], differentiable_lscore(a, SR, 1024, 256)[0], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        L[1], differentiable_lscore(b, SR, 1024, 256)[0], atol=1e-3, rtol=1e-3
+    )
 
 
 def test_params_change_the_surrogate():

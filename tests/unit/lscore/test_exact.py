@@ -63,12 +63,15 @@ def test_quiet_clip_has_no_onsets():
     assert exact_lscore(y, SR)[1] == 0.0
 
 
-@pytest.mark.parametrize("y", [
-    np.full(2 * SR, 0.5, np.float32),  # DC
-    clicks_at([1.0], 2.0),  # a single click
-    np.random.default_rng(0).standard_normal(100).astype(np.float32),  # shorter than one frame
-    np.ones(1, np.float32),  # one sample
-])
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.full(2 * SR, 0.5, np.float32),  # DC
+        clicks_at([1.0], 2.0),  # a single click
+        np.random.default_rng(0).standard_normal(100).astype(np.float32),  # shorter than one frame
+        np.ones(1, np.float32),  # one sample
+    ],
+)
 def test_degenerate_inputs_are_finite(y):
     L = exact_lscore(y, SR)
     assert L.shape == (4,) and L.dtype == np.float64 and np.all(np.isfinite(L))

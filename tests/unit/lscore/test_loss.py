@@ -14,9 +14,13 @@ def test_zero_when_batch_stats_equal_targets():
 
 def test_value_by_hand():
     L = torch.tensor([[0.0, 2.0], [2.0, 2.0]])  # mu = (1, 2), sigma = (1, 0)
-    loss = distribution_loss(L, [0.0, 2.0], [0.5, 0.0], lambda_mu=2.0, lambda_sigma=3.0, standardise=False)
+    loss = distribution_loss(
+        L, [0.0, 2.0], [0.5, 0.0], lambda_mu=2.0, lambda_sigma=3.0, standardise=False
+    )
     assert abs(loss.item() - (2.0 * 1.0 + 3.0 * 0.5)) < 1e-4
-    loss = distribution_loss(L, [0.0, 2.0], [0.5, 1.0], lambda_mu=1.0, lambda_sigma=1.0, standardise=True)
+    loss = distribution_loss(
+        L, [0.0, 2.0], [0.5, 1.0], lambda_mu=1.0, lambda_sigma=1.0, standardise=True
+    )
     assert abs(loss.item() - (1.0 / 0.5 + 0.5 / 0.5 + 1.0 / 1.0)) < 1e-4
 
 

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from weaktok.bench.common import count_syncs_and_ops
-from weaktok.model.chunking import (DynamicChunkingLayer, FixedChunking, dechunk, ema_over_chunks, pool_chunks,
-                              pool_chunks_reference)
+from weaktok.model.chunking import (
+    DynamicChunkingLayer,
+    FixedChunking,
+    dechunk,
+    ema_over_chunks,
+    pool_chunks,
+    pool_chunks_reference,
+)
 
 
 def _random_boundaries(B, T, rate, seed):
@@ -61,9 +67,13 @@ def test_pooling_cap_pools_overflowing_tail_into_last_chunk():
     ref = pool_chunks_reference(x, kept, mask)
     assert chunks.shape == (B, C, D)
     torch.testing.assert_close(chunks, ref_chunks)
-    assert torch.equal(chunk_mask, ref_mask) and torch.equal(ids, ref_ids) and torch.equal(starts, ref_starts)
+    assert (
+        torch.equal(chunk_mask, ref_mask)
+        and torch.equal(ids, ref_ids)
+        and torch.equal(starts, ref_starts)
+    )
     for b in range(B):
-        torch.testing.assert_close(chunks[b, :ref[b].shape[0]], ref[b])
+        torch.testing.assert_close(chunks[b, : ref[b].shape[0]], ref[b])
     assert ids.max() == C - 1
 
 
@@ -73,9 +83,16 @@ def test_chunk_dimension_is_static(rate):
     torch.manual_seed(0)
     layer = DynamicChunkingLayer(8, max_chunk_rate=rate).train()
     for T, scale in [(40, 1.0), (40, 0.0), (13, 1.0)]:
-        out = layer(torch.randn(3, T, 8) * scale + 1)  # scale 0: identical frames, a single chunk per row
+        out = layer(
+            torch.randn(3, T, 8) * scale + 1
+        )  # scale 0: identical frames, a single chunk per row
         assert out.chunks.shape == (3, math.ceil(T * rate), 8)
-        assert out.chunk_starts.shape == out.chunk_mask.shape == out.chunk_prob.shape == (3, math.ceil(T * rate))
+        assert (
+            out.chunk_starts.shape
+            == out.chunk_mask.shape
+            == out.chunk_prob.shape
+            == (3, math.ceil(T * rate))
+        )
     assert FixedChunking(8, stride=4)(torch.randn(2, 13, 8)).chunks.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="max_chunk_rate"):
         DynamicChunkingLayer(8, max_chunk_rate=0)
@@ -83,7 +100,9 @@ def test_chunk_dimension_is_static(rate):
 
 def test_sync_counter_sees_host_syncs():
     x = torch.randn(10)
-    counts = count_syncs_and_ops(lambda: (x.sum().item(), bool(x[0] > 0), x[x > 0], x.nonzero(), x.clone() * 2))
+    counts = count_syncs_and_ops(
+        lambda: (x.sum().item(), bool(x[0] > 0), x[x > 0], x.nonzero(), x.clone() * 2)
+    )
     assert counts.sync_ops == {"_local_scalar_dense": 2, "index (boolean mask)": 1, "nonzero": 1}
     assert counts.syncs == 4 and counts.by_op["clone"] == 1 and counts.kernels < counts.ops
 
@@ -143,7 +162,9 @@ def test_eval_is_deterministic_and_thresholded():
     assert torch.equal(a.boundaries[:, 1:], (a.boundary_prob[:, 1:] >= 0.5).float())
     layer.train()
     draws = torch.stack([layer(x).boundaries for _ in range(5)])
-    assert not all(torch.equal(draws[0], d) for d in draws[1:]), "training must sample (Gumbel noise)"
+    assert not all(torch.equal(draws[0], d) for d in draws[1:]), (
+        "training must sample (Gumbel noise)"
+    )
 
 
 def test_padding_frames_are_ignored():
@@ -194,7 +215,7 @@ def test_ema_over_chunks_matches_recurrence():
     z = ema_over_chunks(v, rate)
     prev = torch.zeros(B, D)
     for c in range(C):
-        prev = rate[:, c:c + 1] * v[:, c] + (1 - rate[:, c:c + 1]) * prev
+        prev = rate[:, c : c + 1] * v[:, c] + (1 - rate[:, c : c + 1]) * prev
         torch.testing.assert_close(z[:, c], prev, atol=1e-5, rtol=1e-4)
 
 
@@ -204,11 +225,15 @@ def test_ratio_loss_alone_moves_boundary_rate_toward_target():
     torch.manual_seed(0)
     N = 4.0
     layer = DynamicChunkingLayer(32, target_ratio=N)
-    x = torch.randn(8, 64, 32)  # features that change every frame: the identity-initialised router starts near 0.5
+    x = torch.randn(
+        8, 64, 32
+    )  # features that change every frame: the identity-initialised router starts near 0.5
 
     def rates():
         with torch.no_grad():
-            sampled = float(torch.stack([layer.train()(x).boundaries.mean() for _ in range(5)]).mean())
+            sampled = float(
+                torch.stack([layer.train()(x).boundaries.mean() for _ in range(5)]).mean()
+            )
             return sampled, float(layer.eval()(x).boundaries.mean())
 
     start_sampled, start_eval = rates()
@@ -240,7 +265,9 @@ def test_paper_routing_uses_raw_logits():
     layer = DynamicChunkingLayer(8, routing="paper").eval()
     x = torch.randn(2, 12, 8)
     out = layer(x)
-    cos = torch.nn.functional.cosine_similarity(layer.q_proj(x[:, 1:]), layer.k_proj(x[:, :-1]), dim=-1)
+    cos = torch.nn.functional.cosine_similarity(
+        layer.q_proj(x[:, 1:]), layer.k_proj(x[:, :-1]), dim=-1
+    )
     p = 1 - cos  # in [0, 2]
     torch.testing.assert_close(out.boundary_prob[:, 1:], torch.sigmoid(2 * p - 1))
     with pytest.raises(ValueError, match="routing"):

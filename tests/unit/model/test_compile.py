@@ -24,8 +24,14 @@ LENGTHS = torch.tensor([48, 30, 5])  # padded rows: padding frames and padded ch
 
 def _model(kind="dynamic", n_layers=1):
     torch.manual_seed(0)
-    cfg = ModelConfig(channels=[8, 12, 16], dim=16, n_layers=n_layers, n_heads=2, ff_mult=2,
-                      chunking=ChunkingConfig(kind=kind, fixed_stride=3))
+    cfg = ModelConfig(
+        channels=[8, 12, 16],
+        dim=16,
+        n_layers=n_layers,
+        n_heads=2,
+        ff_mult=2,
+        chunking=ChunkingConfig(kind=kind, fixed_stride=3),
+    )
     model = build_model(cfg, N_FREQS)
     if kind == "dynamic":
         torch.nn.init.normal_(model.chunker.q_proj.weight)  # varied boundaries from batch to batch
@@ -40,18 +46,31 @@ def _step(model, spec, seed):
     if torch.is_grad_enabled():
         loss = (out.recon - spec).abs().mean() + out.chunk.ratio_loss + out.stats["boundary_rate"]
         loss.backward()
-    grads = {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = {
+        n.removeprefix("_orig_mod."): p.grad.clone()
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
     return out.recon.detach(), out.chunk.chunk_ids, grads
 
 
-@pytest.mark.parametrize("kind,n_layers,mode,grad,bf16", [
-    ("dynamic", 1, "train", True, False),
-    ("dynamic", 1, "train", True, True),  # bf16 autocast, as training runs on GPUs
-    ("dynamic", 1, "eval", True, False),
-    ("dynamic", 1, "eval", False, False),  # no grad: nn.TransformerEncoderLayer's fused fast path
-    ("dynamic", 0, "train", True, False),  # chunking-only ablation: no Transformer
-    ("fixed", 1, "train", True, False),
-])
+@pytest.mark.parametrize(
+    "kind,n_layers,mode,grad,bf16",
+    [
+        ("dynamic", 1, "train", True, False),
+        ("dynamic", 1, "train", True, True),  # bf16 autocast, as training runs on GPUs
+        ("dynamic", 1, "eval", True, False),
+        (
+            "dynamic",
+            1,
+            "eval",
+            False,
+            False,
+        ),  # no grad: nn.TransformerEncoderLayer's fused fast path
+        ("dynamic", 0, "train", True, False),  # chunking-only ablation: no Transformer
+        ("fixed", 1, "train", True, False),
+    ],
+)
 def test_compiles_once_without_graph_breaks_and_matches_eager(kind, n_layers, mode, grad, bf16):
     model = getattr(_model(kind, n_layers), mode)()
     torch._dynamo.reset()
@@ -63,10 +82,14 @@ def test_compiles_once_without_graph_breaks_and_matches_eager(kind, n_layers, mo
     tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-5, "rtol": 1e-4}
     with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for i, spec in enumerate(batches):
-            with torch._dynamo.config.patch(error_on_recompile=i > 0):  # batch 0 compiles, the others reuse it
+            with torch._dynamo.config.patch(
+                error_on_recompile=i > 0
+            ):  # batch 0 compiles, the others reuse it
                 recon, chunk_ids, grads = _step(compiled, spec, seed=10 + i)
             ref_recon, ref_ids, ref_grads = _step(model, spec, seed=10 + i)
-            assert torch.equal(chunk_ids, ref_ids)  # the same boundaries (same Gumbel noise in training)
+            assert torch.equal(
+                chunk_ids, ref_ids
+            )  # the same boundaries (same Gumbel noise in training)
             torch.testing.assert_close(recon, ref_recon, **tol)
             assert grads.keys() == ref_grads.keys() and (len(grads) > 0) == grad
             for name in grads:

@@ -1,20 +1,29 @@
 """Rectified flow (weaktok/flow.py) and the flow model's wiring (weaktok/model.py): training pairs and masks, the
 loss, the ODE sampler, skips that carry only known frames, deterministic training boundaries, and a small flow that
 learns a two-mode distribution end to end."""
+
 import pytest
 import torch
 
+from weaktok.config import ConfigError, FlowConfig, load_config
 from weaktok.model import flow
 from weaktok.model.chunking import DynamicChunkingLayer
-from weaktok.config import ConfigError, FlowConfig, load_config
 from weaktok.model.unet import build_model, chunk_path_cut
 
 F_, T_ = 24, 40  # frequency bins and frames of the small test spectrograms
 
 
 def small_cfg(*overrides):
-    return load_config("tiny", ["model.objective=flow", "model.channels=[16,16,32]", "model.dim=32",
-                                "model.n_heads=2", *overrides])
+    return load_config(
+        "tiny",
+        [
+            "model.objective=flow",
+            "model.channels=[16,16,32]",
+            "model.dim=32",
+            "model.n_heads=2",
+            *overrides,
+        ],
+    )
 
 
 def test_known_masks_follow_the_config():
@@ -26,8 +35,14 @@ def test_known_masks_follow_the_config():
     lengths = hole.sum(1)
     assert lengths.min() >= 25 and lengths.max() <= 50
     # one contiguous span per example
-    assert ((hole[:, 1:].int() - hole[:, :-1].int()).clamp_min(0).sum(1) + hole[:, 0].int()).eq(1).all()
-    assert 0.45 < hole[:, -1].float().mean() < 0.6  # about half end the clip (plus random spans that reach it)
+    assert (
+        ((hole[:, 1:].int() - hole[:, :-1].int()).clamp_min(0).sum(1) + hole[:, 0].int())
+        .eq(1)
+        .all()
+    )
+    assert (
+        0.45 < hole[:, -1].float().mean() < 0.6
+    )  # about half end the clip (plus random spans that reach it)
 
 
 def test_flow_batch_holds_the_data_where_known_and_the_path_elsewhere():
@@ -49,7 +64,9 @@ def test_flow_loss_counts_only_the_frames_to_generate():
     v_hat[..., :2] = 100.0  # errors in known frames do not count
     assert flow.flow_loss(v_hat, b) == 0
     v_hat[..., 2] = 2.0
-    assert flow.flow_loss(v_hat, b).item() == pytest.approx(2.0)  # 4 on half of the generated frames
+    assert flow.flow_loss(v_hat, b).item() == pytest.approx(
+        2.0
+    )  # 4 on half of the generated frames
 
 
 class PointMass(torch.nn.Module):
@@ -64,8 +81,14 @@ class PointMass(torch.nn.Module):
         self.spec_mean, self.spec_std = torch.zeros(target.shape[1]), torch.ones(target.shape[1])
 
     def forward(self, x, t=None, known=None):
-        out = self.target if self.predict == "data" else (self.target - x) / (1 - t[:, None, None]).clamp_min(1e-3)
-        return type("Out", (), {"recon": out.expand_as(x), "stats": {"boundary_rate": torch.tensor(0.0)}})
+        out = (
+            self.target
+            if self.predict == "data"
+            else (self.target - x) / (1 - t[:, None, None]).clamp_min(1e-3)
+        )
+        return type(
+            "Out", (), {"recon": out.expand_as(x), "stats": {"boundary_rate": torch.tensor(0.0)}}
+        )
 
 
 @pytest.mark.parametrize("predict", ["data", "velocity"])
@@ -83,9 +106,14 @@ def test_sampler_integrates_to_the_data_and_keeps_known_frames(solver, predict):
 
 
 def test_skips_known_route_generated_frames_through_the_bottleneck_only():
-    def silence_bottleneck(model):  # the bottleneck's output zeroed (its chunking still runs, for the stats)
+    def silence_bottleneck(
+        model,
+    ):  # the bottleneck's output zeroed (its chunking still runs, for the stats)
         real = model.bottleneck
-        model.bottleneck = lambda h, mask, temb=None, residual=None: (torch.zeros_like(h), real(h, mask, temb)[1])
+        model.bottleneck = lambda h, mask, temb=None, residual=None: (
+            torch.zeros_like(h),
+            real(h, mask, temb)[1],
+        )
         return model
 
     torch.manual_seed(0)
@@ -95,7 +123,9 @@ def test_skips_known_route_generated_frames_through_the_bottleneck_only():
     nothing = torch.zeros(2, T_, dtype=torch.bool)
     a, b = torch.randn(2, F_, T_), torch.randn(2, F_, T_)
     out_a, out_b = (known_skips(x, t=t, known=nothing).recon for x in (a, b))
-    assert torch.allclose(out_a, out_b)  # nothing known: the input reaches the output only through the bottleneck
+    assert torch.allclose(
+        out_a, out_b
+    )  # nothing known: the input reaches the output only through the bottleneck
     out_a, out_b = (all_skips(x, t=t, known=nothing).recon for x in (a, b))
     assert not torch.allclose(out_a, out_b)  # full skips carry it past
     some = nothing.clone()
@@ -105,10 +135,19 @@ def test_skips_known_route_generated_frames_through_the_bottleneck_only():
 
 
 def test_residual_known_leaves_generated_frames_only_their_chunks():
-    def bottleneck_output(*overrides):  # one fixed chunk over all 5 bottleneck frames of a 40-frame clip
+    def bottleneck_output(
+        *overrides,
+    ):  # one fixed chunk over all 5 bottleneck frames of a 40-frame clip
         torch.manual_seed(0)
-        m = build_model(small_cfg("model.skips=known", "model.chunking.kind=fixed", "model.chunking.fixed_stride=5",
-                                  *overrides).model, F_).eval()
+        m = build_model(
+            small_cfg(
+                "model.skips=known",
+                "model.chunking.kind=fixed",
+                "model.chunking.fixed_stride=5",
+                *overrides,
+            ).model,
+            F_,
+        ).eval()
         real, seen = m.bottleneck, {}
         m.bottleneck = lambda *a: seen.setdefault("out", real(*a))
         known = torch.zeros(1, T_, dtype=torch.bool)
@@ -117,7 +156,9 @@ def test_residual_known_leaves_generated_frames_only_their_chunks():
         return seen["out"][0][0]  # (T8, D)
 
     chunk_only = bottleneck_output("model.residual=known")
-    assert torch.allclose(chunk_only[2], chunk_only[3]) and torch.allclose(chunk_only[3], chunk_only[4])
+    assert torch.allclose(chunk_only[2], chunk_only[3]) and torch.allclose(
+        chunk_only[3], chunk_only[4]
+    )
     assert not torch.allclose(chunk_only[0], chunk_only[2])  # known frames keep their own features
     with_residual = bottleneck_output()
     assert not torch.allclose(with_residual[2], with_residual[3])
@@ -168,14 +209,27 @@ def test_a_small_flow_learns_a_two_mode_distribution():
     samples land near one pattern or the other (not their average), both modes appear, and seed-based samples
     continue the seed's pattern. Fails if the loss, the conditioning or the sampler is wrong."""
     torch.manual_seed(0)
-    cfg = small_cfg("model.skips=known", "model.positions=rotary", "model.chunking.train_boundaries=deterministic",
-                    "model.flow.uncond_prob=0.5", "model.flow.steps=12", "model.flow.predict=data")
+    cfg = small_cfg(
+        "model.skips=known",
+        "model.positions=rotary",
+        "model.chunking.train_boundaries=deterministic",
+        "model.flow.uncond_prob=0.5",
+        "model.flow.steps=12",
+        "model.flow.predict=data",
+    )
     low, high = torch.zeros(F_, T_), torch.zeros(F_, T_)
-    low[:F_ // 2] = 2.0
-    high[F_ // 2:] = 2.0
+    low[: F_ // 2] = 2.0
+    high[F_ // 2 :] = 2.0
     m = build_model(cfg.model, F_)
-    flow.set_normaliser(m, {"mean": torch.full((F_,), 1.0), "components": torch.zeros(0, F_),
-                            "comp_std": torch.zeros(0), "resid_std": torch.ones(F_)})
+    flow.set_normaliser(
+        m,
+        {
+            "mean": torch.full((F_,), 1.0),
+            "components": torch.zeros(0, F_),
+            "comp_std": torch.zeros(0),
+            "resid_std": torch.ones(F_),
+        },
+    )
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
@@ -188,8 +242,13 @@ def test_a_small_flow_learns_a_two_mode_distribution():
         loss.backward()
         opt.step()
     m.eval()
-    y, _ = flow.sample(m, torch.zeros(32, F_, T_), torch.zeros(T_, dtype=torch.bool), cfg.model.flow,
-                       torch.Generator().manual_seed(1))
+    y, _ = flow.sample(
+        m,
+        torch.zeros(32, F_, T_),
+        torch.zeros(T_, dtype=torch.bool),
+        cfg.model.flow,
+        torch.Generator().manual_seed(1),
+    )
     d_low, d_high = ((y - low).abs().mean((1, 2)), (y - high).abs().mean((1, 2)))
     nearest = torch.minimum(d_low, d_high)
     assert nearest.mean() < 0.15, nearest  # the average of the two patterns is 1.0 away from each
@@ -199,7 +258,7 @@ def test_a_small_flow_learns_a_two_mode_distribution():
     known[: T_ // 2] = True
     seeds = torch.stack([low, high] * 4)
     y, _ = flow.sample(m, seeds, known, cfg.model.flow, torch.Generator().manual_seed(2))
-    err = (y[..., T_ // 2:] - seeds[..., T_ // 2:]).abs().mean((1, 2))
+    err = (y[..., T_ // 2 :] - seeds[..., T_ // 2 :]).abs().mean((1, 2))
     assert err.max() < 0.15, err
 
 
@@ -207,8 +266,14 @@ def test_feedback_moves_the_surrogate_target_against_the_exact_error():
     from weaktok.train.lscore_glue import feedback_step
 
     val_t = {"mean": torch.tensor([1.0, 4.0, 0.2, 0.5]), "std": torch.tensor([0.5, 2.0, 0.1, 0.1])}
-    loss_t = {"mean": torch.tensor([1.0, 3.0, 0.1, 0.4]), "std": torch.tensor([0.2, 1.0, 0.05, 0.1])}
-    val = {"val_gen_uncond_lscore": [1.0, 8.0, 0.2, 0.3], "val_gen_seed_lscore": [1.0, 6.0, 0.2, 0.5]}
+    loss_t = {
+        "mean": torch.tensor([1.0, 3.0, 0.1, 0.4]),
+        "std": torch.tensor([0.2, 1.0, 0.05, 0.1]),
+    }
+    val = {
+        "val_gen_uncond_lscore": [1.0, 8.0, 0.2, 0.3],
+        "val_gen_seed_lscore": [1.0, 6.0, 0.2, 0.5],
+    }
     c = feedback_step([0.0] * 4, val, val_t, loss_t, gain=0.5)
     # density 1.5 std too high on average -> its surrogate target drops by 0.5 * 1.5 * 1.0; structural 2 std low
     # in one mode, on target in the other (1 std low on average) -> up by 0.5 * 1 * 0.1; the others unchanged

@@ -15,7 +15,9 @@ def make(seed=0, **kw):
 def inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, C, D, generator=g)
-    positions = torch.cumsum(0.5 + 6 * torch.rand(B, C, generator=g), dim=1)  # irregular float start times
+    positions = torch.cumsum(
+        0.5 + 6 * torch.rand(B, C, generator=g), dim=1
+    )  # irregular float start times
     return x, positions
 
 
@@ -57,7 +59,9 @@ def test_padded_keys_do_not_change_real_outputs():
         out2 = model(x2, positions2, mask)
     assert torch.isfinite(out2).all()  # padded queries too: each still has chunk 0 as a key
     torch.testing.assert_close(out2[~mask], out[~mask], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(out2[mask], out[mask], atol=1e-2)  # the change did reach the padded chunks
+    assert not torch.allclose(
+        out2[mask], out[mask], atol=1e-2
+    )  # the change did reach the padded chunks
 
 
 def test_positions_matter():
@@ -93,6 +97,8 @@ def test_no_host_syncs_and_one_graph():
     mask = torch.zeros(B, C, dtype=torch.bool)
     mask[1, 5:] = True
     assert count_syncs_and_ops(lambda: model(x, positions, mask)).syncs == 0
-    compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo only: a graph break raises
+    compiled = torch.compile(
+        model, fullgraph=True, backend="eager"
+    )  # dynamo only: a graph break raises
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, positions, mask), model(x, positions, mask))

@@ -2,13 +2,19 @@ import pytest
 import torch
 
 from weaktok.bench.common import count_syncs_and_ops
-from weaktok.config import ModelConfig, ChunkingConfig
+from weaktok.config import ChunkingConfig, ModelConfig
 from weaktok.model.unet import build_model
 
 
 def tiny_cfg(**chunking):
-    return ModelConfig(channels=[8, 12, 16], dim=16, n_layers=1, n_heads=2, ff_mult=2,
-                       chunking=ChunkingConfig(**chunking))
+    return ModelConfig(
+        channels=[8, 12, 16],
+        dim=16,
+        n_layers=1,
+        n_heads=2,
+        ff_mult=2,
+        chunking=ChunkingConfig(**chunking),
+    )
 
 
 @pytest.mark.parametrize("T", [1, 7, 8, 33, 64, 101])
@@ -67,6 +73,7 @@ def test_reconstruction_gradient_reaches_router_and_all_layers():
 def test_positions_come_from_chunk_start_times():
     """Moving a chunk's start frame changes the Transformer input even when the chunk index is unchanged."""
     from weaktok.model.chunking import sinusoidal_positions
+
     a = sinusoidal_positions(torch.tensor([[0, 3, 7]]), 16)
     b = sinusoidal_positions(torch.tensor([[0, 5, 7]]), 16)
     assert torch.equal(a[0, 0], b[0, 0]) and torch.equal(a[0, 2], b[0, 2])
@@ -112,7 +119,9 @@ def test_static_chunk_dimension_gives_the_dynamic_results(monkeypatch, kind, n_l
     cfg.n_layers = n_layers
     model = getattr(build_model(cfg, n_freqs=17), mode)()
     if kind == "dynamic":
-        torch.nn.init.normal_(model.chunker.q_proj.weight)  # varied boundaries, different counts per row
+        torch.nn.init.normal_(
+            model.chunker.q_proj.weight
+        )  # varied boundaries, different counts per row
     spec = torch.rand(4, 17, 80)
     lengths = torch.tensor([80, 61, 9, 0])  # padded rows, and one without frames
     static, static_grads = _run(model, spec, lengths, seed=1)
@@ -121,7 +130,9 @@ def test_static_chunk_dimension_gives_the_dynamic_results(monkeypatch, kind, n_l
     C = dynamic.chunk.chunks.shape[1]
     assert static.chunk.chunks.shape[1] == (10 if kind == "dynamic" else 4) and C <= 10
     if kind == "dynamic":
-        assert len(set(static.chunk.num_chunks.tolist())) > 2, "test needs rows with different chunk counts"
+        assert len(set(static.chunk.num_chunks.tolist())) > 2, (
+            "test needs rows with different chunk counts"
+        )
     assert torch.equal(static.chunk.boundaries, dynamic.chunk.boundaries)
     assert torch.equal(static.chunk.chunk_starts[:, :C], dynamic.chunk.chunk_starts)
     assert not static.chunk.chunk_mask[:, C:].any()
@@ -131,7 +142,9 @@ def test_static_chunk_dimension_gives_the_dynamic_results(monkeypatch, kind, n_l
     assert static_grads.keys() == dynamic_grads.keys()
     for name in static_grads:
         assert torch.isfinite(static_grads[name]).all(), name
-        torch.testing.assert_close(static_grads[name], dynamic_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(
+            static_grads[name], dynamic_grads[name], atol=1e-5, rtol=1e-4, msg=name
+        )
 
 
 def test_eval_without_grad_matches_eval_with_grad():
@@ -178,4 +191,6 @@ def test_max_chunk_rate_caps_the_chunk_dimension():
     out = model(spec)
     assert out.chunk.chunks.shape[1] == 5  # T8 = 10
     out.recon.mean().backward()
-    assert torch.isfinite(out.recon).all() and torch.isfinite(model.chunker.q_proj.weight.grad).all()
+    assert (
+        torch.isfinite(out.recon).all() and torch.isfinite(model.chunker.q_proj.weight.grad).all()
+    )

@@ -1,4 +1,5 @@
 """Training input corruption (weaktok.train.corrupt): zeros or generation's prior noise in the masked spans."""
+
 import pytest
 import torch
 
@@ -7,8 +8,13 @@ from weaktok.train import corrupt
 
 
 def _prior(F: int) -> dict:
-    return {"mean": torch.full((F,), 2.0), "components": torch.zeros(0, F), "comp_std": torch.zeros(0),
-            "comp_rho": torch.zeros(0), "resid_std": torch.full((F,), 0.5)}
+    return {
+        "mean": torch.full((F,), 2.0),
+        "components": torch.zeros(0, F),
+        "comp_std": torch.zeros(0),
+        "comp_rho": torch.zeros(0),
+        "resid_std": torch.full((F,), 0.5),
+    }
 
 
 def _cfg(**corruption):
@@ -17,9 +23,15 @@ def _cfg(**corruption):
 
 def test_zero_fill_masks_a_span_inside_the_clip():
     spec = torch.rand(64, 5, 40) + 1.0
-    x = corrupt(spec, _cfg(noise_std=0, mask_prob=1.0, mask_max_fraction=1.0, fill="zeros"), torch.Generator())
+    x = corrupt(
+        spec,
+        _cfg(noise_std=0, mask_prob=1.0, mask_max_fraction=1.0, fill="zeros"),
+        torch.Generator(),
+    )
     zero = (x == 0).all(dim=1)  # (B, T) masked frames
-    assert zero.any(dim=1).float().mean() > 0.9  # nearly every example has a span (length 0 is possible)
+    assert (
+        zero.any(dim=1).float().mean() > 0.9
+    )  # nearly every example has a span (length 0 is possible)
     for row in zero:  # one contiguous span
         idx = row.nonzero().flatten()
         assert len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
@@ -33,9 +45,13 @@ def test_prior_fill_blends_spec_and_prior_noise_at_random_levels():
     x = corrupt(spec, cfg, torch.Generator().manual_seed(1), _prior(5))
     changed = (x != spec).any(dim=1)  # (B, T)
     assert changed.any(dim=1).float().mean() > 0.9
-    level = 1 - (x[changed[:, None, :].expand_as(x)].mean() - 2.0) / 4.0  # E[(1-s)*6 + s*2] = 6 - 4 E[s]
+    level = (
+        1 - (x[changed[:, None, :].expand_as(x)].mean() - 2.0) / 4.0
+    )  # E[(1-s)*6 + s*2] = 6 - 4 E[s]
     assert 0.35 < float(1 - level) < 0.65  # s ~ U(0, 1): mean 1/2
-    assert (changed.float().mean(dim=1) >= 0.95).sum() > 0  # spans up to the whole clip (unconditional's hole)
+    assert (
+        changed.float().mean(dim=1) >= 0.95
+    ).sum() > 0  # spans up to the whole clip (unconditional's hole)
     assert x.min() >= 0 and torch.isfinite(x).all()
 
 

@@ -3,7 +3,9 @@ import pytest
 from weaktok.config import CurriculumConfig
 from weaktok.train.curriculum import weights_at
 
-PAPER = CurriculumConfig(warmup_epochs=10, anneal_epochs=40, final_w_L=1.0, final_w_recon=0.1, ratio_weight=0.03)
+PAPER = CurriculumConfig(
+    warmup_epochs=10, anneal_epochs=40, final_w_L=1.0, final_w_recon=0.1, ratio_weight=0.03
+)
 
 
 def test_phase1_is_reconstruction_only():

@@ -1,6 +1,7 @@
 """Validation scores generations, not reconstructions (weaktok/train/validation.py), without DeepSpeed: a tiny
 untrained model behind a stand-in engine, real shards and front end, and a serial stand-in for the Ray pool that
 records the waveforms it is given. The sweep objective comes from the generations' distance (weaktok/sweep.py)."""
+
 import math
 
 import numpy as np
@@ -10,11 +11,11 @@ import torch
 from tests.helpers import make_tiny_shards
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import load_config
-from weaktok.generate import MASK_FRACTION, seed_hole
 from weaktok.data.manifest import load_manifest
-from weaktok.model.unet import build_model
 from weaktok.data.prior import corpus_spectrum
+from weaktok.generate import MASK_FRACTION, seed_hole
 from weaktok.launch.objective import sweep_metrics
+from weaktok.model.unet import build_model
 from weaktok.train.distributed import Dist
 from weaktok.train.trainer import Trainer, TrainState
 from weaktok.train.validation import MODES, validate
@@ -55,9 +56,13 @@ class Engine(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    shards = make_tiny_shards(tmp_path_factory.mktemp("val_shards"), n_train=8, n_val=4, seconds=2.0)
+    shards = make_tiny_shards(
+        tmp_path_factory.mktemp("val_shards"), n_train=8, n_val=4, seconds=2.0
+    )
     cfg = load_config("tiny", [f"data.shards={shards}", f"lscore.val_items={N}"])
-    front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, cfg.lscore.griffin_lim_iters)
+    front = SpecFrontEnd(
+        cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, cfg.lscore.griffin_lim_iters
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model, front.n_freqs)
     target = {k: torch.tensor(load_manifest(shards)["lscore_target"][k]) for k in ("mean", "std")}
@@ -69,23 +74,31 @@ def run_validation(tiny, pool, model=None, generate=True):
     cfg, front, base, target, prior = tiny
     state = TrainState(step=3, epoch=1)
     dist = Dist(0, 1, 0, torch.device("cpu"))
-    return validate(cfg, dist, Engine(model or base), front, target, state, pool, prior if generate else None), state
+    return validate(
+        cfg, dist, Engine(model or base), front, target, state, pool, prior if generate else None
+    ), state
 
 
 def test_validation_scores_generations_seed_based_on_the_hole_only(tiny):
     cfg, front, *_ = tiny
     pool = RecordingPool()
     torch.manual_seed(1)
-    run_validation(tiny, pool, generate=False)  # (the val loader draws its base seed from the global RNG)
+    run_validation(
+        tiny, pool, generate=False
+    )  # (the val loader draws its base seed from the global RNG)
     rng = torch.get_rng_state()
     torch.manual_seed(1)
     record, state = run_validation(tiny, pool)
-    assert torch.equal(torch.get_rng_state(), rng)  # generating leaves training's RNG stream as it was (fork_rng)
+    assert torch.equal(
+        torch.get_rng_state(), rng
+    )  # generating leaves training's RNG stream as it was (fork_rng)
     frames = front.num_frames(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
     first = frames - round(MASK_FRACTION * frames)
     assert first == int(seed_hole(frames).int().argmax())
     whole, hole = (frames - 1) * cfg.audio.hop_length, (frames - 1 - first) * cfg.audio.hop_length
-    assert pool.lengths == [[whole] * N + [hole] * N]  # one pool call: uncond whole, seed-based cropped to the hole
+    assert pool.lengths == [
+        [whole] * N + [hole] * N
+    ]  # one pool call: uncond whole, seed-based cropped to the hole
     assert record["val_items"] == 4 and math.isfinite(record["val_recon"])
     for mode in MODES:
         assert record[f"val_gen_{mode}_items"] == N
@@ -95,7 +108,9 @@ def test_validation_scores_generations_seed_based_on_the_hole_only(tiny):
     total = np.mean([sum(record[f"val_gen_{m}_std_dist"]) for m in MODES])
     assert record["val_gen_std_dist_total"] == pytest.approx(total)
     assert math.isfinite(record["val_gen_rel_err_mean"]) and record["val_gen_steps"] >= 1
-    assert not [k for k in record if k.startswith("val_lscore")]  # the reconstruction-based keys are gone
+    assert not [
+        k for k in record if k.startswith("val_lscore")
+    ]  # the reconstruction-based keys are gone
     assert state.lscore_pool_errors == 0
 
     again, _ = run_validation(tiny, RecordingPool())
@@ -103,9 +118,15 @@ def test_validation_scores_generations_seed_based_on_the_hole_only(tiny):
 
     metrics = sweep_metrics(record, 0.5)
     assert metrics["lscore_dist"] == record["val_gen_std_dist_total"]
-    assert metrics["objective"] == pytest.approx(record["val_recon"] + 0.5 * record["val_gen_std_dist_total"])
-    per_term = [metrics[f"lscore_dist_{t}"] for t in ("timbral", "density", "irregularity", "structural")]
-    assert sum(per_term) == pytest.approx(record["val_gen_std_dist_total"])  # per term: mean over the modes
+    assert metrics["objective"] == pytest.approx(
+        record["val_recon"] + 0.5 * record["val_gen_std_dist_total"]
+    )
+    per_term = [
+        metrics[f"lscore_dist_{t}"] for t in ("timbral", "density", "irregularity", "structural")
+    ]
+    assert sum(per_term) == pytest.approx(
+        record["val_gen_std_dist_total"]
+    )  # per term: mean over the modes
 
 
 def test_pool_error_is_recorded_and_makes_the_objective_inf(tiny):
@@ -113,7 +134,9 @@ def test_pool_error_is_recorded_and_makes_the_objective_inf(tiny):
     assert "max_retries" in record["val_gen_error"] and state.lscore_pool_errors == 1
     assert "val_gen_std_dist_total" not in record
     assert sweep_metrics(record, 0.1)["objective"] == float("inf")
-    assert sweep_metrics(record, 0.0)["objective"] == pytest.approx(record["val_recon"])  # L-Score not weighed
+    assert sweep_metrics(record, 0.0)["objective"] == pytest.approx(
+        record["val_recon"]
+    )  # L-Score not weighed
 
 
 def test_bf16_model_generates_in_its_own_dtype(tiny):
