@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.setup-stamp
 APT_PKGS := sonic-pi-samples prometheus ninja-build
 PYTEST_ARGS ?=
 
-.PHONY: setup apt test test-fast test-explore bench demo clean
+.PHONY: setup apt lint format test test-fast test-explore bench demo clean
 
 setup: $(STAMP) apt
 
@@ -32,7 +32,16 @@ apt:
 # Two pytest calls: the fast tests first, stopping at the first failure (-x) so a broken unit shows in minutes;
 # then the slow ones (real DeepSpeed ranks, Ray, Prometheus, the demo). tests/summary.py prints the combined
 # "N passed, N failed" line from both JUnit files. Hypothesis runs its derandomized `ci` profile (tests/conftest.py).
-test: setup
+# ruff: formatting and lint are checked first; a failure fails `make test` (and CI). `make format` rewrites.
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup lint
 	@rm -f .pytest-fast.xml .pytest-slow.xml
 	$(BIN)/python -m pytest -ra -x -m "not slow" --junitxml=.pytest-fast.xml $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -ra -m slow --junitxml=.pytest-slow.xml $(PYTEST_ARGS)

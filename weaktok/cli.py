@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from weaktok.config import ConfigError
+from weaktok.log import setup_logging
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -589,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    setup_logging("[weaktok] " if args.command == "train" else "")
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

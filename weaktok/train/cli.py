@@ -8,6 +8,7 @@ import sys
 
 from weaktok.config import ConfigError, load_config
 from weaktok.data.manifest import ShardsError
+from weaktok.log import setup_logging
 from weaktok.train.checkpoint import CheckpointError
 from weaktok.train.trainer import train
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging("[weaktok] ")  # launchers and the demo pick training's lines out of its log by this prefix
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.out)
