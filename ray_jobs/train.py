@@ -5,7 +5,8 @@
 
 ``--out`` must be reachable from every worker (shared storage on a multi-node cluster). GPUs: ``--gpus-per-worker``
 auto (default: one GPU per worker, NCCL, when the Ray cluster reports GPUs; CPUs and gloo otherwise), 0 or 1;
-``--gpus`` is ``--gpus-per-worker 1``.
+``--gpus`` is ``--gpus-per-worker 1``. The config (``--config`` + overrides) is resolved here, once; the workers
+get it resolved (weaktok/launch/ray_train.py).
 """
 
 import argparse
@@ -16,8 +17,9 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parents[1])
 )  # the working dir Ray ships is the repo root
 
-from weaktok.config import ConfigError  # noqa: E402
+from weaktok.config import ConfigError, load_config  # noqa: E402
 from weaktok.launch.ray_train import run_ray_train  # noqa: E402
+from weaktok.log import setup_logging  # noqa: E402
 
 
 def main() -> int:
@@ -53,10 +55,10 @@ def main() -> int:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args()
+    setup_logging("[weaktok] ")  # a training entry point: its lines carry training's prefix
     try:
         result = run_ray_train(
-            a.config,
-            a.overrides,
+            load_config(a.config, a.overrides),
             a.out,
             workers=a.workers,
             gpus_per_worker=a.gpus_per_worker,

@@ -19,7 +19,7 @@ Why linear log1p-magnitude rather than a mel or log-power spectrogram:
   floor is needed and the target stays well-conditioned for an MSE/L1 loss.
 
 Audio I/O is soundfile (libsndfile): torchaudio >= 2.9 ``load`` needs
-torchcodec/FFmpeg (DESIGN.md section 4). Bad inputs raise ``AudioError``, a
+torchcodec/FFmpeg. Bad inputs raise ``AudioError``, a
 ``ValueError`` carrying the path and a short machine-friendly reason.
 """
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torch.nn as nn
 import torchaudio
@@ -58,16 +59,14 @@ class AudioError(ValueError):
 # -----------------------------------------------------------------------------
 # I/O and waveform helpers
 
-SUPPORTED_SR = (
-    1000,
-    768_000,
-)  # file sample rates accepted (Hz); outside this a header is garbage, not audio
-MAX_SAMPLES = (
-    1 << 30
-)  # most samples (channels x frames, before or after resampling) one file may decode to
-_DIRECT_READ = (
-    1 << 24
-)  # headers claiming more samples than this are read in blocks (the claim is not trusted)
+# Debian's sonic-pi-samples (CC0): the embedded corpus's sounds, the rulers' drone and drum loops
+SONIC_PI_SAMPLES = Path("/usr/share/sonic-pi/samples")
+# file sample rates accepted (Hz); outside this a header is garbage, not audio
+SUPPORTED_SR = (1000, 768_000)
+# most samples (channels x frames, before or after resampling) one file may decode to
+MAX_SAMPLES = 1 << 30
+# headers claiming more samples than this are read in blocks (the claim is not trusted)
+_DIRECT_READ = 1 << 24
 
 
 def read_audio(path, name: str | None = None) -> tuple[np.ndarray, int]:
@@ -144,8 +143,6 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if (orig_sr // g) * (target_sr // g) > _SINC_LIMIT:
         # torchaudio's polyphase kernel needs (orig/g) x (target/g) elements: 44101 -> 22050 Hz is ~1e9 (minutes
         # and gigabytes). soxr (a librosa dependency) handles any ratio; its length is round(), ours ceil().
-        import soxr
-
         out = soxr.resample(
             np.ascontiguousarray(y, dtype=np.float32), orig_sr, target_sr, quality="HQ"
         )
@@ -246,9 +243,8 @@ def write_wav(path, y, sr: int) -> None:
 # -----------------------------------------------------------------------------
 # spectrogram front end
 
-MAX_LOG_MAGNITUDE = (
-    30.0  # log1p magnitude ceiling for model output: power e^60 ~ 1e26 stays finite in float32
-)
+# log1p magnitude ceiling for model output: power e^60 ~ 1e26 stays finite in float32
+MAX_LOG_MAGNITUDE = 30.0
 
 
 class SpecFrontEnd(nn.Module):

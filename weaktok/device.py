@@ -13,12 +13,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+
+import torch
 
 from weaktok.config import ConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 DEVICE_CHOICES = "cpu, cuda or cuda:N"
 
@@ -29,8 +27,6 @@ class DeviceError(ValueError):
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` -> cuda if available, else cpu; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` -> that device."""
-    import torch
-
     if isinstance(name, torch.device):
         name = str(name)
     if name is None or name.strip().lower() in ("", "auto"):

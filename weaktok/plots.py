@@ -11,21 +11,23 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
-    import matplotlib
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use: ``weaktok --help`` must not load matplotlib."""
+    import matplotlib  # noqa: PLC0415 (heavy: only when a plot is drawn)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after use("Agg"))
 
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (90 dpi) and close ``fig``; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -67,22 +69,22 @@ def plot_spectrogram(
     spec, starts, path: str | Path, frame_seconds: float, sample_rate: int, title: str = ""
 ) -> Path:
     """One spectrogram (F, T) with chunk boundaries -> PNG."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.4))
     draw_spectrogram(ax, spec, starts, frame_seconds, sample_rate, title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_spectrogram_rows(
     rows: list[tuple], path: str | Path, frame_seconds: float, sample_rate: int
 ) -> Path:
     """Stacked spectrograms; rows = [(spec (F, T), starts or None, title), ...] sharing one colour scale."""
-    plt = _plt()
+    plt = pyplot()
     vmax = max(float(np.percentile(np.asarray(r[0]), 99.5)) for r in rows)
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.6 * len(rows)), squeeze=False)
     for ax, (spec, starts, title) in zip(axes[:, 0], rows):
         draw_spectrogram(ax, spec, starts, frame_seconds, sample_rate, title, vmax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def plot_lscore_hist(
     names: list[str], sets: dict[str, np.ndarray], target: list[float], path: str | Path
 ) -> Path:
     """One panel per L-Score term: histograms of each set ({label: (N, 4)}), the target mean as a line."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
     for j, (ax, name) in enumerate(zip(np.atleast_1d(axes), names)):
         vals = [np.asarray(v)[:, j] for v in sets.values() if len(v)]
@@ -111,23 +113,25 @@ def plot_lscore_hist(
         ax.axvline(target[j], color="k", ls="--", lw=1, label="target")
         ax.set(title=name)
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_training_curves(metrics_path: str | Path, path: str | Path) -> Path | None:
+def plot_training_curves(
+    metrics_path: str | Path, path: str | Path, goal: float | None = None
+) -> Path | None:
     """Loss terms, validation recon, boundary rate and the L-Score error of validation's generations (unconditional
-    and seed-based) from a run's metrics.jsonl."""
+    and seed-based) from a run's metrics.jsonl; ``goal``: a dashed line at that relative error."""
     metrics_path = Path(metrics_path)
     if not metrics_path.is_file():
         return None
     m = read_jsonl(metrics_path)
     train = [r for r in m if r.get("kind") == "train"]
     val = [r for r in m if r.get("kind") == "val"]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     step = [r["step"] for r in train]
     for key in ("loss", "recon", "lscore_dist", "ratio_loss"):
@@ -166,14 +170,15 @@ def plot_training_curves(metrics_path: str | Path, path: str | Path) -> Path | N
             )
         scored = scored or bool(errs)
     if scored:
-        axes[3].axhline(0.15, color="k", ls="--", lw=0.8)
+        if goal is not None:
+            axes[3].axhline(goal, color="k", ls="--", lw=0.8)
         axes[3].legend(fontsize=6)
     if train and "w_L" in train[0]:
         ax2 = axes[3].twinx()
         ax2.plot(step, [r["w_L"] for r in train], color="gray", lw=0.8, alpha=0.6)
         ax2.set_ylabel("w_L (curriculum)", color="gray")
     axes[3].set(title="val |rel. error| of exact L-Score (generations)", xlabel="step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------

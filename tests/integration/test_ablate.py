@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from tests.helpers import make_tiny_shards
@@ -45,6 +46,17 @@ def test_ablation_compares_chunking_and_lscore_mode(tmp_path, monkeypatch):
             cfgs[n]["data"] == cfgs["dynamic"]["data"]
             and cfgs[n]["train"] == cfgs["dynamic"]["train"]
         )
+    # each child trained under exactly the config the parent resolved for it, handed over as a file
+    from weaktok.config import load_config, to_dict, with_overrides
+    from weaktok.experiments.ablate import variants
+
+    base = load_config("tiny", [f"data.shards={shards}", *FAST])
+    for name, variant in variants(base).items():
+        trained = torch.load(out / name / "final" / "model.pt", weights_only=True)["config"]
+        assert trained == to_dict(with_overrides(base, variant["overrides"])), name
+        cmd = (out / name / "train.log").read_text().splitlines()[0]
+        assert f"--config {out / name / 'config.yaml'} --out {out / name}" in cmd
+        assert cmd.endswith(f"--out {out / name}"), cmd  # no overrides after it
     md = (out / "ablation.md").read_text()
     assert "Dynamic vs fixed-grid chunking" in md and "surrogate vs paper" in md
     assert json.loads((out / "ablation.json").read_text())["variants"].keys() == v.keys()

@@ -29,6 +29,10 @@ def test_quick_demo_end_to_end_then_reuse(tmp_path):
     for link in links:  # every image, WAV and spectrogram the report links exists
         assert (out / link).is_file(), link
     assert "## Table 1" in report and "| density |" in report and "Research goal" in report
+    # the 2-rank child was started on the resolved config file, with no overrides of its own
+    cmd = (out / "train" / "train.log").read_text().splitlines()[0]
+    assert "--module weaktok.train" in cmd and "=" not in cmd
+    assert cmd.endswith(f"--config {out / 'train' / 'config.yaml'} --out {out / 'train'}"), cmd
     timings = json.loads((out / "timings.json").read_text())["timings"]
     assert set(timings) >= {"corpus", "shards", "train", "evaluate", "generate", "report", "total"}
     table = json.loads((out / "eval" / "table1.json").read_text())

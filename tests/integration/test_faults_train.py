@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
-from weaktok.launch.local import free_port
+from weaktok.procenv import free_port
 
 FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1", "metrics.enabled=false"]
 
@@ -130,7 +130,7 @@ def test_sigkill_one_rank_survivor_exits_and_resume_loses_at_most_one_interval(s
     assert all(c != 0 for c in codes), (codes, logs[0][-3000:])
     assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
     assert exit_s < 90, f"job took {exit_s:.0f} s to exit after one rank was killed"
-    why = [l for l in logs[0].splitlines() if "Error" in l or "error" in l][-3:]
+    why = [line for line in logs[0].splitlines() if "Error" in line or "error" in line][-3:]
     print(
         f"\n[faults] rank 1 SIGKILLed at step >= {progress}: node-b exit {codes[1]}, node-a exit {codes[0]}, "
         f"whole job gone {exit_s:.1f} s after the kill; survivor said: {why}"
@@ -184,7 +184,7 @@ def test_truncated_and_corrupt_checkpoints_fall_back_then_fail_clearly(shards, t
     ), r.stdout[-3000:]
     assert f"resumed from {ckpts / 'step00000002'}: step 2" in r.stdout
     assert "step00000006" not in "".join(
-        l for l in r.stdout.splitlines() if "resumed" in l or "WARNING" in l
+        line for line in r.stdout.splitlines() if "resumed" in line or "WARNING" in line
     )
     assert (
         ckpts / "step00000004.corrupt" / "COMPLETE"

@@ -117,7 +117,7 @@ def test_generate_both_modes_keeps_the_seed(flow_run, tmp_path):
 
 
 def test_evaluate_reports_the_flow_bypass_and_the_cut_models_distances(flow_run, tmp_path):
-    from weaktok.evaluation.evaluate import evaluate
+    from weaktok.evaluation.run import evaluate
 
     shards, out = flow_run
     t = evaluate(

@@ -18,7 +18,8 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 
 from weaktok.lscore.exact import exact_lscore
-from weaktok.lscore.pool import LScorePool, LScorePoolError, click_clip
+from weaktok.lscore.pool import LScorePool, LScorePoolError
+from weaktok.lscore.worker import click_clip
 
 pytestmark = pytest.mark.slow
 

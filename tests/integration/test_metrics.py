@@ -2,6 +2,7 @@
 Prometheus config / alert rules (promtool) and Grafana dashboard, and a real Prometheus server scraping a real run."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, venv_bin
 from weaktok.config import ConfigError, load_config
-from weaktok.launch.local import free_port
+from weaktok.procenv import free_port
 from weaktok.train.prometheus import URL_FILE, MetricsExporter, MetricsPortInUse
 
 PROM_DIR = REPO / "cluster" / "prometheus"
@@ -257,7 +258,7 @@ def test_binds_loopback_by_default_and_close_stops_the_server(tmp_path):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
-def test_port_in_use_is_a_clear_error_naming_the_key(tmp_path, capsys):
+def test_port_in_use_is_a_clear_error_naming_the_key(tmp_path, caplog):
     with occupied_port() as s:
         port = s.getsockname()[1]
         with pytest.raises(MetricsPortInUse) as err:
@@ -270,13 +271,13 @@ def test_port_in_use_is_a_clear_error_naming_the_key(tmp_path, capsys):
             and "port_fallback" in msg
         )
         assert not (tmp_path / "run" / URL_FILE).exists()
-        e = exporter_for(
-            tmp_path, f"metrics.port={port}", "metrics.port_fallback=true"
-        )  # documented fallback
+        # the documented fallback
+        with caplog.at_level(logging.INFO, logger="weaktok.train.prometheus"):
+            e = exporter_for(tmp_path, f"metrics.port={port}", "metrics.port_fallback=true")
         try:
             served = e.server.server_port
             assert port < served < port + 20 and e.url.endswith(f":{served}/metrics")
-            assert f"(metrics.port {port} was in use)" in capsys.readouterr().out
+            assert f"(metrics.port {port} was in use)" in caplog.text
             assert scrape(e.url)
         finally:
             e.close()
@@ -376,7 +377,7 @@ def test_dashboard_is_importable_and_queries_only_exported_metrics(tmp_path):
     ds_vars = [v for v in dash["templating"]["list"] if v["type"] == "datasource"]
     assert ds_vars and ds_vars[0]["query"] == "prometheus"
     targets = [t for p in dash["panels"] for t in p.get("targets", [])]
-    assert all(t["datasource"]["uid"] == "${%s}" % ds_vars[0]["name"] for t in targets)
+    assert all(t["datasource"]["uid"] == f"${{{ds_vars[0]['name']}}}" for t in targets)
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
     for want in (
         "loss",

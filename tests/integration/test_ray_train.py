@@ -36,11 +36,25 @@ def test_gpus_per_worker_is_validated_before_ray_starts(tmp_path):
         )
 
 
+def test_workers_get_the_resolved_config_not_a_name_and_overrides(tmp_path):
+    """What crosses to a Ray Train worker is the driver's resolved config as plain data; the worker rebuilds the
+    same Config from it (with the same validation) and reads no YAML file."""
+    from weaktok.config import from_dict, load_config, to_dict
+    from weaktok.launch.ray_train import loop_config
+
+    cfg = load_config("tiny", ["model.dim=32", "train.lr=0.0042"])
+    sent = loop_config(cfg, tmp_path / "run", use_gpu=False, lscore_weight=0.5)
+    assert set(sent) == {"config", "out", "use_gpu", "lscore_weight"}
+    assert sent["config"] == to_dict(cfg) and from_dict(sent["config"]) == cfg
+    assert sent["out"] == str(tmp_path / "run") and sent["use_gpu"] is False
+
+
 @pytest.mark.slow
 def test_ray_train_two_workers_two_nodes(tmp_path, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
+    from weaktok.config import load_config, to_dict
     from weaktok.launch.ray_train import run_ray_train
 
     shards = make_tiny_shards(tmp_path / "shards", n_train=16, n_val=4)
@@ -53,7 +67,7 @@ def test_ray_train_two_workers_two_nodes(tmp_path, monkeypatch):
         nodes = [n for n in ray.nodes() if n["Alive"]]
         assert len(nodes) == 2
         out = tmp_path / "run"
-        result = run_ray_train(
+        cfg = load_config(
             "tiny",
             [
                 f"data.shards={shards}",
@@ -64,9 +78,9 @@ def test_ray_train_two_workers_two_nodes(tmp_path, monkeypatch):
                 "data.num_workers=0",
                 "data.log_keys=true",
             ],
-            str(out),
-            workers=2,
-            cpus_per_worker=1,
+        )
+        result = run_ray_train(
+            cfg, str(out), workers=2, cpus_per_worker=1
         )  # gpus_per_worker auto: no GPU -> gloo
         assert result.error is None
         assert result.metrics["epoch"] == 2 and result.metrics["step"] == 8
@@ -74,7 +88,11 @@ def test_ray_train_two_workers_two_nodes(tmp_path, monkeypatch):
         assert "COMPLETE" in os.listdir(result.checkpoint.path)
         assert (out / "samples" / "rank1.txt").is_file()  # both ranks trained
         assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "val"] == [1, 2]
-        assert "model" in torch.load(out / "final" / "model.pt", weights_only=True)
+        final = torch.load(out / "final" / "model.pt", weights_only=True)
+        assert "model" in final
+        assert final["config"] == to_dict(
+            cfg
+        )  # the workers trained under exactly the driver's config
     finally:
         ray.shutdown()
         cluster.shutdown()

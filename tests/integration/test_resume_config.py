@@ -269,7 +269,9 @@ def test_shape_keys_are_exactly_the_keys_that_change_parameter_shapes():
 
 
 def test_load_blockers_name_what_cannot_load():
-    def blockers(overrides, marker=None, world=1, old=to_dict(load_config("tiny"))):
+    tiny = to_dict(load_config("tiny"))
+
+    def blockers(overrides, marker=None, world=1, old=tiny):
         cfg = load_config("tiny", overrides)
         return load_blockers(config_changes(old, cfg), marker or {}, cfg, world)
 

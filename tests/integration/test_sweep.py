@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, run, venv_bin
-from weaktok.config import ConfigError, load_config
-from weaktok.launch.local import free_port
-from weaktok.launch.sweep import check_against_config, load_space
+from weaktok.config import ConfigError, load_config, to_dict
+from weaktok.launch.sweep_space import check_against_config, load_space
+from weaktok.procenv import free_port
 
 TRIAL = [
     "train.epochs=2",
@@ -54,17 +54,19 @@ def test_space_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("space:\n  model.chunking.tua: {type: uniform, low: 0.1, high: 1}\n")
     with pytest.raises(ConfigError, match="sweep space 'model.chunking.tua'.*unknown config key"):
-        check_against_config("tiny", [], load_space(bad))
+        check_against_config(load_config("tiny"), load_space(bad))
     bad.write_text("space:\n  model.chunking.tau: {type: uniform, low: 0.0, high: 1}\n")
     with pytest.raises(ConfigError, match="model.chunking.tau.*must be > 0"):
-        check_against_config("tiny", [], load_space(bad))
+        check_against_config(load_config("tiny"), load_space(bad))
     bad.write_text("space:\n  train.lr: {type: gaussian}\n")
     with pytest.raises(ConfigError, match="space.train.lr: needs 'type'"):
         load_space(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_space(tmp_path / "nope.yaml")
     spec = load_space(REPO / "cluster" / "sweeps" / "default.yaml")
-    check_against_config("demo", [], spec)  # the shipped space is valid for the shipped config
+    check_against_config(
+        load_config("demo"), spec
+    )  # the shipped space is valid for the shipped config
     assert spec.gpus_per_worker == "auto"
 
 
@@ -100,7 +102,7 @@ def test_gpus_per_worker_is_validated_naming_the_key(tmp_path):
 
 def test_trial_resources_follow_the_cluster(tmp_path):
     from weaktok.launch.ray_train import worker_resources
-    from weaktok.launch.sweep import trial_resources
+    from weaktok.launch.sweep_space import trial_resources
 
     cpu_only, gpus = {"CPU": 16.0, "memory": 1e10}, {"CPU": 16.0, "GPU": 8.0}
     one = _resources(tmp_path, cpus_per_worker=2, pool_actors=1)
@@ -125,6 +127,30 @@ def test_trial_resources_follow_the_cluster(tmp_path):
         "backend": "gloo",
         "resources_per_worker": {"CPU": 2},
     }
+
+
+def test_a_trials_config_is_the_resolved_base_plus_its_params():
+    """The driver resolves --config + overrides once; a trial applies its params (and its metrics port and run
+    name) to that base, and nothing else: the same config a user would get from those overrides."""
+    from weaktok.launch.trial import trial_config
+
+    user = ["data.samples_per_epoch=16", "model.dim=32"]
+    base = load_config("tiny", user)
+    params = {"train.lr": 0.0042, "model.chunking.tau": 0.7, "lscore.mode": "paper"}
+    cfg = trial_config(base, params, "run_fn_00001")
+    want = load_config(
+        "tiny",
+        [*user, "metrics.port=0", "metrics.run_name=run_fn_00001"]
+        + [f"{k}={v}" for k, v in params.items()],
+    )
+    assert to_dict(cfg) == to_dict(want)
+    assert trial_config(base, params) == load_config(
+        "tiny", [*user, *(f"{k}={v}" for k, v in params.items())]
+    )  # the best config: no metrics port of its own
+    assert trial_config(base, {"metrics.port": 9999}, "t").metrics.port == 9999  # params win
+    assert to_dict(base) == to_dict(load_config("tiny", user))  # the base is left as it was
+    with pytest.raises(ConfigError, match="must be > 0"):
+        trial_config(base, {"model.chunking.tau": 0.0}, "t")
 
 
 def test_gpu_resolution_and_log_line():
@@ -195,9 +221,9 @@ def test_killed_sweep_resumes_and_completes(shards, tmp_path):
         start_new_session=True,
     )
     deadline = time.time() + 300
-    done = lambda: [
-        p for p in (out / "tune").glob("*/result.json") if '"epoch": 2' in p.read_text()
-    ]  # noqa: E731
+    # a trial's epoch-2 checkpoint: written into <out>/tune/<trial>/ by the trial itself as it reports (result.json
+    # is written by the driver into a staging folder and copied there only now and then, possibly after the end)
+    done = lambda: list((out / "tune").glob("*/checkpoint_000001"))  # noqa: E731
     while time.time() < deadline and not done():
         assert proc.poll() is None
         time.sleep(0.5)

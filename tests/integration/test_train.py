@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
-from weaktok.launch.local import free_port
+from weaktok.procenv import free_port
+from weaktok.train.hooks import TrainHooks
 
 pytestmark = pytest.mark.slow
 FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1"]
@@ -114,7 +115,7 @@ def test_two_simulated_nodes_form_one_job(shards, tmp_path):
         for r in (0, 1)
     ]
     logs = [p.communicate(timeout=400)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(l[-3000:] for l in logs)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
     assert "world 2" in logs[0]
     assert [r["kind"] for r in read_metrics(out)].count("val") == 1
 
@@ -199,13 +200,13 @@ def test_two_ranks_zero3_bf16_learns_and_exports_fp32_master_weights(shards, tmp
     _assert_fp32_master_weights(out)  # gathered from the ZeRO-3 partitions by zero_to_fp32
 
 
-class PoisonHook:
+class PoisonHook(TrainHooks):
     """Makes the batches of the given steps non-finite (a real NaN reaching the loss)."""
 
     def __init__(self, batches):
         self.batches, self.seen = set(batches), 0
 
-    def on_batch(self, batch, state):
+    def on_batch(self, batch: dict, state: dict) -> None:
         if self.seen in self.batches:
             batch["audio"][0, :100] = float("nan")
         self.seen += 1
@@ -213,7 +214,7 @@ class PoisonHook:
 
 def _nan_run(shards, out):
     from weaktok.config import load_config
-    from weaktok.launch.local import single_process_env
+    from weaktok.procenv import single_process_env
     from weaktok.train import train
 
     os.environ.update(single_process_env(os.environ))
@@ -245,7 +246,8 @@ def test_nan_loss_steps_are_skipped_and_counted(shards, tmp_path):
 def test_compiled_training_runs_through_deepspeed(shards, tmp_path):
     """train.compile=true: the model is compiled by DeepSpeed's engine.compile and trains, checkpoints and exports.
     aot_eager traces the same graphs inductor would compile (inductor's C++ build takes minutes on 2 cores); the
-    graph-level properties (no graph break, no recompile across batches) are checked in tests/unit/model/test_compile.py."""
+    graph-level properties (no graph break, no recompile across batches) are checked in
+    tests/unit/model/test_compile.py."""
     out = tmp_path / "run"
     run(
         [

@@ -1,9 +1,22 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from weaktok.config import ConfigError, load_config, parse_override, save_config, shipped_configs
+from weaktok.config import (
+    CONFIG_DIR,
+    ConfigError,
+    from_dict,
+    load_config,
+    parse_override,
+    save_config,
+    shipped_configs,
+    to_dict,
+    with_overrides,
+    with_values,
+)
+from weaktok.config import schema as config_schema
 
 
 def test_shipped_configs_load_and_validate():
@@ -95,3 +108,44 @@ def test_cli_reports_config_errors_clearly():
         text=True,
     )
     assert r.returncode == 0 and "dim: 32" in r.stdout
+
+
+def test_shipped_configs_live_beside_the_package():
+    assert CONFIG_DIR == Path(config_schema.__file__).parents[1] / "configs"
+    assert (CONFIG_DIR / "tiny.yaml").is_file()
+
+
+def test_a_resolved_config_crosses_a_process_boundary_unchanged(tmp_path):
+    """What a launcher hands on (a YAML file from save_config, or to_dict's plain data) rebuilds the same Config."""
+    cfg = load_config("tiny", ["model.dim=32", "train.lr=1e-3"])
+    # "007" stays a string through the YAML file
+    cfg = with_values(cfg, {"metrics.run_name": "007", "train.init_from": None})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert from_dict(to_dict(cfg)) == cfg
+    assert from_dict(to_dict(cfg)) is not cfg
+
+
+def test_from_dict_validates_like_load_config():
+    raw = to_dict(load_config("tiny"))
+    raw["model"]["chunking"]["tau"] = 0
+    with pytest.raises(ConfigError, match="'model.chunking.tau': must be > 0"):
+        from_dict(raw)
+    raw = to_dict(load_config("tiny"))
+    raw["train"]["init_from"] = "/no/such/run/final/model.pt"
+    with pytest.raises(ConfigError, match="train.init_from"):
+        from_dict(raw)
+
+
+def test_overrides_and_values_on_a_resolved_config():
+    base = load_config("tiny", ["model.dim=32"])
+    overrides = ["train.lr=0.002", "model.chunking.kind=fixed", "model.channels=[8,8,8]"]
+    assert with_overrides(base, overrides) == load_config("tiny", ["model.dim=32", *overrides])
+    assert with_overrides(base, ["train.lr=1", "train.lr=2"]).train.lr == 2.0  # in order, as typed
+    v = with_values(base, {"train.lr": 0.0042, "lscore.mode": "paper"})
+    assert v.train.lr == 0.0042 and v.lscore.mode == "paper" and v.model.dim == 32
+    assert base.train.lr != 0.0042 and base.lscore.mode != "paper"  # the base is not touched
+    with pytest.raises(ConfigError, match="unknown config key 'model.chunking.tua'"):
+        with_values(base, {"model.chunking.tua": 1.0})
+    with pytest.raises(ConfigError, match="'model.chunking.tau': must be > 0"):
+        with_values(base, {"model.chunking.tau": 0.0})

@@ -23,6 +23,7 @@ LAYERS = [
         "weaktok.plots",
         "weaktok.device",
         "weaktok.ray_cluster",
+        "weaktok.procenv",
     },  # small shared pieces
     {"weaktok.lscore"},
     {"weaktok.data", "weaktok.model"},

@@ -1,9 +1,10 @@
 """Security defaults (issue #9).
 
 * Every server weaktok starts binds 127.0.0.1 unless configured: the Prometheus exporter (behaviour tested in
-  tests/integration/test_metrics.py::test_binds_loopback_by_default_and_close_stops_the_server; here: the default and a scan
-  for hard-coded wildcard binds), the documented Prometheus command, Ray's dashboard (off in the L-Score pool; the
-  multi-node cluster head is the one documented exception and keeps token auth).
+  tests/integration/test_metrics.py::test_binds_loopback_by_default_and_close_stops_the_server; here: the default
+  and a scan for hard-coded wildcard binds), the documented Prometheus command, Ray's dashboard (off in every local
+  cluster weaktok starts: weaktok/ray_cluster.py, the one place that calls ray.init; the multi-node cluster head is
+  the one documented exception and keeps token auth).
 * Every ``torch.load`` in the code passes ``weights_only=True``; nothing unpickles (AST scan).
 * Ray token authentication is never switched off (scan of code and scripts).
 * Shards: a ``pipe:`` or URL shard folder is refused with a clear error; a malicious ``.pyd``/``.pickle``/``.pth``
@@ -14,6 +15,7 @@
 import ast
 import io
 import json
+import logging
 import pickle
 import re
 import tarfile
@@ -320,8 +322,22 @@ def test_ray_dashboard_is_off_or_loopback_in_code():
                 assert host is None or (
                     isinstance(host, ast.Constant) and host.value == "127.0.0.1"
                 ), f"{path}:{call.lineno}"
-    pool = (REPO / "weaktok/lscore/pool.py").read_text()
-    assert '"include_dashboard": False' in pool  # the local L-Score pool starts no dashboard at all
+    policy = (REPO / "weaktok/ray_cluster.py").read_text()
+    assert (
+        '"include_dashboard": False' in policy
+    )  # a local cluster we start serves no dashboard at all
+
+
+def test_every_ray_connection_goes_through_the_one_policy():
+    """weaktok/ray_cluster.py's connect_ray is the only ray.init in the code: nothing attaches with a bare
+    ``ray.init()`` / ``address="auto"`` (any cluster on the machine) or starts a cluster with a dashboard."""
+    calls = [
+        f"{path.relative_to(REPO)}:{call.lineno}"
+        for path in PY
+        for call in _calls(path)
+        if _name(call.func) == "ray.init"
+    ]
+    assert calls and all(c.startswith("weaktok/ray_cluster.py:") for c in calls), calls
 
 
 def test_scripts_bind_loopback_except_the_documented_cluster_head():
@@ -384,22 +400,22 @@ def test_ray_token_auth_is_never_switched_off(tmp_path):
     assert len(scan_ray_auth(planted)) == 4  # the scanner catches each way of switching it off
 
 
-def test_exporter_binds_loopback_unless_configured_and_says_so_when_not(tmp_path, capsys):
+def test_exporter_binds_loopback_unless_configured_and_says_so_when_not(tmp_path, caplog):
     from weaktok.train.prometheus import MetricsExporter
 
+    caplog.set_level(logging.INFO, logger="weaktok")
     e = MetricsExporter(load_config("tiny"), tmp_path / "a", rank=0, local_rank=0)
     try:
         assert e.server.server_address[0] == "127.0.0.1"
-        assert "note: metrics.host" not in capsys.readouterr().out
+        assert "note: metrics.host" not in caplog.text
     finally:
         e.close()
+    caplog.clear()
     e = MetricsExporter(
         load_config("tiny", ["metrics.host=0.0.0.0"]), tmp_path / "b", rank=0, local_rank=0
     )
     try:
         assert e.server.server_address[0] == "0.0.0.0"  # configured: honoured...
-        assert (
-            "note: metrics.host=0.0.0.0 serves /metrics" in capsys.readouterr().out
-        )  # ...and said out loud
+        assert "note: metrics.host=0.0.0.0 serves /metrics" in caplog.text  # ...and said out loud
     finally:
         e.close()

@@ -8,11 +8,15 @@ the real sonic-pi-samples FLACs (44.1/48 kHz). The shard loader reads the same a
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
 
+from weaktok.audio import load_audio
 from weaktok.bench.common import BenchResult
+from weaktok.data.loader import loop_crop, train_loader
+from weaktok.data.shards import build_shards
 
 BENCH_DIR = Path("bench_results")
 SOURCE = Path("/usr/share/sonic-pi/samples")
@@ -21,8 +25,6 @@ SR = 22050
 
 
 def bench_shards() -> Path:
-    from weaktok.data.shards import build_shards
-
     shards = BENCH_DIR / "shards-data-bench"
     if not (shards / "manifest.json").is_file():
         build_shards(SOURCE, shards, min_shards=4, num_actors=1, progress=False)
@@ -31,9 +33,6 @@ def bench_shards() -> Path:
 
 def per_file(sources: list[str], n: int) -> float:
     """Audio-seconds/s of the per-file baseline over ``n`` random draws."""
-    from weaktok.audio import load_audio
-    from weaktok.data.loader import loop_crop
-
     rng = random.Random(0)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -43,8 +42,6 @@ def per_file(sources: list[str], n: int) -> float:
 
 
 def shard_loader(shards: Path, n: int, workers: int, batch: int = 8) -> float:
-    from weaktok.data.loader import train_loader
-
     loader = train_loader(
         str(shards), batch, CLIP_SECONDS, samples_per_rank=n, num_workers=workers, seed=0
     )
@@ -54,8 +51,6 @@ def shard_loader(shards: Path, n: int, workers: int, batch: int = 8) -> float:
 
 
 def run(quick: bool = False) -> list[BenchResult]:
-    import json
-
     shards = bench_shards()
     manifest = json.loads((shards / "manifest.json").read_text())
     skipped = {s["path"] for s in manifest["skipped"]}

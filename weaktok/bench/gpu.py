@@ -32,6 +32,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from weaktok.bench.common import BenchResult
 from weaktok.bench.train import (
@@ -42,6 +44,9 @@ from weaktok.bench.train import (
     model_flops,
     step_counts,
 )
+from weaktok.config import load_config
+from weaktok.train import use_bf16
+from weaktok.train.hooks import TrainHooks
 
 SKIPPED = "skipped: no CUDA device"
 
@@ -96,9 +101,6 @@ def bf16_peak(n: int = 8192, repeat: int = 20) -> float:
 
 def cuda_kernels(step) -> int:
     """CUDA kernels one ``step()`` launches (profiler device events less memcpy/memset)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
@@ -134,13 +136,13 @@ def cuda_syncs(step) -> int:
     return n_syncs(caught)
 
 
-class BatchMarks:
+class BatchMarks(TrainHooks):
     """train() hook: where each batch starts in the list of caught warnings (the syncs of one step lie between)."""
 
     def __init__(self, caught: list):
         self.caught, self.marks = caught, []
 
-    def on_batch(self, batch, state) -> None:
+    def on_batch(self, batch: dict, state: dict) -> None:
         self.marks.append(len(self.caught))
 
     def per_step(self) -> list[int]:
@@ -288,9 +290,6 @@ def end_to_end(
     shards: str | None, steps: int, log_every: int, overrides: list[str]
 ) -> list[BenchResult]:
     """A real single-rank train() of the paper config; rates from its metrics.jsonl (first window dropped)."""
-    from weaktok.config import load_config
-    from weaktok.train import use_bf16
-
     shards = shards or str(bench_shards(sr=load_config("paper", list(overrides)).audio.sample_rate))
     cfg = load_config(
         "paper",
@@ -367,8 +366,6 @@ def run(
                 note="torch.cuda.is_available() is False: nothing measured",
             )
         ]
-    from weaktok.config import load_config
-
     cfg = load_config("paper", [])
     sizes, repeat = ((8, 16), 3) if quick else ((32, 64, 128), 20)
     try:  # each part reports a failed line rather than losing the other's numbers (e.g. out of memory, bad shards)

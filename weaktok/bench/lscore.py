@@ -14,14 +14,21 @@ cluster found on the machine. Timings on a shared 2-core machine are noisy: othe
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import librosa
 import numpy as np
+import soundfile as sf
+from threadpoolctl import threadpool_limits
 
 from weaktok.bench.common import BenchResult, timeit
+from weaktok.lscore.exact import exact_lscore
+from weaktok.lscore.worker import click_clip
+from weaktok.ray_cluster import connect_ray
 
 SR = 22050
 CLIP_S = 4.0
@@ -30,9 +37,6 @@ SAMPLES = Path("/usr/share/sonic-pi/samples")
 
 def load_loop(path: Path) -> np.ndarray:
     """A loop as mono float32 at SR (soundfile + librosa.resample)."""
-    import librosa
-    import soundfile as sf
-
     y, sr = sf.read(path, dtype="float32", always_2d=True)
     return librosa.resample(y.mean(axis=1), orig_sr=sr, target_sr=SR).astype(np.float32)
 
@@ -63,10 +67,6 @@ def corpus(n_clips: int) -> list[np.ndarray]:
 
 
 def bench_single(repeat: int) -> BenchResult:
-    from threadpoolctl import threadpool_limits
-
-    from weaktok.lscore.exact import exact_lscore
-
     y = tile_to(load_loop(SAMPLES / "loop_amen_full.flac"), int(CLIP_S * SR))
     with threadpool_limits(1):
         exact_lscore(y, SR)  # warm: imports + numba JIT
@@ -124,11 +124,6 @@ def race_note(r: dict, n: int, pool=None) -> str:
 def _mp_init() -> None:
     """multiprocessing baseline worker: one BLAS thread (like a Ray actor), warm."""
     global _LIMITS
-    from threadpoolctl import threadpool_limits
-
-    from weaktok.lscore.exact import exact_lscore
-    from weaktok.lscore.pool import click_clip
-
     exact_lscore(
         click_clip(SR), SR
     )  # first: it loads scipy's own OpenBLAS, which the limit must cover too
@@ -136,19 +131,14 @@ def _mp_init() -> None:
 
 
 def _mp_score(y: np.ndarray) -> np.ndarray:
-    from weaktok.lscore.exact import exact_lscore
-
     return exact_lscore(y, SR)
 
 
 def bench_pool(n_clips: int, repeat: int) -> list[BenchResult]:
-    import multiprocessing as mp
+    # Ray here, not at the top: heavy, and the spawned workers of the multiprocessing baseline import this module
+    import ray  # noqa: PLC0415
 
-    import ray
-    from threadpoolctl import threadpool_limits
-
-    from weaktok.lscore.exact import exact_lscore
-    from weaktok.lscore.pool import LScorePool, connect_ray
+    from weaktok.lscore.pool import LScorePool  # noqa: PLC0415 (imports Ray)
 
     clips = corpus(n_clips)
 
@@ -171,9 +161,8 @@ def bench_pool(n_clips: int, repeat: int) -> list[BenchResult]:
             fair = race(lambda: pool.map(clips, SR), serial, repeat)
             fair_note, startup, warm = race_note(fair, n_clips, pool), pool.startup_s, pool.warmup_s
             busy = pool.stats()["worker_s_per_clip"] * n_clips / (2 * fair["par"])
-        with LScorePool(
-            num_actors=2
-        ) as pool:  # Ray's default: actors at nice 15, yielding to other work
+        # Ray's default: actors at nice 15, yielding to other work
+        with LScorePool(num_actors=2) as pool:
             low = race(lambda: pool.map(clips, SR), serial, max(1, repeat // 2))
             low_note = race_note(low, n_clips, pool)
     finally:

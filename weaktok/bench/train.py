@@ -15,14 +15,27 @@ The bare step (``bare_parts`` + ``bare_step``) is shared with ``weaktok bench gp
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from weaktok.audio import SpecFrontEnd
 from weaktok.bench.common import BenchResult, OpCounts, count_syncs_and_ops, timeit
+from weaktok.config import load_config
+from weaktok.data.corpus import build_corpus
+from weaktok.data.loader import eval_loader
+from weaktok.data.manifest import load_manifest
+from weaktok.data.shards import build_shards
+from weaktok.lscore.differentiable import DifferentiableLScore
+from weaktok.model.unet import build_model
+from weaktok.procenv import set_accelerator, single_process_env
+from weaktok.train import Dist, all_finite, compute_loss, train
+from weaktok.train.curriculum import weights_at
 
 BENCH_DIR = Path("bench_results")
 
@@ -30,8 +43,6 @@ BENCH_DIR = Path("bench_results")
 def bench_shards(n: int = 48, sr: int = 22050) -> Path:
     """A small shard set from the embedded corpus at sample rate ``sr``, built once and reused. The loader
     loops items shorter than the config's clip length (``data.loop_crop``), so any clip length can use it."""
-    from weaktok.data.corpus import build_corpus
-    from weaktok.data.shards import build_shards
 
     suffix = "" if sr == 22050 else f"-{sr}"
     shards = BENCH_DIR / f"shards-train-bench{suffix}"
@@ -50,11 +61,6 @@ def matmul_flops(n: int = 1024, repeat: int = 10) -> float:
 
 def model_flops(model, front, lscore_fn, batch_audio, target, cfg) -> float:
     """FLOPs of one forward + backward of the model and loss (counted, not estimated)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from weaktok.train import compute_loss
-    from weaktok.train.curriculum import weights_at
-
     spec = front(batch_audio)
     with FlopCounterMode(display=False) as counter:
         losses, _ = compute_loss(
@@ -79,10 +85,6 @@ class Autocast(torch.nn.Module):
 
 def bare_parts(cfg, device: str | torch.device = "cpu", bf16: bool = False):
     """Front end, differentiable L-Score, model (wrapped in :class:`Autocast` when ``bf16``) and AdamW."""
-    from weaktok.audio import SpecFrontEnd
-    from weaktok.lscore.differentiable import DifferentiableLScore
-    from weaktok.model.unet import build_model
-
     front = SpecFrontEnd(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length).to(device)
     lscore_fn = DifferentiableLScore(
         cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, mode=cfg.lscore.mode
@@ -97,9 +99,6 @@ def bare_step(cfg, front, lscore_fn, model, opt, audio, target):
     on, as at the end of the curriculum), the NaN check, backward, clipping, AdamW. ``step(update=False)``
     stops before the optimizer: AdamW's ``.item()`` reads of its step counters are of CPU tensors, which the op
     counter cannot tell from device reads on a CPU-only machine."""
-    from weaktok.train import Dist, all_finite, compute_loss
-    from weaktok.train.curriculum import weights_at
-
     w = weights_at(1e9, cfg.curriculum)
     dist = Dist(rank=0, world=1, local_rank=0, device=audio.device)
 
@@ -134,13 +133,9 @@ def bare_step_time(
 
 def full_run(cfg, out: Path, hooks: list | None = None) -> dict:
     """A real single-rank train() run; step time and data wait from its metrics.jsonl (first window dropped)."""
-    from weaktok.launch.local import single_process_env
-    from weaktok.train import train
-
     os.environ.update(single_process_env(os.environ))
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    set_accelerator(os.environ)
     train(cfg, out, hooks)
-    import json
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["kind"] == "train"][1:]
@@ -154,10 +149,6 @@ def full_run(cfg, out: Path, hooks: list | None = None) -> dict:
 
 
 def run(quick: bool = False, shards: str | None = None) -> list[BenchResult]:
-    from weaktok.config import load_config
-    from weaktok.data.loader import eval_loader
-    from weaktok.data.manifest import load_manifest
-
     shards = shards or bench_shards()
     steps = 12 if quick else 40
     cfg = load_config(

@@ -1,11 +1,11 @@
-"""The generation prior, "noise shaped like the corpus" (DESIGN.md section 6), shared by generation and training.
+"""The generation prior, "noise shaped like the corpus" (docs/data.md), shared by generation and training.
 
 Over a split's log1p spectrogram frames: the mean m(f), the top k principal spectral shapes u_j(f) with their std
 s_j and lag-1 (frame-to-frame) correlation r_j, and the residual std e(f). A sample is
     z(f, t) = m(f) + sum_j s_j c_j(t) u_j(f) + e(f) n(f, t),   c_j an AR(1) with correlation r_j, n ~ N(0, 1)
 clamped at 0: second-order statistics only, so no training item can be reproduced (k = 0: the mean spectrum +
-white noise). Generation refines such noise into sound (generate.py); training with
-``train.corruption.fill: prior`` shows the model the same noise in its masked spans (train.corrupt).
+white noise). Generation refines such noise into sound (weaktok/generate/sampler.py); training with
+``train.corruption.fill: prior`` shows the model the same noise in its masked spans (weaktok/train/step.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from weaktok.data.loader import eval_loader
 
 PRIOR_COMPONENTS = 16  # principal spectral shapes (0: mean spectrum + white noise)
 
@@ -31,8 +33,6 @@ def corpus_spectrum(
     Returns mean (F,), the top ``components`` principal spectral shapes (k, F) with their std (k,) and
     frame-to-frame (lag-1) correlation (k,), and the per-frequency std they leave unexplained (F,); computed on
     the front end's device, and returned there."""
-    from weaktok.data.loader import eval_loader
-
     F, dev = front.n_freqs, front.device
     s1, s2 = (
         torch.zeros(F, dtype=torch.float64, device=dev),

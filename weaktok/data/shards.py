@@ -2,9 +2,7 @@
 
     weaktok shards --source DIR --out shards/NAME [--tags idm,glitch] [--sr 22050]
 
-Sources: the Freesound Loop Dataset layout (``audio/wav/<soundid>_<userid>.wav``, also ``.wav.wav``, and
-``metadata.json`` keyed by sound id) or any folder of audio files that soundfile reads (metadata optional: a
-``metadata.json`` keyed by file stem or relative path, with ``tags``/``license``/``bpm``, is used when present).
+Sources: the Freesound Loop Dataset layout or any folder of audio files (``weaktok.data.sources`` finds them).
 
 Each item is ``<key>.flac`` (mono, resampled, peak-normalised, PCM16 FLAC) + ``<key>.json`` (id, source path,
 tags, license, duration, sample rate, bpm, the exact L-Score). Items are split 70/15/15 by a stable hash of the
@@ -23,11 +21,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 import shutil
 import sys
+import tarfile
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +39,10 @@ from tqdm import tqdm
 from weaktok import __version__
 from weaktok.audio import AudioError, load_audio
 from weaktok.data.manifest import MANIFEST, SPLITS, sha256_file, write_manifest
+from weaktok.data.sources import Track, discover, filter_tags
+from weaktok.lscore.exact import LSCORE_NAMES
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au")
-FSLD_NAME = re.compile(r"^(\d+)_(\d+)\.wav(\.wav)?$", re.IGNORECASE)
-
-
-@dataclass
-class Track:
-    path: Path
-    track_id: str  # FSLD sound id, or the relative path for a plain folder
-    tags: list[str] = field(default_factory=list)
-    license: str = ""
-    bpm: float | None = None
-    username: str = ""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,81 +51,6 @@ class Item:
     split: str
     audio: np.ndarray  # (N,) float32 at the target sample rate
     meta: dict
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Discovery
-
-
-def discover(source: Path) -> tuple[list[Track], list[dict]]:
-    """Tracks under ``source`` (FSLD layout if it has metadata.json + audio/wav, else any audio folder)."""
-    source = Path(source)
-    if not source.is_dir():
-        raise FileNotFoundError(f"source folder not found: {source}")
-    metadata = _read_metadata(source / "metadata.json")
-    if (source / "audio" / "wav").is_dir() and metadata is not None:
-        return _discover_fsld(source, metadata)
-    return _discover_folder(source, metadata or {}), []
-
-
-def _read_metadata(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: metadata is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: metadata must be a JSON object keyed by sound id")
-    return data
-
-
-def _track_from_meta(path: Path, track_id: str, meta: dict) -> Track:
-    bpm = (meta.get("annotations") or {}).get("bpm", meta.get("bpm"))
-    try:
-        bpm = float(bpm) if bpm is not None else None
-    except (TypeError, ValueError):
-        bpm = None
-    tags = [str(t).strip().lower() for t in meta.get("tags") or [] if str(t).strip()]
-    return Track(
-        path, track_id, tags, str(meta.get("license", "")), bpm, str(meta.get("username", ""))
-    )
-
-
-def _discover_fsld(source: Path, metadata: dict) -> tuple[list[Track], list[dict]]:
-    tracks, skipped = [], []
-    for path in sorted((source / "audio" / "wav").iterdir()):
-        m = FSLD_NAME.match(path.name)
-        if not m:
-            skipped.append({"path": str(path), "reason": "name: not <soundid>_<userid>.wav"})
-            continue
-        sound_id = m.group(1)
-        if sound_id not in metadata:
-            skipped.append(
-                {"path": str(path), "reason": f"metadata: no entry for sound id {sound_id}"}
-            )
-            continue
-        tracks.append(_track_from_meta(path, sound_id, metadata[sound_id]))
-    return tracks, skipped
-
-
-def _discover_folder(source: Path, metadata: dict) -> list[Track]:
-    tracks = []
-    for path in sorted(
-        p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-    ):
-        rel = str(path.relative_to(source))
-        meta = metadata.get(rel) or metadata.get(path.stem) or {}
-        tracks.append(_track_from_meta(path, rel, meta))
-    return tracks
-
-
-def filter_tags(tracks: list[Track], tags: list[str] | None) -> list[Track]:
-    """Keep tracks with at least one of ``tags`` (case-insensitive); no filter keeps all."""
-    if not tags:
-        return tracks
-    wanted = {t.strip().lower() for t in tags if t.strip()}
-    return [t for t in tracks if wanted & set(t.tags)]
 
 
 def assign_split(track_id: str, fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)) -> str:
@@ -249,17 +166,14 @@ def _split_summary(folder: Path, writers: SplitWriters) -> dict:
 
 
 def _tar_names(path: Path) -> list[str]:
-    import tarfile
-
     with tarfile.open(path) as tar:
         return tar.getnames()
 
 
 def lscore_target(scores: np.ndarray) -> dict:
-    from weaktok.lscore.exact import LSCORE_NAMES
-
     if len(scores) == 0:
-        return {"names": list(LSCORE_NAMES), "mean": [0.0] * 4, "std": [0.0] * 4, "count": 0}
+        k = len(LSCORE_NAMES)
+        return {"names": list(LSCORE_NAMES), "mean": [0.0] * k, "std": [0.0] * k, "count": 0}
     return {
         "names": list(LSCORE_NAMES),
         "mean": scores.mean(0).tolist(),
@@ -299,9 +213,7 @@ def build_shards(
         raise ValueError(
             f"split name {split!r}: use lower-case letters, digits and '_' (it names shard files)"
         )
-    from contextlib import nullcontext
-
-    from weaktok.lscore.pool import LScorePool
+    from weaktok.lscore.pool import LScorePool  # noqa: PLC0415 (imports Ray: only a build needs it)
 
     source, out = Path(source), Path(out)
     t0 = time.time()
@@ -384,21 +296,22 @@ def _swap_in(tmp: Path, out: Path, manifest: dict) -> None:
 
 
 def print_summary(manifest: dict, out: Path) -> None:
+    """The per-split counts, the L-Score target, repairs and skips, logged at INFO (the CLI's output)."""
     for split, s in manifest["splits"].items():
-        print(
+        log.info(
             f"  {split:5s} {s['count']:6d} items  {s['seconds'] / 60:7.1f} min  {len(s['shards'])} shards"
         )
     t = manifest["lscore_target"]
-    print(
+    log.info(
         "  L-Score target (train): "
         + ", ".join(f"{n}={m:.3f}±{sd:.3f}" for n, m, sd in zip(t["names"], t["mean"], t["std"]))
     )
     if manifest["repaired"]:
-        print(f"  repaired {len(manifest['repaired'])} files (resampled/downmixed)")
+        log.info(f"  repaired {len(manifest['repaired'])} files (resampled/downmixed)")
     skipped = manifest["skipped"]
-    print(f"  skipped {len(skipped)} files" + (":" if skipped else ""))
+    log.info(f"  skipped {len(skipped)} files" + (":" if skipped else ""))
     for s in skipped[:20]:
-        print(f"    {s['path']}: {s['reason']}")
+        log.info(f"    {s['path']}: {s['reason']}")
     if len(skipped) > 20:
-        print(f"    ... {len(skipped) - 20} more in {out / MANIFEST}")
-    print(f"wrote {out / MANIFEST} in {manifest['build_seconds']} s")
+        log.info(f"    ... {len(skipped) - 20} more in {out / MANIFEST}")
+    log.info(f"wrote {out / MANIFEST} in {manifest['build_seconds']} s")

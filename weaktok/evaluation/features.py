@@ -24,10 +24,11 @@ The features (d = 73, ``FEATURE_NAMES`` in this order); one STFT, n_fft 1024, ho
   * ``onset_strength_mean``/``_std``: librosa's onset envelope on the log-mel spectrogram;
   * ``onsets_per_s``: onsets per second of clip, picked exactly as ``librosa.onset.onset_detect`` by
     ``weaktok.lscore.peaks.onset_detect`` (the L-Score's onset picker, here on the hop-256 envelope), with the
-    L-Score's loudness gate: a clip whose loudest frame is below -60 dBFS RMS has none. As with the L-Score's
-    density, the envelope is rescaled to [0, 1] per clip before picking, so a clip with no real onset still
-    yields peaks from its envelope's fluctuations (measured at 22.05 kHz: a steady 441 Hz sine 20.5/s, white
-    noise ~11/s at this hop; a 4/s burst train gives exactly 4/s). Read it as a rate of envelope peaks;
+    L-Score's loudness gate: a clip whose loudest frame is below ``SILENCE_DBFS`` (-60 dBFS RMS) has none. As
+    with the L-Score's density, the envelope is rescaled to [0, 1] per clip before picking, so a clip with no
+    real onset still yields peaks from its envelope's fluctuations (a steady sine or white noise reads as many
+    per second, measured in docs/results.md; a 4/s burst train gives exactly 4/s). Read it as a rate of
+    envelope peaks;
   * ``rms_mean``/``rms_std``: frame RMS (linear); ``zcr_mean``: zero-crossing rate (crossings per sample).
 
 No numba code runs here (see weaktok/lscore/exact.py for why: librosa's disk-cached numba kernels can be poisoned
@@ -267,8 +268,8 @@ def memorisation(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray) -> dic
     """Do generated clips sit closer to training clips than new real audio does?
 
     gen (n, d), train (m, d), heldout (h, d) features, z-scored here by the training set (so raw features and
-    features already z-scored by any reference give the same result, columns constant in training aside). Each generated clip's nearest-training
-    distance is compared with held-out real clips' nearest-training distances:
+    features already z-scored by any reference give the same result, columns constant in training aside). Each
+    generated clip's nearest-training distance is compared with held-out real clips' nearest-training distances:
       * ``ratio`` = median gen distance / median held-out distance: ~1 if generations are as novel as new real
         audio, < 1 if they sit closer to training items (None if the held-out median is 0);
       * ``near_copy_fraction``: share of generated clips closer to training than ``threshold``, the 5th

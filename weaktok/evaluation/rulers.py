@@ -1,7 +1,7 @@
 """Ruler check: what each exact L-Score term measures, read off signals whose answer is known.
 
     rows = ruler_check()                 # one dict per reference signal: the four terms, expected values, errors
-    print(ruler_markdown(rows))          # the same as a markdown table
+    print(ruler_markdown(rows))          # the same as a markdown table (weaktok.evaluation.ruler_tables)
     inv = order_invariance()             # the drum loop vs the same loop with its 100 ms segments shuffled
     lim = detector_limits()              # density on noise over 20 seeds, real sustained sounds and drum loops
     python -m weaktok.evaluation.rulers  # prints all of these (the numbers quoted in docs/evaluation.md)
@@ -36,6 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from weaktok.audio import SONIC_PI_SAMPLES, load_audio
+from weaktok.evaluation.ruler_tables import (
+    limits_markdown,
+    order_invariance_markdown,
+    ruler_markdown,
+)
 from weaktok.lscore.exact import (
     LSCORE_NAMES,
     exact_lscore,
@@ -44,7 +50,6 @@ from weaktok.lscore.exact import (
     timbral_exact,
 )
 
-SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
 CLICK_RATES = (1, 2, 4, 8, 12, 16, 20)  # Hz
 JITTER_RATE = 6.0  # Hz, mean rate of the jittered train
 SEGMENT_S = 0.1  # order-invariance probe: segment length (seconds)
@@ -80,14 +85,8 @@ def _tile(y: np.ndarray, n: int) -> np.ndarray:
 
 def _sample(name: str, sr: int, samples_dir: Path | None = None) -> np.ndarray | None:
     """A sonic-pi sample, mono at sr, peak-normalised; None if the file is not installed."""
-    path = Path(samples_dir if samples_dir is not None else SAMPLES_DIR) / f"{name}.flac"
-    if not path.exists():
-        return None
-    from weaktok.audio import (
-        load_audio,
-    )  # here: weaktok.audio imports torch, which the rulers need only for this
-
-    return load_audio(path, sr)
+    path = Path(samples_dir if samples_dir is not None else SONIC_PI_SAMPLES) / f"{name}.flac"
+    return load_audio(path, sr) if path.exists() else None
 
 
 def _synth_drone(sr: int, n: int) -> np.ndarray:
@@ -186,13 +185,13 @@ def reference_signals(
     sr: int = 22050, seconds: float = 8.0, lead_in: float = 0.1
 ) -> dict[str, np.ndarray]:
     """name -> y (n,) float32, n = round(seconds * sr); signals whose source file is absent are left out."""
-    ref = _reference(sr, float(seconds), float(lead_in), str(SAMPLES_DIR))
+    ref = _reference(sr, float(seconds), float(lead_in), str(SONIC_PI_SAMPLES))
     return {name: y.copy() for name, y, *_ in ref if y is not None}
 
 
 def reference_notes(sr: int = 22050, seconds: float = 8.0, lead_in: float = 0.1) -> dict[str, str]:
     """name -> what the signal is (says which drone was used, and which signals were skipped and why)."""
-    ref = _reference(sr, float(seconds), float(lead_in), str(SAMPLES_DIR))
+    ref = _reference(sr, float(seconds), float(lead_in), str(SONIC_PI_SAMPLES))
     return {name: what for name, _, what, *_ in ref}
 
 
@@ -215,7 +214,7 @@ def ruler_check(
     """
     presets = (onset,) if isinstance(onset, str) else tuple(onset)
     rows = []
-    reference = _reference(sr, float(seconds), float(lead_in), str(SAMPLES_DIR))
+    reference = _reference(sr, float(seconds), float(lead_in), str(SONIC_PI_SAMPLES))
     for name, y, what, exp_density, exp_irregularity in reference:
         row = {
             "name": name,
@@ -224,7 +223,11 @@ def ruler_check(
             "expected_irregularity": exp_irregularity,
         }
         for i, preset in enumerate(presets):
-            L = [None] * 4 if y is None else exact_lscore(y, sr, onset=preset).tolist()
+            L = (
+                [None] * len(LSCORE_NAMES)
+                if y is None
+                else exact_lscore(y, sr, onset=preset).tolist()
+            )
             suffix = "" if i == 0 else f"_{preset}"
             if i == 0:
                 row.update(zip(LSCORE_NAMES, L))
@@ -251,7 +254,7 @@ def order_invariance(
     """
     amen = _sample("loop_amen", sr)
     if amen is None:
-        return {"what": f"skipped: loop_amen.flac not found in {SAMPLES_DIR}"}
+        return {"what": f"skipped: loop_amen.flac not found in {SONIC_PI_SAMPLES}"}
     loop = _tile(amen, round(seconds * sr))
     shuffled = shuffle_segments(loop, sr, segment_s, seed)
     a, b = exact_lscore(loop, sr, onset=onset), exact_lscore(shuffled, sr, onset=onset)
@@ -271,12 +274,8 @@ def order_invariance(
     }
 
 
-REAL_STEADY = (
-    "ambi_drone",
-    "loop_drone_g_97",
-    "ambi_glass_hum",
-    "ambi_haunted_hum",
-)  # sustained, no drum hits
+# sustained sounds with no drum hits, and real drum loops
+REAL_STEADY = ("ambi_drone", "loop_drone_g_97", "ambi_glass_hum", "ambi_haunted_hum")
 REAL_DRUMS = ("loop_amen", "loop_breakbeat", "loop_tabla")
 
 
@@ -314,82 +313,6 @@ def detector_limits(
             row.update({p: float(exact_lscore(_tile(y, n), sr, onset=p)[1]) for p in onsets})
             rows.append(row)
     return rows
-
-
-# ----------------------------------------------------------------------------------------------------------
-# reporting
-
-
-def _fmt(x, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def ruler_markdown(rows: list[dict]) -> str:
-    """Rows of :func:`ruler_check` -> a markdown table (density/irregularity columns for every preset found)."""
-    extra = sorted({k[len("density_") :] for r in rows for k in r if k.startswith("density_")})
-    head = [
-        "signal",
-        "timbral",
-        "structural",
-        "expected density",
-        "density",
-        "abs err",
-        "expected irreg.",
-        "irregularity",
-    ]
-    for p in extra:
-        head += [f"density ({p})", f"abs err ({p})", f"irregularity ({p})"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [
-            r["name"],
-            _fmt(r["timbral"]),
-            _fmt(r["structural"]),
-            _fmt(r["expected_density"]),
-            _fmt(r["density"]),
-            _fmt(r["abs_err"]),
-            _fmt(r["expected_irregularity"], 4),
-            _fmt(r["irregularity"], 4),
-        ]
-        for p in extra:
-            cells += [
-                _fmt(r[f"density_{p}"]),
-                _fmt(r[f"abs_err_{p}"]),
-                _fmt(r[f"irregularity_{p}"], 4),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def order_invariance_markdown(result: dict) -> str:
-    """:func:`order_invariance` -> a markdown table (term, loop, shuffled, change, relative change)."""
-    if "loop" not in result:
-        return result["what"]
-    lines = ["| term | loop | shuffled | change | rel. change |", "|---|---|---|---|---|"]
-    for t in LSCORE_NAMES:
-        lines.append(
-            f"| {t} | {result['loop'][t]:.4f} | {result['shuffled'][t]:.4f} | "
-            f"{result['change'][t]:+.4f} | {100 * result['rel_change'][t]:+.1f} % |"
-        )
-    return "\n".join(lines)
-
-
-def limits_markdown(rows: list[dict]) -> str:
-    """:func:`detector_limits` rows -> a markdown table of densities (onsets/s), one column per preset."""
-    presets = [k for k in rows[0] if k not in ("name", "what")]
-    lines = [
-        "| sound | " + " | ".join(f"density ({p})" for p in presets) + " |",
-        "|---|" + "---|" * len(presets),
-    ]
-    for r in rows:
-        cells = [
-            f"{r[p][0]:.2f} (min {r[p][1]:.2f}, max {r[p][2]:.2f})"
-            if isinstance(r[p], tuple)
-            else f"{r[p]:.3f}"
-            for p in presets
-        ]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

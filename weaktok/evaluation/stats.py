@@ -9,10 +9,10 @@ Why: Table 1 compares per-term means of a few hundred generated clips with the t
 point estimate alone cannot say whether "-12 %" is inside a +-15 % goal or only happened to land there; the
 interval does. Every interval is a percentile bootstrap of the mean over items (B = ``n_boot`` replicates).
 
-The relative error is (mean - tmean) / |tmean| (the same formula as ``weaktok.evaluation.evaluate.rel_err``, |tmean| floored
-at 1e-9). When the target is itself a sample of the reference (``target`` (m, k): per-item scores of the training
-split), its sampling noise is part of the comparison: each bootstrap replicate resamples the target's items too,
-independently of the evaluated items, so ``rel_err_ci95`` is wider than with a fixed target (``target`` (k,)).
+The relative error is (mean - tmean) / |tmean| (|tmean| floored at 1e-9). When the target is itself a sample of
+the reference (``target`` (m, k): per-item scores of the training split), its sampling noise is part of the
+comparison: each bootstrap replicate resamples the target's items too, independently of the evaluated items, so
+``rel_err_ci95`` is wider than with a fixed target (``target`` (k,)).
 
 Several training seeds (``summarize_seeds``): the spread of the per-seed means (``sd_over_seeds``, ddof 1) is the
 training-seed variance that a single run cannot show. ``pooled`` is a stratified bootstrap: each replicate
@@ -24,7 +24,8 @@ Missing scores: an item whose score is NaN for a term is dropped for that term o
 ``n`` is then a list of per-term item counts instead of one int; a term with no valid item reports None
 everywhere (non-finite numbers become None throughout: the dicts are JSON-ready). Inf is not treated as
 missing: a score of Inf is a bug upstream and shows up as such. ``std`` is over items with ddof 0, as in
-``weaktok.evaluation.evaluate.table1``. The interval keys are called ``ci95`` whatever ``level`` is (recorded as ``level``).
+Table 1 (``weaktok.evaluation.table``). The interval keys are called ``ci95`` whatever ``level`` is (recorded as
+``level``).
 
 The resampling itself is ``scipy.stats.bootstrap`` (vectorised: one (B, n) index matrix per sample, no Python
 loop over replicates); stratification and the target's resampling are its multi-sample mode, in which every
@@ -39,7 +40,7 @@ from scipy.stats import bootstrap
 
 
 def _rel(mean, tmean):
-    """Signed relative error (mean - tmean) / |tmean|, |tmean| floored at 1e-9 (as weaktok.evaluation.evaluate.rel_err)."""
+    """Signed relative error (mean - tmean) / |tmean|, |tmean| floored at 1e-9."""
     return (mean - tmean) / np.maximum(np.abs(tmean), 1e-9)
 
 

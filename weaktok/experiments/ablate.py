@@ -2,34 +2,40 @@
 
     weaktok ablate --config demo --out runs/ablate [key=value ...]
 
-Variants (``VARIANTS``), all trained from the same config + overrides with the same seed, epochs and batch size:
+Variants (``variants``), all trained from the same config + overrides with the same seed, epochs and batch size:
   dynamic   the config as given (dynamic chunking, its lscore.mode)                 -- the reference
   fixed     model.chunking.kind=fixed, fixed_stride = round(target_ratio): a fixed grid at the compression the
             ratio loss drives dynamic chunking to (the paper's core hypothesis, which it never tested)
   paper     lscore.mode=paper: only the timbral term carries gradient (the paper's loss) vs our surrogates
             (does the surrogate fix rhythm control?)
-Each run goes through ``weaktok train`` (or the deepspeed launcher with ``ranks > 1``) in a subprocess, then
-``evaluate`` on the split. Writes ``ablation.json`` and ``ablation.md`` (two comparison tables) in ``--out``.
+The base config is resolved once; each variant is that config with its overrides applied, written to
+``<out>/<name>/config.yaml`` and trained from that file by ``weaktok train`` (or the deepspeed launcher with
+``ranks > 1``) in a subprocess (weaktok/launch/local.py), then evaluated on the split. Writes ``ablation.json``
+and ``ablation.md`` (two comparison tables) in ``--out``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from weaktok.config import load_config, to_dict
+from weaktok.config import Config, load_config, to_dict, with_overrides
+from weaktok.evaluation.run import evaluate
 from weaktok.launch.local import train_subprocess
 from weaktok.plots import md_table, pct
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------
 # Variants
 
 
-def variants(config: str, overrides: list[str]) -> dict[str, dict]:
-    cfg = load_config(config, overrides)  # validated before anything starts
+def variants(cfg: Config) -> dict[str, dict]:
+    """name -> {"what": a line for the tables, "overrides": what the variant changes in ``cfg``}."""
     stride = max(1, int(round(cfg.model.chunking.target_ratio)))
     return {
         "dynamic": {
@@ -62,24 +68,24 @@ def ablate(
     target_items: int | None = None,
 ) -> dict:
     """Train and evaluate each variant in ``out/<name>``; a variant with final weights is not retrained."""
-    from weaktok.evaluation.evaluate import evaluate
-
     out, overrides = Path(out), list(overrides or [])
-    all_variants = variants(config, overrides)
+    base = load_config(config, overrides)  # resolved and validated once, before anything starts
+    all_variants = variants(base)
     names = names or list(all_variants)
     unknown = sorted(set(names) - set(all_variants))
     if unknown:
         raise ValueError(
             f"unknown ablation variant(s) {', '.join(unknown)}; known: {', '.join(all_variants)}"
         )
+    configs = {name: with_overrides(base, all_variants[name]["overrides"]) for name in names}
     results = {}
     for i, name in enumerate(names, 1):
         v = all_variants[name]
         run = out / name
-        print(f"[ablate {i}/{len(names)}] {name}: {v['what']}", flush=True)
+        log.info("[ablate %d/%d] %s: %s", i, len(names), name, v["what"])
         train_s = 0.0
         if not (run / "final" / "model.pt").is_file():
-            train_s = train_subprocess(config, run, [*overrides, *v["overrides"]], ranks)
+            train_s = train_subprocess(configs[name], run, ranks)
         t0 = time.time()
         extra = {"target_items": target_items} if target_items else {}
         table = evaluate(
@@ -100,7 +106,7 @@ def ablate(
     summary = {
         "config": config,
         "overrides": overrides,
-        "resolved": to_dict(load_config(config, overrides)),
+        "resolved": to_dict(base),
         "split": split,
         "variants": {**_earlier(out / "ablation.json", config, overrides, split), **results},
     }

@@ -17,13 +17,26 @@ a run with a different config is moved aside and retrained). Evaluation, generat
 from __future__ import annotations
 
 import json
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from weaktok.config import load_config, to_dict
+from weaktok.audio import write_wav
+from weaktok.config import Config, load_config, to_dict
+from weaktok.data import corpus as corpus_build
+from weaktok.data import shards as shards_build
+from weaktok.data.loader import eval_loader
+from weaktok.data.manifest import load_manifest
+from weaktok.evaluation.run import evaluate
+from weaktok.experiments.report import write_demo_report
+from weaktok.generate import generate
+from weaktok.launch.local import train_subprocess
+
+log = logging.getLogger(__name__)
 
 DEMO_CONFIG = "demo-flow"  # the main job trains the flow model (docs/generative-model.md); --config demo: in-painting
 
@@ -49,6 +62,9 @@ class Plan:
     n_seeds: int = 3
     guidance_steps: int = (
         0  # > 0: evaluate also scores the outputs after L-Score guidance (generate.guide)
+    )
+    cfg: Config | None = (
+        None  # the training config, resolved once (config + train_overrides) by demo()
     )
     timings: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
@@ -108,19 +124,14 @@ def make_plan(
     )
 
 
+@contextmanager
 def stage(plan: Plan, k: int, n: int, name: str):
-    """Context manager printing a banner and recording the stage's wall time in plan.timings."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def timed():
-        print(f"\n=== [{k}/{n}] {name} ===", flush=True)
-        t0 = time.time()
-        yield
-        plan.timings[name] = round(time.time() - t0, 1)
-        print(f"=== {name}: {plan.timings[name]:.1f} s ===", flush=True)
-
-    return timed()
+    """Log a banner around the stage and record its wall time in plan.timings."""
+    log.info("\n=== [%d/%d] %s ===", k, n, name)
+    t0 = time.time()
+    yield
+    plan.timings[name] = round(time.time() - t0, 1)
+    log.info("=== %s: %.1f s ===", name, plan.timings[name])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,14 +140,12 @@ def stage(plan: Plan, k: int, n: int, name: str):
 
 def stage_corpus(plan: Plan) -> None:
     """The training corpus (seed 0) and the held-out evaluation corpus (seed 1)."""
-    from weaktok.data.corpus import build_corpus, print_summary
-
     built = False
     for folder, n, seed in ((plan.corpus, plan.corpus_n, 0), (plan.eval_corpus, plan.eval_n, 1)):
         if (folder / "metadata.json").is_file():
-            print(f"reusing the corpus in {folder} (delete it to rebuild)")
+            log.info("reusing the corpus in %s (delete it to rebuild)", folder)
             continue
-        print_summary(build_corpus(folder, n=n, seed=seed))
+        corpus_build.print_summary(corpus_build.build_corpus(folder, n=n, seed=seed))
         built = True
     if not built:
         plan.reuse("corpus")
@@ -144,29 +153,24 @@ def stage_corpus(plan: Plan) -> None:
 
 def stage_shards(plan: Plan) -> None:
     """Training shards (70/15/15 split) and the evaluation shards (every item in split ``eval``)."""
-    import os
-
-    from weaktok.data.manifest import load_manifest
-    from weaktok.data.shards import build_shards, print_summary
-
     todo = [(plan.corpus, plan.shards, None), (plan.eval_corpus, plan.eval_shards, "eval")]
     for source, folder, split in list(todo):
         if (folder / "manifest.json").is_file():
-            print(f"reusing the shards in {folder} (delete the folder to rebuild)")
-            print_summary(load_manifest(folder), folder)
+            log.info("reusing the shards in %s (delete the folder to rebuild)", folder)
+            shards_build.print_summary(load_manifest(folder), folder)
             todo.remove((source, folder, split))
     if not todo:
         plan.reuse("shards")
         return
-    from weaktok.lscore.pool import LScorePool
+    from weaktok.lscore.pool import LScorePool  # noqa: PLC0415 (imports Ray: only a shard build needs it)
 
-    # our own Ray cluster (address "local"), unless RAY_ADDRESS names one: "auto" would attach to any on the machine
-    with LScorePool(address=os.environ.get("RAY_ADDRESS") or "local", niceness=0) as pool:
+    # Ray as weaktok/ray_cluster.py says: RAY_ADDRESS if it names a cluster, else our own local one
+    with LScorePool(niceness=0) as pool:
         for source, folder, split in todo:
-            manifest = build_shards(
+            manifest = shards_build.build_shards(
                 source, folder, min_shards=4, command="weaktok demo", pool=pool, split=split
             )
-            print_summary(manifest, folder)
+            shards_build.print_summary(manifest, folder)
 
 
 def train_overrides(plan: Plan) -> list[str]:
@@ -174,10 +178,8 @@ def train_overrides(plan: Plan) -> list[str]:
 
 
 def stage_train(plan: Plan, retrain: bool) -> Path:
-    from weaktok.launch.local import train_subprocess
-
     run = plan.out / "train"
-    wanted = to_dict(load_config(plan.config, train_overrides(plan)))
+    wanted = to_dict(plan.cfg)
     if run.exists():
         saved = (
             yaml.safe_load((run / "config.yaml").read_text())
@@ -185,34 +187,34 @@ def stage_train(plan: Plan, retrain: bool) -> Path:
             else None
         )
         if not retrain and saved == wanted and (run / "final" / "model.pt").is_file():
-            print(f"reusing the finished run in {run} (--retrain to train again)")
+            log.info("reusing the finished run in %s (--retrain to train again)", run)
             plan.reuse("train")
             return run
         old = run.with_name(f"train.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f"moving the previous run aside to {old}")
+        log.info("moving the previous run aside to %s", old)
         run.rename(old)
 
     def watch(line: str) -> None:
         if "[weaktok] metrics at" in line:
             url = line.split("metrics at", 1)[1].split()[0]
             plan.notes["metrics_url"] = url
-            print(
-                f"\n  >>> Prometheus metrics live at {url} (scrape it, or curl it while training runs)\n",
-                flush=True,
+            log.info(
+                "\n  >>> Prometheus metrics live at %s (scrape it, or curl it while training runs)\n",
+                url,
             )
 
-    print(
-        f"{plan.ranks} DeepSpeed ranks, config {plan.config} {' '.join(train_overrides(plan))}; log: "
-        f"{run / 'train.log'}",
-        flush=True,
+    log.info(
+        "%d DeepSpeed ranks, config %s %s; log: %s",
+        plan.ranks,
+        plan.config,
+        " ".join(train_overrides(plan)),
+        run / "train.log",
     )
-    train_subprocess(plan.config, run, train_overrides(plan), ranks=plan.ranks, on_line=watch)
+    train_subprocess(plan.cfg, run, ranks=plan.ranks, on_line=watch)
     return run
 
 
 def stage_evaluate(plan: Plan, run: Path) -> dict:
-    from weaktok.evaluation.evaluate import evaluate
-
     t = evaluate(
         run,
         plan.out / "eval",
@@ -223,18 +225,14 @@ def stage_evaluate(plan: Plan, run: Path) -> dict:
         guidance_steps=plan.guidance_steps,
         seconds=plan.eval_seconds,
     )
-    print((plan.out / "eval" / "table1.md").read_text())
+    log.info("%s", (plan.out / "eval" / "table1.md").read_text())
     return t
 
 
 def stage_generate(plan: Plan, run: Path) -> dict:
     """Unconditional outputs, and seed-based ones from the first test items (written out as seed WAVs)."""
-    from weaktok.audio import write_wav
-    from weaktok.data.loader import eval_loader
-    from weaktok.generate import generate
-
     gen_dir = plan.out / "generate"
-    cfg = load_config(plan.config, train_overrides(plan))
+    cfg = plan.cfg
     uncond = generate(run, gen_dir / "unconditional", n=plan.n_uncond)
     seeds = []
     for batch in eval_loader(str(plan.shards), "test", plan.n_seeds, cfg.audio.clip_seconds):
@@ -243,9 +241,11 @@ def stage_generate(plan: Plan, run: Path) -> dict:
             write_wav(seeds[-1], audio.numpy(), cfg.audio.sample_rate)
         break
     seeded = generate(run, gen_dir / "seed", seed_audio=[str(p) for p in seeds])
-    print(
-        f"wrote {len(uncond['outputs'])} unconditional and {len(seeded['outputs'])} seed-based outputs "
-        f"(WAV + PNG) under {gen_dir}"
+    log.info(
+        "wrote %d unconditional and %d seed-based outputs (WAV + PNG) under %s",
+        len(uncond["outputs"]),
+        len(seeded["outputs"]),
+        gen_dir,
     )
     return {"unconditional": uncond, "seed": seeded, "seeds": [str(p) for p in seeds]}
 
@@ -265,10 +265,10 @@ def demo(
 ) -> Path:
     """Run every stage; returns the path of report.md. ``config``: the training config (default ``DEMO_CONFIG``;
     --quick: tiny)."""
-    from weaktok.experiments.report import write_demo_report
-
     plan = make_plan(out, corpus, shards, quick, overrides, config)
-    load_config(plan.config, train_overrides(plan))  # a bad override fails here, before any work
+    plan.cfg = load_config(
+        plan.config, train_overrides(plan)
+    )  # once; a bad override fails here, first
     plan.out.mkdir(parents=True, exist_ok=True)
     plan.earlier = _earlier_timings(plan.out / "timings.json")
     t0 = time.time()
@@ -294,7 +294,7 @@ def demo(
     (plan.out / "timings.json").write_text(
         json.dumps({"timings": plan.timings, "notes": plan.notes, "built": built}, indent=2)
     )
-    print(f"\nweaktok demo finished in {plan.timings['total'] / 60:.1f} min. Report: {report}")
+    log.info("\nweaktok demo finished in %.1f min. Report: %s", plan.timings["total"] / 60, report)
     return report
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import yaml
 
+from weaktok.generate.sampler import MODES
 from weaktok.plots import md_table, pct, read_jsonl
 
 
 def _rel(path: str | Path, base: Path) -> str:
-    import os
-
     return os.path.relpath(Path(path).resolve(), base.resolve())
 
 
@@ -38,10 +40,6 @@ def _metrics_url(plan, run: Path) -> str:
 
 def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
     """runs/demo/report.md linking Table 1, the plots and the WAVs, with the stage timings."""
-    import platform
-
-    import torch
-
     base = plan.out
     ev = base / "eval"
     tr = _training_summary(run)
@@ -74,7 +72,7 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
             if not table["within_goal"][kind][j]
         ]
 
-    alone = misses(("uncond", "seed"))
+    alone = misses(MODES)
     t1 = (ev / "table1.md").read_text().split("\n", 2)[2].replace("\n## ", "\n### ")
     bp = table["bypass"]
     lines = [
@@ -113,8 +111,8 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
         "## Table 1",
         "",
         t1,
-        f"Research goal (every L-Score term of Uncond and Seed within ±15 % of the target), the model alone: {goal}."
-        + (f" Outside: {', '.join(alone)}." if alone else ""),
+        f"Research goal (every L-Score term of Uncond and Seed within ±{100 * table['goal']:g} % of the target), "
+        f"the model alone: {goal}." + (f" Outside: {', '.join(alone)}." if alone else ""),
         "",
         f"Is the chunk path load-bearing? Cutting it (bottleneck = identity) changes reconstruction L1 by "
         f"{pct(bp['recon']['rel_change'])} and in-painting L1 by {pct(bp['inpaint']['rel_change'])}; predicting "
@@ -168,6 +166,4 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict:
-    import yaml
-
     return yaml.safe_load(Path(path).read_text())

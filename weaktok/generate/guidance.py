@@ -30,6 +30,8 @@ from weaktok.model.weights import Loaded
 GUIDE_TERMS = (0, 3)  # L-Score guidance steers timbral and structural (see the module docstring)
 GUIDE_LR = 0.05  # Adam step on the log1p gain (log1p units ~ 0-6)
 SURROGATE_ITEMS = 96  # training items behind the guidance target
+# the prior statistics, cached beside model.pt (training writes it there with fill: prior)
+SPECTRUM_FILE = "spectrum.pt"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def cached_spectrum(
     when it used the prior)."""
     return cached_beside(
         loaded,
-        "spectrum.pt",
+        SPECTRUM_FILE,
         lambda: corpus_spectrum(
             shards or loaded.cfg.data.shards,
             loaded.front,

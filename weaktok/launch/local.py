@@ -1,81 +1,39 @@
-"""Environment helpers shared by the thin launchers (``weaktok train``, Ray Train, tests).
+"""Training in a subprocess on this machine (the demo, ablations): one process, or ``ranks`` DeepSpeed ranks.
 
-The train loop reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain ``python`` process
-without them would make DeepSpeed fall into MPI discovery (and fail on a missing mpi4py).
+The launcher resolves the config once; the child gets that resolved config as a file and no overrides:
+
+    python -m weaktok train --config <run>/config.yaml --out <run>                   # ranks == 1
+    deepspeed --num_gpus R --module weaktok.train --config <run>/config.yaml --out <run>
+
+so it trains under exactly the parent's config (the trainer writes the same file again at start). The child's
+environment: weaktok/procenv.py (train_env).
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import logging
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
+from weaktok.config import Config, save_config
+from weaktok.procenv import free_port, train_env
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+log = logging.getLogger(__name__)
 
-
-def single_process_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Rank 0 of a world of 1 on this machine; keeps whatever the caller already set."""
-    return {
-        "RANK": env.get("RANK", "0"),
-        "WORLD_SIZE": env.get("WORLD_SIZE", "1"),
-        "LOCAL_RANK": env.get("LOCAL_RANK", "0"),
-        "MASTER_ADDR": env.get("MASTER_ADDR", "127.0.0.1"),
-        "MASTER_PORT": env.get("MASTER_PORT", str(free_port())),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training in a subprocess (the demo, ablations, sweeps' tests)
+RESOLVED_CONFIG = "config.yaml"  # in the run folder: the resolved config the child is started with
 
 
 class TrainingFailed(RuntimeError):
     """A training subprocess exited non-zero; the message carries its log's tail and the log's path."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Training in a subprocess (shared with the demo)
-
-
-def train_env(ranks: int) -> dict[str, str]:
-    """Environment for training subprocesses: CPU DeepSpeed without a GPU, a private Ray cluster for the trainer's
-    L-Score pool unless RAY_ADDRESS says otherwise (``auto`` would attach to any cluster on the machine), and
-    no thread oversubscription."""
-    import torch
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
-    env.setdefault("RAY_ADDRESS", "local")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
-
-
-def train_command(config: str, out: Path, overrides: list[str], ranks: int) -> list[str]:
+def train_command(config_path: str | Path, out: Path, ranks: int) -> list[str]:
+    """The command line training the resolved config file ``config_path`` into ``out`` on ``ranks`` ranks."""
+    args = ["--config", str(config_path), "--out", str(out)]
     if ranks <= 1:
-        return [
-            sys.executable,
-            "-m",
-            "weaktok",
-            "train",
-            "--config",
-            config,
-            "--out",
-            str(out),
-            *overrides,
-        ]
+        return [sys.executable, "-m", "weaktok", "train", *args]
     deepspeed = Path(sys.executable).parent / "deepspeed"
     return [
         str(deepspeed) if deepspeed.exists() else "deepspeed",
@@ -85,31 +43,28 @@ def train_command(config: str, out: Path, overrides: list[str], ranks: int) -> l
         str(free_port()),
         "--module",
         "weaktok.train",
-        "--config",
-        config,
-        "--out",
-        str(out),
-        *overrides,
+        *args,
     ]
 
 
 def train_subprocess(
-    config: str,
+    cfg: Config,
     out: str | Path,
-    overrides: list[str],
     ranks: int = 1,
     prefix: str = "  ",
     on_line=None,
 ) -> float:
-    """Train in a subprocess; echo its ``[weaktok]`` lines (progress, metrics URL), keep the full log in
-    ``<out>/train.log``. Returns the wall seconds; raises TrainingFailed on a non-zero exit."""
+    """Train ``cfg`` in a subprocess: write it to ``<out>/config.yaml`` and start the child on that file; echo its
+    ``[weaktok]`` lines (progress, metrics URL), keep the full log in ``<out>/train.log``. ``on_line`` sees every
+    line. Returns the wall seconds; raises TrainingFailed on a non-zero exit."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / RESOLVED_CONFIG)
     log_path = out / "train.log"
-    cmd = train_command(config, out, overrides, ranks)
+    cmd = train_command(out / RESOLVED_CONFIG, out, ranks)
     t0 = time.time()
-    with open(log_path, "a") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
+    with open(log_path, "a") as logfile:
+        logfile.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -119,11 +74,10 @@ def train_subprocess(
             env=train_env(ranks),
         )
         for line in proc.stdout:
-            log.write(line)
-            if (
-                "[weaktok]" in line or "Error" in line
-            ):  # progress, the metrics URL, failures; the rest: the log
-                print(prefix + line[max(0, line.find("[weaktok]")) :].rstrip(), flush=True)
+            logfile.write(line)
+            # progress, the metrics URL, failures; the rest: the log
+            if "[weaktok]" in line or "Error" in line:
+                log.info("%s%s", prefix, line[max(0, line.find("[weaktok]")) :].rstrip())
             if on_line is not None:
                 on_line(line)
         proc.wait()

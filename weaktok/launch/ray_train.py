@@ -1,10 +1,12 @@
 """Run the training loop on Ray Train workers (``TorchTrainer``), DeepSpeed inside each worker.
 
-Ray Train starts the workers, sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and initialises the
-gloo/NCCL process group; ``weaktok.train.train`` then runs unchanged (DeepSpeed reuses that process group). Each
-epoch every worker calls ``ray.train.report`` (Ray requires all to): metrics from rank 0's validation record, and
-the epoch's DeepSpeed checkpoint from one worker per node, so Ray's storage holds a complete copy. After a worker
-failure Ray restarts the group (``max_failures``) and the loop resumes from the newest checkpoint: the local one in
+The driver resolves the config once; each worker gets it as plain data (``to_dict``) in ``train_loop_config`` and
+rebuilds the typed Config with the same validation (``from_dict``: no YAML file is read on a worker). Ray Train
+starts the workers, sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and initialises the gloo/NCCL
+process group; ``weaktok.train.train`` then runs unchanged (DeepSpeed reuses that process group). Each epoch every
+worker calls ``ray.train.report`` (Ray requires all to): metrics from rank 0's validation record, and the epoch's
+DeepSpeed checkpoint from one worker per node, so Ray's storage holds a complete copy. After a worker failure Ray
+restarts the group (``max_failures``) and the loop resumes from the newest checkpoint: the local one in
 ``<out>/checkpoints`` or, where that is missing (a fresh node), the last one Ray persisted.
 
 GPUs: ``gpus_per_worker`` ``auto`` (default: 1 when the Ray cluster reports GPU resources, else 0), 0 or 1. With a
@@ -14,25 +16,37 @@ under ``train.precision: auto``); without, CPUs only and gloo (``worker_resource
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from weaktok.config import Config, load_config, to_dict
+import ray
+import ray.train
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from weaktok.config import Config, from_dict, to_dict
+from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
 from weaktok.launch.objective import sweep_metrics
+from weaktok.log import setup_logging
+from weaktok.procenv import set_accelerator
+from weaktok.ray_cluster import connect_ray
+from weaktok.train import complete_tags, train
 from weaktok.train.hooks import TrainHooks
+
+log = logging.getLogger(__name__)
 
 
 class RayReport(TrainHooks):
     """Train-loop hook: report each epoch's validation record and checkpoint to Ray Train.
 
-    ``lscore_weight``: inside a sweep, also report the sweep's objective (see weaktok.launch.objective.sweep_metrics)."""
+    ``lscore_weight``: inside a sweep, also report the sweep's objective (see weaktok.launch.objective.sweep_metrics).
+    """
 
     def __init__(self, lscore_weight: float | None = None):
         self.lscore_weight = lscore_weight
 
     def on_epoch_end(self, record: dict, checkpoint: Path) -> None:
-        import ray.train
-
         ctx = ray.train.get_context()
         ckpt = (
             ray.train.Checkpoint.from_directory(str(checkpoint))
@@ -48,10 +62,6 @@ class RayReport(TrainHooks):
 
 def restore_ray_checkpoint(out: Path) -> None:
     """On a restarted worker with no local checkpoint, fetch the last one Ray persisted into <out>/checkpoints."""
-    import ray.train
-
-    from weaktok.train import complete_tags
-
     ckpt = ray.train.get_checkpoint()
     ckpt_dir = out / "checkpoints"
     if ckpt is None or complete_tags(ckpt_dir):
@@ -61,13 +71,25 @@ def restore_ray_checkpoint(out: Path) -> None:
     ckpt.to_directory(str(target))
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Runs in every Ray Train worker."""
-    from weaktok.train import train
+def loop_config(cfg: Config, out: Path, use_gpu: bool, lscore_weight: float | None = None) -> dict:
+    """What every worker receives: the resolved config as plain data, the run folder, whether it trains on a GPU
+    and (inside a sweep) the objective's L-Score weight."""
+    return {
+        "config": to_dict(cfg),
+        "out": str(out),
+        "use_gpu": use_gpu,
+        "lscore_weight": lscore_weight,
+    }
 
-    cfg = load_config(config["config"], config["overrides"])
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker: the driver's config, rebuilt and validated (``from_dict``), trained."""
+    setup_logging(
+        "[weaktok] "
+    )  # this worker's own process: training's lines, as `weaktok train` prints them
+    cfg = from_dict(config["config"])
     out = Path(config["out"])
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config["use_gpu"] else "cpu")
+    set_accelerator(os.environ, config["use_gpu"])
     restore_ray_checkpoint(out)
     train(cfg, out, hooks=[RayReport(config.get("lscore_weight"))])
 
@@ -86,9 +108,34 @@ def worker_resources(cpus_per_worker: float, gpus_per_worker: float) -> dict:
     }
 
 
+def torch_trainer(
+    cfg: Config,
+    out: Path,
+    workers: int,
+    resources: dict,
+    run_config: RunConfig,
+    lscore_weight: float | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer training ``cfg`` into ``out`` on ``workers`` workers with ``resources``
+    (``worker_resources``); used by ``run_ray_train`` and by a sweep's multi-worker trials."""
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, out, resources["use_gpu"], lscore_weight),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=resources["use_gpu"],
+            resources_per_worker=resources["resources_per_worker"],
+        ),
+        # Ray makes the process group: pass it the bound on every collective
+        torch_config=TorchConfig(
+            backend=resources["backend"], init_method="env", timeout_s=int(cfg.train.dist_timeout_s)
+        ),
+        run_config=run_config,
+    )
+
+
 def run_ray_train(
-    config: str,
-    overrides: list[str],
+    cfg: Config,
     out: str,
     workers: int = 2,
     use_gpu: bool | None = None,
@@ -98,53 +145,29 @@ def run_ray_train(
     address: str | None = None,
     gpus_per_worker: float | str = "auto",
 ):
-    """Validate the config, connect to Ray, run a TorchTrainer with ``workers`` workers; returns the Result.
+    """Connect to Ray (weaktok/ray_cluster.py) and train the resolved ``cfg`` on a TorchTrainer with ``workers``
+    workers; returns the Result.
 
     ``gpus_per_worker``: "auto" (1 if the cluster reports GPUs, else 0), 0 or 1; ``use_gpu`` (True/False), when
     given, wins (the older spelling)."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
-
-    cfg: Config = load_config(config, overrides)  # fail fast, before any worker starts
     setting = gpus_setting(
         int(use_gpu) if use_gpu is not None else gpus_per_worker, "gpus_per_worker", whole=True
     )
     out_path = Path(out).resolve()
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None)
+    connect_ray(address)
     cluster = ray.cluster_resources()
     w = worker_resources(cpus_per_worker, resolve_gpus(setting, cluster))
-    print(
-        f"[weaktok] ray train: {describe_gpus(setting, w['resources_per_worker'].get('GPU', 0), cluster)}; "
-        f"{workers} workers x {w['resources_per_worker']}, {w['backend']}",
-        flush=True,
+    log.info(
+        "ray train: %s; %d workers x %s, %s",
+        describe_gpus(setting, w["resources_per_worker"].get("GPU", 0), cluster),
+        workers,
+        w["resources_per_worker"],
+        w["backend"],
     )
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": config,
-            "overrides": list(overrides),
-            "out": str(out_path),
-            "use_gpu": w["use_gpu"],
-            "resolved": to_dict(cfg),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=w["use_gpu"],
-            resources_per_worker=w["resources_per_worker"],
-        ),
-        torch_config=TorchConfig(
-            backend=w["backend"], init_method="env", timeout_s=int(cfg.train.dist_timeout_s)
-        ),  # Ray makes the group: pass the bound
-        run_config=RunConfig(
-            name=f"weaktok-{out_path.name}",
-            storage_path=str(Path(storage_path).resolve())
-            if storage_path
-            else str(out_path / "ray"),
-            failure_config=FailureConfig(max_failures=max_failures),
-        ),
+    storage = Path(storage_path).resolve() if storage_path else out_path / "ray"
+    run_config = RunConfig(
+        name=f"weaktok-{out_path.name}",
+        storage_path=str(storage),
+        failure_config=FailureConfig(max_failures=max_failures),
     )
-    return trainer.fit()
+    return torch_trainer(cfg, out_path, workers, w, run_config).fit()

@@ -2,8 +2,9 @@
 
     weaktok sweep --config demo --space cluster/sweeps/default.yaml --out runs/sweep [--num-samples N] [--resume]
 
-Each trial is a real training run of the same loop: one process (``resources.workers: 1``) or a Ray Train
-``TorchTrainer`` with DeepSpeed workers, nested in Tune through a driver function and ``TuneReportCallback``.
+The driver resolves the config (``--config`` + overrides) once and checks every corner of the search space against
+it (weaktok/launch/sweep_space.py); each trial trains that resolved base with its params applied
+(weaktok/launch/trial.py): one process, or a Ray Train ``TorchTrainer`` with DeepSpeed workers.
 Trials report once per epoch: validation reconstruction loss, the exact L-Score distance of validation's
 *generations* to the target (weaktok/train/validation.py: ``lscore.val_items`` unconditional and seed-based outputs,
 standardised L1 of the means, per term and total, averaged over the two modes) and
@@ -11,7 +12,8 @@ standardised L1 of the means, per term and total, averaged over the two modes) a
 reconstructions (which sit near their inputs whatever the model generates). A validation whose L-Score pool failed
 scores ``inf`` (when ``lscore_weight`` > 0), never the best. ASHA (time attribute: epoch) stops bad trials early.
 Each trial's placement group holds its training CPUs plus the CPUs of its L-Score actors, so trials never starve
-each other. An interrupted sweep resumes with ``--resume`` (``Tuner.restore``). At the end: ``results.csv`` (every
+each other. An interrupted sweep resumes with ``--resume`` (``Tuner.restore``); a Ray head that stops answering
+ends the sweep with exit code 3 and says how to resume (``watch_head``). At the end: ``results.csv`` (every
 trial's config and last metrics), ``best_config.yaml`` (ready for ``weaktok train --config``),
 ``objective_vs_params.png``.
 
@@ -19,163 +21,37 @@ GPUs: ``resources.gpus_per_worker`` in the space file, ``auto`` (default: 1 when
 resources, else 0) or a number (single-process trials: 0 to 1, fractions share a GPU; multi-worker trials: 0 or 1).
 A single-process trial requests ``{"CPU": cpus_per_worker, "GPU": g}``; a multi-worker trial's Ray Train workers
 request the same each (``use_gpu``, NCCL) or CPUs only (gloo). ``trial_resources`` resolves it, without Ray.
+Ray itself: weaktok/ray_cluster.py (``--address`` or RAY_ADDRESS, else a private local cluster).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from dataclasses import dataclass, field
+import socket
+import threading
+import time
 from pathlib import Path
-from typing import Any
 
-import yaml
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
-from weaktok.config import ConfigError, load_config, save_config
-from weaktok.launch.objective import sweep_metrics
+from weaktok.config import Config, load_config, save_config
+from weaktok.device import describe_gpus
+from weaktok.launch.sweep_space import SweepSpec, check_against_config, load_space, trial_resources
+from weaktok.launch.trial import run_trial, trial_config
+from weaktok.plots import pyplot
+from weaktok.ray_cluster import connect_ray
 
-DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid", "randint")
+log = logging.getLogger(__name__)
 
-
-@dataclass
-class SweepSpec:
-    space: dict[str, dict]
-    num_samples: int = 8
-    max_concurrent: int = 0
-    lscore_weight: float = 0.1
-    grace_period: int = 1
-    reduction_factor: int = 2
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    pool_actors: int = 1
-    gpus_per_worker: float | str = (
-        "auto"  # "auto": 1 if the Ray cluster has GPUs, else 0 (weaktok.device)
-    )
-    extra: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The search space: YAML -> SweepSpec, checked against the config schema before anything runs
-
-
-RESOURCE_KEYS = ("workers", "cpus_per_worker", "pool_actors", "gpus_per_worker")
-
-
-def load_space(path: str | Path, num_samples: int | None = None) -> SweepSpec:
-    from weaktok.device import gpus_setting
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    known = {"space", "num_samples", "max_concurrent", "objective", "asha", "resources"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(known))}"
-        )
-    space = raw.get("space") or {}
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{path}: 'space' must map config keys to distributions")
-    for key, dist in space.items():
-        _check_distribution(path, key, dist)
-    res, asha, obj = raw.get("resources") or {}, raw.get("asha") or {}, raw.get("objective") or {}
-    unknown = set(res) - set(RESOURCE_KEYS) if isinstance(res, dict) else {"(not a mapping)"}
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown resources key(s) {', '.join(sorted(unknown))}; allowed: "
-            f"{', '.join(RESOURCE_KEYS)}"
-        )
-    spec = SweepSpec(
-        space=space,
-        num_samples=int(num_samples or raw.get("num_samples", 8)),
-        max_concurrent=int(raw.get("max_concurrent", 0)),
-        lscore_weight=float(obj.get("lscore_weight", 0.1)),
-        grace_period=int(asha.get("grace_period", 1)),
-        reduction_factor=int(asha.get("reduction_factor", 2)),
-        workers=int(res.get("workers", 1)),
-        cpus_per_worker=float(res.get("cpus_per_worker", 1)),
-        pool_actors=int(res.get("pool_actors", 1)),
-    )
-    if (
-        spec.num_samples < 1
-        or spec.workers < 1
-        or spec.grace_period < 1
-        or spec.reduction_factor < 2
-    ):
-        raise ConfigError(
-            f"{path}: need num_samples >= 1, resources.workers >= 1, asha.grace_period >= 1, "
-            "asha.reduction_factor >= 2"
-        )
-    spec.gpus_per_worker = gpus_setting(
-        res.get("gpus_per_worker", "auto"),
-        f"{path}: resources.gpus_per_worker",
-        whole=spec.workers > 1,
-    )
-    return spec
-
-
-def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> tuple[list[dict], float]:
-    """(placement-group bundles of one trial, GPUs per training worker) on a cluster with these resources
-    (``ray.cluster_resources()``). Single-process trials: the first bundle is the training process,
-    ``{"CPU": cpus_per_worker, "GPU": g}`` (GPU left out when 0); multi-worker trials: it is the Ray Train driver
-    (half a CPU), the workers are placed by Ray Train (``weaktok.launch.ray_train.worker_resources``). Then one CPU per
-    L-Score actor."""
-    from weaktok.device import resolve_gpus
-
-    gpus = resolve_gpus(spec.gpus_per_worker, cluster)
-    if spec.workers == 1:
-        first = {"CPU": spec.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
-    else:
-        first = {"CPU": 0.5}
-    return [first] + [{"CPU": 1.0}] * spec.pool_actors, gpus
-
-
-def _check_distribution(path: Path, key: str, dist: Any) -> None:
-    where = f"{path}: space.{key}"
-    if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: needs 'type' in {', '.join(DISTRIBUTIONS)}")
-    if dist["type"] in ("choice", "grid"):
-        if not isinstance(dist.get("values"), list) or not dist["values"]:
-            raise ConfigError(f"{where}: '{dist['type']}' needs a non-empty list 'values'")
-        return
-    if "low" not in dist or "high" not in dist or not dist["low"] < dist["high"]:
-        raise ConfigError(f"{where}: '{dist['type']}' needs numbers low < high")
-    if dist["type"] == "loguniform" and dist["low"] <= 0:
-        raise ConfigError(f"{where}: loguniform needs low > 0")
-
-
-def _corner_values(dist: dict) -> list:
-    if dist["type"] in ("choice", "grid"):
-        return list(dist["values"])
-    if dist["type"] == "randint":
-        return [dist["low"], dist["high"] - 1]
-    return [dist["low"], dist["high"]]
-
-
-def override(key: str, value: Any) -> str:
-    """A ``key=value`` override whose value parses back (YAML) to the same thing."""
-    return f"{key}={value}" if isinstance(value, str) else f"{key}={json.dumps(value)}"
-
-
-def check_against_config(config: str, overrides: list[str], spec: SweepSpec) -> None:
-    """Every swept key and every corner of its range must make a valid config (errors name the key)."""
-    load_config(config, overrides)
-    for key, dist in spec.space.items():
-        for value in _corner_values(dist):
-            try:
-                load_config(config, overrides + [override(key, value)])
-            except ConfigError as e:
-                raise ConfigError(f"sweep space '{key}' value {value!r}: {e}") from None
+HEAD_GONE_S = 15.0  # the Ray head unreachable this long ends the sweep (Ray itself would wait 60 s, then abort)
 
 
 def tune_space(spec: SweepSpec) -> dict:
-    from ray import tune
-
     make = {
         "loguniform": lambda d: tune.loguniform(d["low"], d["high"]),
         "uniform": lambda d: tune.uniform(d["low"], d["high"]),
@@ -186,115 +62,6 @@ def tune_space(spec: SweepSpec) -> dict:
     return {key: make[d["type"]](d) for key, d in spec.space.items()}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# What a trial reports
-
-
-class TuneReport:
-    """Train-loop hook for single-process trials: report every epoch (and its checkpoint) to Tune."""
-
-    def __init__(self, lscore_weight: float):
-        self.lscore_weight = lscore_weight
-
-    def on_epoch_end(self, record: dict, checkpoint: Path) -> None:
-        from ray import tune
-
-        tune.report(
-            sweep_metrics(record, self.lscore_weight),
-            checkpoint=tune.Checkpoint.from_directory(str(checkpoint)),
-        )
-
-
-def run_trial(
-    params: dict,
-    config: str,
-    overrides: list[str],
-    lscore_weight: float,
-    workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float = 0.0,
-) -> None:
-    """The Tune trainable: one real training run with this trial's parameters (``gpus_per_worker``: resolved,
-    see trial_resources; a single-process trial trains on the GPU Ray gave it, if any)."""
-    from ray import tune
-
-    ctx = tune.get_context()
-    # concurrent trials share machines: each serves metrics on a free port, labelled with its trial name
-    trial_overrides = (
-        overrides
-        + ["metrics.port=0", f"metrics.run_name={ctx.get_trial_name()}"]
-        + [override(k, v) for k, v in params.items()]
-    )
-    out = Path(ctx.get_trial_dir()) / "run"
-    if workers == 1:
-        import torch
-
-        from weaktok.launch.local import free_port
-        from weaktok.train import train
-
-        os.environ.update(
-            {
-                "RANK": "0",
-                "WORLD_SIZE": "1",
-                "LOCAL_RANK": "0",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(free_port()),
-            }
-        )
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-        train(load_config(config, trial_overrides), out, hooks=[TuneReport(lscore_weight)])
-        return
-    _run_trial_on_ray_train(
-        config, trial_overrides, out, lscore_weight, workers, cpus_per_worker, gpus_per_worker
-    )
-
-
-def _run_trial_on_ray_train(
-    config, overrides, out, lscore_weight, workers, cpus_per_worker, gpus_per_worker: float = 0.0
-) -> None:
-    """A multi-worker trial: Ray Train nested in Tune (driver function + TuneReportCallback); NCCL on GPUs."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from weaktok.launch.ray_train import train_loop_per_worker, worker_resources
-
-    w = worker_resources(cpus_per_worker, gpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": config,
-            "overrides": overrides,
-            "out": str(out),
-            "use_gpu": w["use_gpu"],
-            "lscore_weight": lscore_weight,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=w["use_gpu"],
-            resources_per_worker=w["resources_per_worker"],
-        ),
-        torch_config=TorchConfig(
-            backend=w["backend"],
-            init_method="env",
-            timeout_s=int(load_config(config, overrides).train.dist_timeout_s),
-        ),
-        run_config=RunConfig(
-            name="train", storage_path=str(out / "ray"), callbacks=[TuneReportCallback()]
-        ),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The sweep
-
-
-HEAD_GONE_S = 15.0  # the Ray head unreachable this long ends the sweep (Ray itself would wait 60 s, then abort)
-
-
 def watch_head(
     out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, every_s: float = 1.0
 ):
@@ -303,13 +70,6 @@ def watch_head(
 
     Without this the driver's Ray core waits 60 s for the GCS and then kills the process with a log line about
     `gcs_server.out`; Tune's experiment state in ``<out>/tune`` survives either way, so ``--resume`` continues."""
-    import socket
-    import sys
-    import threading
-    import time
-
-    import ray
-
     address = ray.get_runtime_context().gcs_address
     host, port = address.rsplit(":", 1)
     stop = threading.Event()
@@ -329,13 +89,15 @@ def watch_head(
                 continue
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since >= gone_after_s:
-                msg = (
-                    f"[weaktok] sweep: the Ray cluster at {address} is gone (its head has not answered for "
-                    f"{gone_after_s:.0f} s; killed, stopped or unreachable). Trials finished so far and the "
-                    f"checkpoints of running ones are kept in {out / 'tune'}. Start the cluster again and "
-                    f"continue with: {resume_hint}"
+                log.error(
+                    "sweep: the Ray cluster at %s is gone (its head has not answered for %.0f s; killed, "
+                    "stopped or unreachable). Trials finished so far and the checkpoints of running ones are "
+                    "kept in %s. Start the cluster again and continue with: %s",
+                    address,
+                    gone_after_s,
+                    out / "tune",
+                    resume_hint,
                 )
-                print(msg, file=sys.stderr, flush=True)
                 os._exit(3)
 
     threading.Thread(target=loop, name="weaktok-ray-head-watch", daemon=True).start()
@@ -353,33 +115,23 @@ def run_sweep(
     num_cpus: int | None = None,
 ) -> dict:
     """Run (or resume) a sweep; returns {results_csv, best_config, plot, best: {params, metrics}}."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from weaktok.device import describe_gpus
-
     overrides = list(overrides or [])
     spec = load_space(space_path, num_samples)
-    check_against_config(config, overrides, spec)  # fail fast, before Ray starts
-    epochs = load_config(config, overrides).train.epochs
+    base = load_config(config, overrides)  # resolved once: every trial starts from this
+    check_against_config(base, spec)  # fail fast, before Ray starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     experiment = out / "tune"
-    if not ray.is_initialized():
-        addr = address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=addr, **({} if addr else {"num_cpus": num_cpus}))
+    connect_ray(address, num_cpus)
     cluster = ray.cluster_resources()
     bundles, gpus = trial_resources(spec, cluster)
-    print(
-        f"[weaktok] sweep: {describe_gpus(spec.gpus_per_worker, gpus, cluster)}; trial bundles {bundles}",
-        flush=True,
+    log.info(
+        "sweep: %s; trial bundles %s", describe_gpus(spec.gpus_per_worker, gpus, cluster), bundles
     )
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
-            config=config,
-            overrides=overrides,
+            base=base,
             lscore_weight=spec.lscore_weight,
             workers=spec.workers,
             cpus_per_worker=spec.cpus_per_worker,
@@ -393,10 +145,10 @@ def run_sweep(
         )
     else:
         if resume:
-            print(f"[weaktok] nothing to resume in {experiment}: starting a new sweep", flush=True)
+            log.info("nothing to resume in %s: starting a new sweep", experiment)
         scheduler = ASHAScheduler(
             time_attr="epoch",
-            max_t=epochs,
+            max_t=base.train.epochs,
             grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor,
         )
@@ -421,10 +173,14 @@ def run_sweep(
         results = tuner.fit()
     finally:
         watch.set()
-    return summarise(results, spec, config, overrides, out)
+    return summarise(results, spec, base, out)
 
 
-def summarise(results, spec: SweepSpec, config: str, overrides: list[str], out: Path) -> dict:
+# ----------------------------------------------------------------------------------------------------------
+# The summary: results.csv, best_config.yaml, the plot
+
+
+def summarise(results, spec: SweepSpec, base: Config, out: Path) -> dict:
     df = results.get_dataframe()
     csv = out / "results.csv"
     df.to_csv(csv, index=False)
@@ -436,7 +192,9 @@ def summarise(results, spec: SweepSpec, config: str, overrides: list[str], out: 
             f"sweep in {out} produced no usable trial ({len(errors)} errored): {e}"
         ) from None
     params = {k: best.config[k] for k in spec.space}
-    cfg = load_config(config, overrides + [override(k, v) for k, v in params.items()])
+    cfg = trial_config(
+        base, params
+    )  # the best trial's config, as it trained (less its metrics port)
     cfg.name = f"{cfg.name}-sweep-best"
     best_yaml = out / "best_config.yaml"
     save_config(cfg, best_yaml)
@@ -455,11 +213,7 @@ def summarise(results, spec: SweepSpec, config: str, overrides: list[str], out: 
 
 def plot_objective(df, spec: SweepSpec, path: Path) -> Path:
     """One panel per swept key: each trial's final objective against its value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = list(spec.space)
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)

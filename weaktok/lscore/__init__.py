@@ -16,17 +16,9 @@ _EXPORTS = {
         "irregularity_exact",
         "structural_exact",
     ),
-    "differentiable": (
-        "SurrogateParams",
-        "DifferentiableLScore",
-        "differentiable_lscore",
-        "timbral_complexity",
-        "onset_envelope",
-        "soft_peaks",
-        "soft_onset_density",
-        "soft_ioi_std",
-        "soft_structural",
-    ),
+    "spectral": ("SurrogateParams", "timbral_complexity", "soft_structural"),
+    "soft_onsets": ("onset_envelope", "soft_peaks", "soft_onset_density", "soft_ioi_std"),
+    "differentiable": ("DifferentiableLScore", "differentiable_lscore"),
     "loss": ("batch_stats", "distribution_loss"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

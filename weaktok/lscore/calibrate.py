@@ -19,8 +19,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .differentiable import SurrogateParams, differentiable_lscore
-from .exact import LSCORE_NAMES, exact_lscore
+from weaktok.audio import SpecFrontEnd, load_audio
+from weaktok.lscore.differentiable import differentiable_lscore
+from weaktok.lscore.exact import LSCORE_NAMES, exact_lscore
+from weaktok.lscore.spectral import DEFAULT_PARAMS, SurrogateParams
+from weaktok.plots import pyplot
 
 SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
 
@@ -31,8 +34,6 @@ SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
 
 @functools.lru_cache(maxsize=4)
 def _load_dir(pattern: str, sr: int) -> tuple[tuple[str, np.ndarray], ...]:
-    from weaktok.audio import load_audio
-
     return tuple((p.stem, load_audio(p, sr)) for p in sorted(SAMPLES_DIR.glob(pattern)))
 
 
@@ -144,9 +145,7 @@ def calibration_set(
 
 
 @functools.lru_cache(maxsize=4)
-def _front_end(sr: int, n_fft: int, hop: int):
-    from weaktok.audio import SpecFrontEnd
-
+def _front_end(sr: int, n_fft: int, hop: int) -> SpecFrontEnd:
     return SpecFrontEnd(sample_rate=sr, n_fft=n_fft, hop_length=hop)
 
 
@@ -160,7 +159,7 @@ def front_end_power(y: np.ndarray, sr: int, n_fft: int = 1024, hop: int = 256) -
 def calibrate(
     waveforms: list[np.ndarray],
     sr: int,
-    params: SurrogateParams = SurrogateParams(),
+    params: SurrogateParams = DEFAULT_PARAMS,
     n_fft: int = 1024,
     hop: int = 256,
 ) -> dict:
@@ -195,11 +194,7 @@ def calibrate(
 
 def plot_calibration(result: dict, path) -> Path:
     """One scatter per term (exact on x, differentiable on y) into a PNG; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(LSCORE_NAMES), figsize=(4 * len(LSCORE_NAMES), 4))
     for ax, name in zip(axes, LSCORE_NAMES):
         r = result[name]

@@ -1,4 +1,4 @@
-"""The exact L-Score (DESIGN.md section 3): four librosa/numpy terms on a mono waveform. No gradient.
+"""The exact L-Score (docs/design.md): four librosa/numpy terms on a mono waveform. No gradient.
 
     L = exact_lscore(y, sr)   # (4,) float64: timbral, density (onsets/s), irregularity (s), structural
     L = exact_lscore(y, sr, onset="clicks")   # opt-in onset preset for density/irregularity (see below)
@@ -21,8 +21,9 @@ Onset detection choice
 We keep librosa's defaults, *including* ``normalize=True`` (envelope rescaled to [0, 1] per clip before peak
 picking), for fidelity with the paper, which called ``onset_detect`` with defaults. Consequence, documented
 rather than hidden: a sound with no onsets but a fluctuating envelope (white noise, a drone) still yields
-onsets from its normalised noise (8 s of white noise: 1 to 4.75/s depending on the seed), because
-normalisation turns any tiny flux into a full-scale envelope. The only guard is the DESIGN's loudness gate: a
+onsets from its normalised noise (white noise: several per second, depending on the seed; measured in
+docs/evaluation.md), because normalisation turns any tiny flux into a full-scale envelope. The only guard is the
+design's loudness gate (docs/design.md): a
 clip whose peak frame RMS (``librosa.feature.rms``, same frames) is below -60 dBFS has 0 onsets, so silence
 and near-silence score 0 instead of amplified dither.
 
@@ -30,10 +31,10 @@ Opt-in onset preset ``onset="clicks"`` (the default ``onset="paper"`` is the abo
 onsets are read off their own finer STFT (n_fft 1024, hop 256: a 46 ms window, so clicks 50 ms apart land
 in different frames), with a SuperFlux-style flux (``lag=2``, ``max_size=3``) and, crucially, *no*
 normalisation: a peak must rise 2.5 (mean dB over mel bands) above its local mean, an absolute threshold that
-steady sounds do not reach. Measured (weaktok/evaluation/rulers.py, docs/evaluation.md): click trains at
-1-20 Hz are counted exactly where the paper's detector reads 0.125/s at 20 Hz, sustained sounds and white noise
-read 0-0.125 onsets/s where it reads 1-13/s, three real drum loops read within 0.25/s of it. Timbral and
-structural never depend on the preset; the same RMS gate applies to both; it costs one more, smaller STFT.
+steady sounds do not reach. It counts fast click trains that the paper's detector misses, reads sustained sounds
+and white noise near 0 where that one reads several onsets per second, and stays close to it on real drum loops
+(weaktok/evaluation/rulers.py; measured in docs/evaluation.md). Timbral and structural never depend on the
+preset; the same RMS gate applies to both; it costs one more, smaller STFT.
 
 Degenerate inputs (all give finite numbers)
 -------------------------------------------

@@ -30,10 +30,7 @@ Not thread-safe: drive one pool from one thread (the trainer's).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,146 +38,20 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, WorkerCrashedError
+from ray.exceptions import GetTimeoutError
 
-WARMUP_SR = 22050
-_ACTOR_GONE = (
-    RayActorError,
-    ObjectLostError,
-    WorkerCrashedError,
-)  # system failures; task errors pass through
+from weaktok.lscore.worker import (
+    ACTOR_GONE,
+    LScoreWorker,
+    as_clips,
+    describe_actor_death,
+    warmup_death_message,
+)
+from weaktok.ray_cluster import connect_ray
 
 
 class LScorePoolError(RuntimeError):
     """The pool gave up: an actor died more than ``max_retries`` times, or nothing finished within the timeout."""
-
-
-def click_clip(sr: int = WARMUP_SR, seconds: float = 1.0) -> np.ndarray:
-    """A short synthetic clip (4 clicks/s over faint noise) that runs every code path of exact_lscore."""
-    y = 0.01 * np.random.default_rng(0).standard_normal(int(sr * seconds))
-    y[:: sr // 4] += 1.0
-    return y.astype(np.float32)
-
-
-def as_clips(waveforms: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """A list of clips, or one clip (1-D), or a batch (N, T) -> list of contiguous float32 1-D arrays.
-
-    float32 is what exact_lscore computes in anyway, so converting here halves the bytes sent and changes nothing.
-    """
-    if isinstance(waveforms, np.ndarray):
-        if waveforms.ndim > 2:
-            raise ValueError(f"expected a clip (T,) or a batch (N, T), got shape {waveforms.shape}")
-        waveforms = [waveforms] if waveforms.ndim == 1 else list(waveforms)
-    return [np.ascontiguousarray(y, dtype=np.float32).reshape(-1) for y in waveforms]
-
-
-@ray.remote(num_cpus=1)
-class LScoreWorker:
-    """One process scoring clips with ``exact_lscore``; warmed once at start so later calls run at full speed."""
-
-    def __init__(self, warmup_sr: int = WARMUP_SR):
-        t0 = time.perf_counter()
-        from weaktok.lscore.exact import (
-            exact_lscore,
-        )  # imported here: the driver never needs librosa
-
-        self._score = exact_lscore
-        # Importing librosa compiles its numba kernels where numba's on-disk cache is empty (~20 s of CPU) or loads
-        # them (~2 s); none of them runs in exact_lscore (weaktok/lscore/peaks.py). One call on a click clip then
-        # pays every other first-call cost.
-        exact_lscore(click_clip(warmup_sr), warmup_sr)
-        self.warmup_s = time.perf_counter() - t0
-
-    def ready(self) -> float:
-        """Seconds the import and warm-up took (the call returns only once the actor is warm)."""
-        return self.warmup_s
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def niceness(self) -> int:
-        return os.nice(0)
-
-    @ray.method(num_returns=2)
-    def score(self, clips: list[np.ndarray], sr: int) -> tuple[np.ndarray, tuple[float, float]]:
-        """clips -> ((n, 4) float64 scores, (wall seconds, CPU seconds) spent scoring).
-
-        CPU well below wall means the actor is starved of its core (e.g. by the trainer or other jobs).
-        """
-        t0, c0 = time.perf_counter(), time.thread_time()
-        out = np.stack([self._score(y, sr) for y in clips]) if clips else np.zeros((0, 4))
-        return out, (time.perf_counter() - t0, time.thread_time() - c0)
-
-
-def numba_cache_hint() -> str:
-    """Where librosa's numba cache files live on this machine (without importing librosa)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return f"the *.nbi/*.nbc files under NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}"
-    spec = importlib.util.find_spec("librosa")
-    where = (
-        spec.submodule_search_locations[0]
-        if spec and spec.submodule_search_locations
-        else "librosa/"
-    )
-    return f"librosa's numba cache: find {where} -name '*.nb[ic]' -delete"
-
-
-def describe_actor_death(e: BaseException) -> str:
-    """Ray's actor-death error -> one line: what killed the actor's process (the full text stays chained)."""
-    msg = str(getattr(e, "error_msg", "") or e)
-    pid = re.search(r"\bpid[:=] ?(\d+)", msg)
-    where = (
-        f" (pid {pid.group(1)}; its stderr: logs/worker-*-{pid.group(1)}.err in Ray's session dir)"
-        if pid
-        else ""
-    )
-    if getattr(e, "actor_init_failed", False):
-        lines = [line.strip() for line in msg.splitlines() if line.strip()]
-        return f"its warm-up raised {lines[-1] if lines else type(e).__name__}{where}"
-    return f"its process died without a Python exception (a segfault, os._exit or the OOM killer){where}"
-
-
-def warmup_death_message(slot: int, e: BaseException) -> str:
-    """The LScorePoolError text for actor ``slot`` dying while it imports librosa and scores a click clip."""
-    head = (
-        f"L-Score actor {slot} died while warming up (importing weaktok.lscore.exact and scoring a click clip): "
-        f"{describe_actor_death(e)}."
-    )
-    if getattr(e, "actor_init_failed", False):
-        return f"{head} Fix that error on the node (a missing or broken package?) and start again."
-    return (
-        f"{head} A segfault there most likely means numba's on-disk cache is poisoned (numba issue #10128: "
-        f"cached GUFuncs compiled by several processes at once): delete {numba_cache_hint()} on that node and "
-        f"start again."
-    )
-
-
-def connect_ray(
-    address: str | None = None, num_cpus: int | None = None, **init_kwargs: Any
-) -> bool:
-    """Make sure this process is connected to Ray; returns True only if this call started a local cluster.
-
-    Order: reuse an already initialised Ray; else attach to the cluster named by ``address`` or, when that is
-    None, by the RAY_ADDRESS environment variable (``ray job submit`` sets it for jobs; ``RAY_ADDRESS=auto``
-    means "the cluster `ray start` left on this machine"); else start a local cluster with ``num_cpus``
-    (default: every core) and no dashboard. ``address="local"`` always starts our own.
-
-    Why not ``ray.init(address="auto")`` unconditionally: "auto" also finds any cluster another process on
-    this machine started with a plain ``ray.init()`` (a test, another training run), whose CPUs may all be
-    taken and which disappears with that process, taking every driver attached to it down too.
-    Token authentication stays at Ray's default (on for local clusters since 2.59; a client reads the token from
-    RAY_AUTH_TOKEN or ~/.ray/auth_token); nothing here turns it off. ``init_kwargs`` go to ``ray.init`` as given.
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address != "local":
-        ray.init(address=address, **init_kwargs)  # a named cluster that does not answer is an error
-        return False
-    ray.init(
-        **{"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False, **init_kwargs}
-    )
-    return True
 
 
 @dataclass
@@ -200,7 +71,7 @@ class LScorePool:
     max_in_flight: bound on unfinished ``submit`` batches (default 2 per actor).
     max_retries: restarts allowed per actor, and re-sends per batch, before LScorePoolError.
     address: None = RAY_ADDRESS if set, else start a local cluster; "local" = always start one; "auto" or
-             "host:port" = attach (see connect_ray).
+             "host:port" = attach (weaktok/ray_cluster.py).
     num_cpus: size of a cluster we start (default os.cpu_count()); ignored when attaching.
     num_cpus_per_actor: Ray CPU request per actor (1 by default; lower only to pack actors, e.g. in tests).
     niceness: the actors' Unix niceness. None keeps Ray's default (RAY_worker_niceness = 15: the actors yield the
@@ -244,10 +115,10 @@ class LScorePool:
         self._finished: set[ray.ObjectRef] = set()  # the subset of _pending known to be done
         self._carry: list[
             tuple[Any, np.ndarray]
-        ] = []  # results a failing poll() could not hand back yet
+        ] = []  # results a failing poll() could not hand back
         self._recent: deque = deque(
             maxlen=stats_window
-        )  # (worker wall s, worker CPU s, turnaround s, clips)
+        )  # (worker wall s, CPU s, turnaround s, clips)
         self._next_tag = 0
         self.submitted = self.dropped = self.replaced = self.clips_scored = 0
         self._closed = False
@@ -294,7 +165,7 @@ class LScorePool:
                 slot = slot_of.pop(ref)
                 try:
                     warm[slot] = ray.get(ref)
-                except _ACTOR_GONE as e:
+                except ACTOR_GONE as e:
                     raise LScorePoolError(warmup_death_message(slot, e)) from e
         return warm
 
@@ -330,7 +201,7 @@ class LScorePool:
         """The (n, 4) scores of a finished batch; LScorePoolError if its actor is dead for good."""
         try:
             scores, secs = ray.get([ref, b.stats_ref], timeout=self.task_timeout_s)
-        except _ACTOR_GONE as e:
+        except ACTOR_GONE as e:
             self._replace(b)
             raise LScorePoolError(
                 f"L-Score actor {b.slot} died more than max_retries={self.max_retries} times "

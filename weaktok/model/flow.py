@@ -32,7 +32,7 @@ from weaktok.config import FlowConfig
 
 
 def normaliser_from_prior(stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prior statistics (weaktok/prior.py) -> per-frequency mean (F,) and std (F,) of the corpus' frames: the
+    """Prior statistics (weaktok/data/prior.py) -> per-frequency mean (F,) and std (F,) of the corpus' frames: the
     principal shapes' variance plus the residual's (the diagonal of the frames' covariance)."""
     var = (stats["comp_std"][:, None] ** 2 * stats["components"] ** 2).sum(0) + stats[
         "resid_std"

@@ -10,11 +10,11 @@
 Time is padded to a multiple of 8 internally and cropped back, so any length works. Positions given to the
 Transformer are each chunk's start time (in bottleneck frames), not its index, so irregular chunks keep their
 place on the time axis: added as sinusoids (``model.positions: absolute``) or rotary in attention (``rotary``,
-weaktok/transformer.py: only time differences count, so a model trained on 4-s clips sees nothing new at 8 s).
+weaktok/model/transformer.py: only time differences count, so a model trained on 4-s clips sees nothing new at 8 s).
 
 Two objectives (``model.objective``):
 * ``inpaint``: spec in, spec out (an L1 denoiser / in-painter, generate.refine).
-* ``flow``: rectified flow (weaktok/flow.py). In: x (B, F, T) normalised spectrogram, the noisy sample x_t in the
+* ``flow``: rectified flow (weaktok/model/flow.py). In: x (B, F, T) normalised spectrogram, the noisy sample x_t in the
   frames to generate and the clean data in the known ones, the known mask (B, T) as one more input channel, and
   the time t (B,) as FiLM on every conv block and an embedding added to every chunk. Out: the velocity (B, F, T).
   With ``model.skips: known`` the U-Net skips are zeroed wherever a frame to generate is (min-pooled per level),
@@ -119,7 +119,7 @@ class ChunkedUNet(nn.Module):
         if self.flow:
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
             # the data normalisation of the flow (per-frequency mean and std of the log1p spectrogram frames, set by
-            # training from the corpus; weaktok/flow.py): saved with the weights, so a model.pt is self-contained
+            # training from the corpus; weaktok/model/flow.py): saved with the weights, so a model.pt is self-contained
             self.register_buffer("spec_mean", torch.zeros(n_freqs))
             self.register_buffer("spec_std", torch.ones(n_freqs))
         ck = cfg.chunking

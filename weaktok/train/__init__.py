@@ -17,13 +17,13 @@ Outputs in ``--out``: config.yaml (resolved), metrics.jsonl (one JSON object per
 checkpoints/<tag>/ (DeepSpeed, with client state, and the config.yaml it was written under; a tag counts only once
 it holds COMPLETE), final/model.pt (consolidated fp32 weights + config, for generation and evaluation).
 
-Faults (tests/integration/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError naming the folder,
-the previous checkpoint untouched; ``resume: auto`` skips folders without COMPLETE and falls back past a COMPLETE one
-that fails to load because a file in it is damaged (warning, set aside as <tag>.corrupt); ``train.dist_timeout_s``
-bounds every collective, so a rank whose peer died exits instead of waiting forever.
+Faults (tests/integration/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError
+naming the folder, the previous checkpoint untouched; ``resume: auto`` skips folders without COMPLETE and falls back
+past a COMPLETE one that fails to load because a file in it is damaged (warning, set aside as <tag>.corrupt);
+``train.dist_timeout_s`` bounds every collective, so a rank whose peer died exits instead of waiting forever.
 
-Config changes between runs in one folder (tests/integration/test_resume_config.py): before anything is loaded, the newest
-checkpoint's config.yaml is compared with the current config. A change its tensors cannot load into (parameter
+Config changes between runs in one folder (tests/integration/test_resume_config.py): before anything is loaded, the
+newest checkpoint's config.yaml is compared with the current config. A change its tensors cannot load into (parameter
 shapes: ``SHAPE_KEYS``; ZeRO stage 0 / 1-2 / 3; bf16 vs fp32 in effect; for ZeRO the number of ranks) stops the run
 with ConfigMismatchError naming each key old -> new; other changes are logged one line per key and apply (the
 optimizer's lr, weight decay and betas too). A checkpoint that fails to load with every file intact is never set
@@ -33,9 +33,13 @@ only when the run has no checkpoint of its own to resume (own checkpoint > init_
 
 The package, by stage (every name below is importable from ``weaktok.train``):
 
-    trainer.py      train(), Trainer (setup, train_epoch, train_step, validate, checkpoint, export, fit, close),
-                    TrainState (the counters checkpoints store), MetricsLog (metrics.jsonl)
+    trainer.py      train(), Trainer (setup, train_epoch, train_step, validate, checkpoint, export, fit, close)
+    state.py        TrainState: the counters checkpoints store and resume restores
+    build.py        setup's pieces: check_data, seed_everything, start_exporter, build_front, build_lscore,
+                    load_prior, corpus_prior, build_run_model, epoch_size
+    records.py      MetricsLog (metrics.jsonl), LogWindow, train_record, epoch_line
     hooks.py        TrainHooks (no-op base for hooks), HookList, call
+    prometheus/     MetricsExporter (a TrainHooks): metric definitions, serving, the exporter
     distributed.py  Dist, setup_distributed, all_reduce_sum, broadcast_object, gather_objects
     engine.py       use_bf16, check_precision, deepspeed_config, lr_lambda, build_engine
     step.py         corrupt, compute_loss, Losses, PartsWindow, all_finite, model_dtype
@@ -48,6 +52,17 @@ The package, by stage (every name below is importable from ``weaktok.train``):
     cli.py          parse_args, main (``python -m weaktok.train``; __main__.py runs it)
 """
 
+from weaktok.train.build import (
+    build_front,
+    build_lscore,
+    build_run_model,
+    check_data,
+    corpus_prior,
+    epoch_size,
+    load_prior,
+    seed_everything,
+    start_exporter,
+)
 from weaktok.train.checkpoint import (
     ABSENT,
     COMPLETE,
@@ -86,6 +101,8 @@ from weaktok.train.engine import (
 from weaktok.train.export import export_weights, master_weights
 from weaktok.train.hooks import HookList, TrainHooks, call
 from weaktok.train.lscore_glue import poll_pool, start_pool, submit_outputs
+from weaktok.train.prometheus import MetricsExporter, MetricsPortInUse
+from weaktok.train.records import LogWindow, MetricsLog, epoch_line, train_record
 from weaktok.train.resume import (
     Candidate,
     apply_optimizer_settings,
@@ -96,16 +113,9 @@ from weaktok.train.resume import (
     resume_candidates,
     resume_plan,
 )
+from weaktok.train.state import TrainState
 from weaktok.train.step import Losses, PartsWindow, all_finite, compute_loss, corrupt, model_dtype
-from weaktok.train.trainer import (
-    LogWindow,
-    MetricsLog,
-    Trainer,
-    TrainState,
-    corpus_prior,
-    load_prior,
-    train,
-)
+from weaktok.train.trainer import Trainer, train
 from weaktok.train.validation import validate
 
 __all__ = [
@@ -122,7 +132,9 @@ __all__ = [
     "HookList",
     "LogWindow",
     "Losses",
+    "MetricsExporter",
     "MetricsLog",
+    "MetricsPortInUse",
     "PartsWindow",
     "TrainHooks",
     "TrainState",
@@ -132,7 +144,11 @@ __all__ = [
     "apply_optimizer_settings",
     "broadcast_object",
     "build_engine",
+    "build_front",
+    "build_lscore",
+    "build_run_model",
     "call",
+    "check_data",
     "check_precision",
     "complete_tags",
     "compute_loss",
@@ -140,6 +156,8 @@ __all__ = [
     "corpus_prior",
     "corrupt",
     "deepspeed_config",
+    "epoch_line",
+    "epoch_size",
     "export_weights",
     "gather_objects",
     "init_from_weights",
@@ -160,12 +178,15 @@ __all__ = [
     "resume_plan",
     "rng_state",
     "save_checkpoint",
+    "seed_everything",
     "set_rng_state",
     "setup_distributed",
     "show_value",
+    "start_exporter",
     "start_pool",
     "submit_outputs",
     "train",
+    "train_record",
     "unreadable_files",
     "use_bf16",
     "validate",

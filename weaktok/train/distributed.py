@@ -3,12 +3,19 @@ collectives the loop uses. With one rank every collective is a no-op."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+from weaktok.log import ALL_RANKS
+from weaktok.procenv import set_accelerator
+
+log = logging.getLogger(__name__)
 
 # DeepSpeed's CPU backend JIT-loads its shared-memory all-reduce op (``deepspeed_shm_comm``) in every process, and
 # torch's loader holds a lock *file* in the op's build folder while it checks or builds (FileBaton: no owner, no
@@ -47,9 +54,10 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
             "deepspeed launcher, cluster/launch_multinode.sh or ray_jobs/train.py"
         )
     use_cuda = torch.cuda.is_available()
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
+    set_accelerator(os.environ, use_cuda)
     os.environ.setdefault("LOCAL_RANK", "0")
-    import deepspeed  # here, not at the top: DeepSpeed picks its accelerator from DS_ACCELERATOR when imported
+    # here, not at the top: DeepSpeed picks its accelerator from DS_ACCELERATOR when imported
+    import deepspeed  # noqa: PLC0415
 
     if not use_cuda:
         load_cpu_comm_op()
@@ -73,8 +81,6 @@ def guarded_jit_load(build_dir: str | Path, load):
     """Run ``load()`` (a torch JIT extension load whose build folder is ``build_dir``) holding an exclusive flock on
     ``build_dir/weaktok.flock``; a torch ``lock`` file found while holding it is a killed loader's and is removed.
     Hand-written: torch's FileBaton cannot tell a live holder from a dead one."""
-    import fcntl
-
     folder = Path(build_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / FLOCK_NAME, "a") as f:
@@ -85,10 +91,10 @@ def guarded_jit_load(build_dir: str | Path, load):
             stale = folder / "lock"
             if stale.exists():
                 stale.unlink()
-                print(
-                    f"[weaktok] removed a stale torch extension lock {stale} (left by a process killed while "
+                log.info(
+                    f"removed a stale torch extension lock {stale} (left by a process killed while "
                     "loading the op)",
-                    flush=True,
+                    extra=ALL_RANKS,
                 )
             return load()
         finally:
@@ -98,9 +104,11 @@ def guarded_jit_load(build_dir: str | Path, load):
 def load_cpu_comm_op() -> None:
     """Load DeepSpeed's CPU shared-memory comm op before ``init_distributed`` does (it then finds it loaded), under
     ``guarded_jit_load``. Nothing happens where DeepSpeed would not use the op."""
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-    from torch.utils.cpp_extension import _get_build_directory
+    # here, not at the top: DeepSpeed picks its accelerator from DS_ACCELERATOR when imported (setup_distributed
+    # sets it first), and torch's extension builder is only needed for this op
+    import deepspeed.ops  # noqa: PLC0415
+    from deepspeed.accelerator import get_accelerator  # noqa: PLC0415
+    from torch.utils.cpp_extension import _get_build_directory  # noqa: PLC0415
 
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):

@@ -71,7 +71,8 @@ def lr_lambda(cfg: Config, total_steps: int):
 def build_engine(cfg: Config, model: torch.nn.Module, total_steps: int):
     """(engine, optimizer, scheduler): AdamW (weight decay on matrices only) under ``lr_lambda``, wrapped by
     ``deepspeed.initialize``; with ``train.compile`` the engine compiles the model."""
-    import deepspeed  # here, not at the top: heavy, and setup_distributed must set DS_ACCELERATOR before it loads
+    # here, not at the top: heavy, and setup_distributed must set DS_ACCELERATOR before it loads
+    import deepspeed  # noqa: PLC0415
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

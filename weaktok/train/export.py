@@ -1,9 +1,11 @@
-"""The run's deliverable: ``final/model.pt`` (the format: ``weaktok/model/weights.py``), the fp32 master weights (consolidated, not ZeRO partitions) and the
-config, loadable with ``torch.load(weights_only=True)`` by generation and evaluation."""
+"""The run's deliverable: ``final/model.pt`` (the format: ``weaktok/model/weights.py``), the fp32 master weights
+(consolidated, not ZeRO partitions) and the config, loadable with ``torch.load(weights_only=True)`` by generation
+and evaluation."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from weaktok.config import Config
 from weaktok.model.weights import MODEL_FILE, save_model
 from weaktok.train.checkpoint import complete_tags
 from weaktok.train.distributed import Dist
+
+log = logging.getLogger(__name__)
 
 
 def master_weights(
@@ -35,7 +39,9 @@ def master_weights(
     if not dist.is_main:
         return None
     # here, not at the top: DeepSpeed is heavy, and only ZeRO 1-3 runs need its reader
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils.zero_to_fp32 import (  # noqa: PLC0415
+        get_fp32_state_dict_from_zero_checkpoint,
+    )
 
     tag = complete_tags(ckpt_dir)[-1]
     with contextlib.redirect_stdout(
@@ -51,5 +57,5 @@ def export_weights(engine, cfg: Config, out: Path, dist: Dist) -> Path | None:
     if not dist.is_main or state is None:
         return None
     path = save_model(out / "final" / MODEL_FILE, state, cfg)
-    print(f"[weaktok] exported fp32 master weights to {path}", flush=True)
+    log.info(f"exported fp32 master weights to {path}")
     return path

@@ -5,11 +5,17 @@ when they arrive, the step never waits. A pool error (an actor died past its ret
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from weaktok.config import Config
+from weaktok.data.loader import eval_loader
+from weaktok.generate.sampler import MODES
 from weaktok.train.distributed import Dist, broadcast_object
+
+log = logging.getLogger(__name__)
 
 
 def start_pool(cfg: Config, dist: Dist):
@@ -17,7 +23,7 @@ def start_pool(cfg: Config, dist: Dist):
     if not dist.is_main or not (cfg.lscore.pool_every or cfg.lscore.val_items):
         return None
     # here, not at the top: imports Ray, which only the pool needs
-    from weaktok.lscore.pool import LScorePool
+    from weaktok.lscore.pool import LScorePool  # noqa: PLC0415
 
     return LScorePool(num_actors=cfg.lscore.pool_actors or None)
 
@@ -38,8 +44,6 @@ def lscore_targets(
     }
     if cfg.lscore.loss_target == "manifest":
         return manifest_target, manifest_target
-    from weaktok.data.loader import eval_loader
-
     stats = None
     if dist.is_main:
         scores, waves = [], []
@@ -71,7 +75,7 @@ def feedback_step(
     generations the pool scored exactly. Per term k, with d_k = mean over modes of (exact_k - target_k) / std_k:
     correction_k -= gain * d_k * surrogate std_k (a too-high exact score lowers what the loss asks of the surrogate).
     Unchanged when the validation has no exact scores."""
-    modes = [m for m in ("uncond", "seed") if f"val_gen_{m}_lscore" in val]
+    modes = [m for m in MODES if f"val_gen_{m}_lscore" in val]
     if not modes:
         return correction
     tm, ts = val_target["mean"].cpu().numpy(), val_target["std"].cpu().numpy()
@@ -89,11 +93,12 @@ def submit_outputs(pool, front, recon: torch.Tensor, cfg: Config, step: int) -> 
     pool.submit(list(waves), cfg.audio.sample_rate, tag=step, block=False)
 
 
-def poll_pool(pool, state, log, hooks) -> None:
-    """Log (and pass to ``hooks.on_log``) each result the pool has finished; never waits."""
+def poll_pool(pool, state, metrics, hooks) -> None:
+    """Write to ``metrics`` (the run's MetricsLog) and pass to ``hooks.on_log`` each result the pool has finished;
+    never waits."""
     if pool is None:
         return
-    from weaktok.lscore.pool import LScorePoolError  # Ray: see start_pool
+    from weaktok.lscore.pool import LScorePoolError  # noqa: PLC0415 (imports Ray: see start_pool)
 
     try:
         finished = pool.poll()
@@ -101,7 +106,7 @@ def poll_pool(pool, state, log, hooks) -> None:
         LScorePoolError
     ) as e:  # an actor died past its retries: the pool replaced it; training goes on
         state.lscore_pool_errors += 1
-        print(f"[weaktok] L-Score pool error (step {state.step}, continuing): {e}", flush=True)
+        log.info(f"L-Score pool error (step {state.step}, continuing): {e}")
         return
     for tag, scores in finished:
         record = {
@@ -111,5 +116,5 @@ def poll_pool(pool, state, log, hooks) -> None:
             "lscore_exact": np.asarray(scores).mean(0).tolist(),
             "pool": pool.stats(),
         }
-        log.write(record)
+        metrics.write(record)
         hooks.on_log(record)

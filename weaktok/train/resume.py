@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from weaktok.train.checkpoint import (
     unreadable_files,
 )
 from weaktok.train.distributed import Dist, all_reduce_sum, broadcast_object
+
+log = logging.getLogger(__name__)
 
 
 def resume_candidates(cfg: Config, ckpt_dir: Path) -> list[tuple[Path, str]]:
@@ -141,14 +144,13 @@ def load_resume(
         failed.append(str(where))
         more = i + 1 < len(plan) and cfg.train.resume == "auto"
         if dist.is_main:
-            print(
-                f"[weaktok] WARNING: checkpoint {where} is COMPLETE but failed to load ({why}); "
+            log.warning(
+                f"checkpoint {where} is COMPLETE but failed to load ({why}); "
                 + (
                     "falling back to the previous complete checkpoint"
                     if more
                     else "no older one to fall back to"
-                ),
-                flush=True,
+                )
             )
         if cfg.train.resume != "auto":
             raise CheckpointError(f"checkpoint {where} (train.resume) failed to load: {why}")
@@ -175,25 +177,20 @@ def log_config_changes(cfg: Config, cand: Candidate, client_config: dict | None)
     """Rank 0: one line per key whose value differs from the one the resumed checkpoint was written under."""
     old = cand.config if cand.config is not None else client_config
     if cand.config is None:
-        print(
-            f"[weaktok] WARNING: checkpoint {cand.folder} holds no {CONFIG_FILE} (written by an older weaktok): "
+        log.warning(
+            f"checkpoint {cand.folder} holds no {CONFIG_FILE} (written by an older weaktok): "
             "the config could not be checked before loading"
-            + ("; compared after loading with the copy in its client state" if old else ""),
-            flush=True,
+            + ("; compared after loading with the copy in its client state" if old else "")
         )
     changes = config_changes(old, cfg) if isinstance(old, dict) else {}
     if changes:
-        print(
-            f"[weaktok] config changed since checkpoint {cand.folder}; resuming under the new values:",
-            flush=True,
-        )
+        log.info(f"config changed since checkpoint {cand.folder}; resuming under the new values:")
     for key, (before, after) in changes.items():
-        print(f"[weaktok]   {key}: {show_value(before)} -> {show_value(after)}", flush=True)
+        log.info(f"  {key}: {show_value(before)} -> {show_value(after)}")
     if cfg.train.init_from:
-        print(
-            f"[weaktok] train.init_from={cfg.train.init_from} ignored: this run resumes from its own checkpoint "
-            "(a run's own checkpoints come first; start a new run from other weights with a new --out)",
-            flush=True,
+        log.info(
+            f"train.init_from={cfg.train.init_from} ignored: this run resumes from its own checkpoint "
+            "(a run's own checkpoints come first; start a new run from other weights with a new --out)"
         )
 
 
@@ -242,8 +239,9 @@ def init_from_weights(source: str) -> tuple[dict, dict | None, Path]:
                     path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
                 )
             weights = blob["module"]
-        else:  # DeepSpeed imported only here (heavy; ZeRO 3 only)
-            from deepspeed.utils.zero_to_fp32 import (
+        else:
+            # here, not at the top: DeepSpeed is heavy, and only ZeRO 3 checkpoints need its reader
+            from deepspeed.utils.zero_to_fp32 import (  # noqa: PLC0415
                 get_fp32_state_dict_from_zero_checkpoint,
             )
 
@@ -289,8 +287,6 @@ def load_init_weights(model: torch.nn.Module, cfg: Config, dist: Dist) -> None:
         )
     model.load_state_dict(weights)
     if dist.is_main:
-        print(
-            f"[weaktok] new run from the weights of {path} (train.init_from): step 0, fresh optimizer and "
-            "schedule",
-            flush=True,
+        log.info(
+            f"new run from the weights of {path} (train.init_from): step 0, fresh optimizer and schedule"
         )

@@ -10,6 +10,7 @@ import torch
 from weaktok.config import Config
 from weaktok.data.prior import sample_prior
 from weaktok.lscore.loss import distribution_loss
+from weaktok.model import flow
 from weaktok.train.distributed import Dist
 
 
@@ -19,7 +20,7 @@ def corrupt(
     """Training input corruption: gaussian noise, and for some examples one time span replaced.
 
     ``fill: zeros`` writes zeros into the span. ``fill: prior`` writes what generation's refinement feeds the model
-    in its hole (generate.refine): (1 - s) * spec + s * z, z the prior noise (weaktok/prior.py), s ~ U(0, 1) per
+    in its hole (generate.refine): (1 - s) * spec + s * z, z the prior noise (weaktok/data/prior.py), s ~ U(0, 1) per
     example, so the model learns to refine every noise level, from pure prior noise (s = 1) down."""
     c = cfg.train.corruption
     x = (
@@ -105,12 +106,10 @@ def compute_loss(
 def compute_flow_loss(
     engine, front, lscore_fn, spec, fb: dict, w, target, cfg: Config
 ) -> tuple[Losses, object]:
-    """``compute_loss`` for ``model.objective: flow`` (weaktok/flow.py): ``fb`` is ``flow.flow_batch`` of ``spec``.
-    The velocity error takes the reconstruction's place in the curriculum (w_recon); the L-Score loss sees the
+    """``compute_loss`` for ``model.objective: flow`` (weaktok/model/flow.py): ``fb`` is ``flow.flow_batch`` of
+    ``spec``. The velocity error takes the reconstruction's place in the curriculum (w_recon); the L-Score loss sees the
     one-step clean estimates of the batch's largest-t rows (``flow.clean_estimate``). ``recon`` in the parts is the
     L1 of every row's one-step estimate on its generated frames (log1p units, comparable across steps)."""
-    from weaktok.model import flow
-
     model = engine.module
     out = engine(fb["x"].to(model_dtype(engine)), t=fb["t"], known=fb["known"])
     fc = cfg.model.flow

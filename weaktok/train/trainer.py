@@ -5,36 +5,41 @@ its faults and config changes between runs):
 
 ``fit`` runs ``setup`` (checks, distributed, resume plan, model and engine, resume or init_from, metrics log,
 pool), then ``train_epoch`` until the epochs or ``train.max_steps`` are done (each: ``train_step`` per micro-batch,
-``validate``, ``checkpoint``), then ``export``; ``close`` stops what setup started, however fit ends.
+``validate``, ``checkpoint``), then ``export``; ``close`` stops what setup started, however fit ends. What the
+stages are built from is in build.py, the counters in state.py, what they log in records.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import random
+import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 import torch
 
-from weaktok.audio import SpecFrontEnd
-from weaktok.config import Config, ConfigError, save_config, to_dict
+from weaktok.config import Config, save_config
 from weaktok.data.loader import train_loader
-from weaktok.data.manifest import load_manifest, shard_paths
-from weaktok.data.prior import corpus_spectrum
-from weaktok.lscore.differentiable import DifferentiableLScore
-from weaktok.model.flow import clean_estimate, flow_batch, set_normaliser
-from weaktok.model.unet import build_model, count_params
-from weaktok.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from weaktok.generate.guidance import SPECTRUM_FILE
+from weaktok.model.flow import clean_estimate, flow_batch
+from weaktok.model.unet import count_params
+from weaktok.train.build import (
+    build_front,
+    build_lscore,
+    build_run_model,
+    check_data,
+    corpus_prior,
+    epoch_size,
+    load_prior,
+    seed_everything,
+    start_exporter,
+)
+from weaktok.train.checkpoint import CONFIG_FILE, save_checkpoint, set_rng_state
 from weaktok.train.curriculum import weights_at
 from weaktok.train.distributed import Dist, broadcast_object, setup_distributed
 from weaktok.train.engine import build_engine, check_precision, use_bf16
 from weaktok.train.export import export_weights
-from weaktok.train.hooks import HookList
+from weaktok.train.hooks import HookList, TrainHooks
 from weaktok.train.lscore_glue import (
     feedback_step,
     lscore_targets,
@@ -42,133 +47,37 @@ from weaktok.train.lscore_glue import (
     start_pool,
     submit_outputs,
 )
+from weaktok.train.records import METRICS_FILE, LogWindow, MetricsLog, epoch_line, train_record
 from weaktok.train.resume import (
     apply_optimizer_settings,
-    load_init_weights,
     load_resume,
     log_config_changes,
     resume_plan,
 )
-from weaktok.train.step import PartsWindow, all_finite, compute_flow_loss, compute_loss, corrupt
+from weaktok.train.state import TrainState
+from weaktok.train.step import all_finite, compute_flow_loss, compute_loss, corrupt
 from weaktok.train.validation import validate
 
-
-@dataclass
-class TrainState:
-    """Where training stands. Checkpoints store it in DeepSpeed's client state (``to_client_state``), hooks get it
-    as a dict (``as_dict``), both with the keys of the dict that held it before it was a class."""
-
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # epochs finished
-    batch_in_epoch: int = 0  # micro-batches of the current epoch consumed (non-finite ones too)
-    nan_skipped: int = 0  # micro-batches skipped on every rank for a non-finite loss
-    corrupt_skipped: int = 0  # corrupt items this rank's data loader dropped
-    samples: int = 0  # examples stepped on, all ranks together
-    lscore_pool_errors: int = (
-        0  # rank 0: L-Score pool failures; stored once non-zero, not restored on resume
-    )
-    target_correction: list = field(
-        default_factory=lambda: [0.0] * 4
-    )  # the closed loop's (lscore.feedback)
-
-    RESUMED: ClassVar[tuple[str, ...]] = (
-        "step",
-        "epoch",
-        "batch_in_epoch",
-        "nan_skipped",
-        "corrupt_skipped",
-        "samples",
-        "target_correction",
-    )  # what a resume restores
-
-    def as_dict(self) -> dict:
-        """The counters as a dict (``lscore_pool_errors`` only once non-zero)."""
-        d = {k: getattr(self, k) for k in self.RESUMED}
-        if self.lscore_pool_errors:
-            d["lscore_pool_errors"] = self.lscore_pool_errors
-        return d
-
-    def to_client_state(self, cfg: Config, world: int) -> dict:
-        """What a checkpoint stores beside the tensors: the counters, this rank's RNG states, the number of ranks
-        and the resolved config."""
-        return {**self.as_dict(), "rng": rng_state(), "world": world, "config": to_dict(cfg)}
-
-    @classmethod
-    def from_client_state(cls, client: dict) -> TrainState:
-        """The counters of a loaded checkpoint's client state (any missing one: 0)."""
-        return cls(**{k: client[k] for k in cls.RESUMED if k in client})
-
-
-class MetricsLog:
-    """metrics.jsonl on rank 0: one JSON object per line, flushed as written."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.enabled = enabled
-        self.f = open(path, "a") if enabled else None
-
-    def write(self, record: dict) -> None:
-        if self.f:
-            self.f.write(json.dumps({"time": time.time(), **record}) + "\n")
-            self.f.flush()
-
-    def close(self) -> None:
-        if self.f:
-            self.f.close()
-
-
-@dataclass
-class LogWindow:
-    """What a train record averages over: the steps since the previous log line (or the epoch's start)."""
-
-    t0: float = field(default_factory=time.perf_counter)
-    samples: int = 0  # all ranks
-    wait: float = 0.0  # seconds waiting for the data loader
-    parts: PartsWindow = field(
-        default_factory=PartsWindow
-    )  # loss parts, on the device until the log line
-
-
-def load_prior(cfg: Config, front, dist: Dist) -> dict | None:
-    """Generation's prior statistics (corpus_prior) for ``fill: prior`` and for flow models (their normalisation,
-    weaktok/flow.py), else None."""
-    inpaint_prior = cfg.train.corruption.fill == "prior" and cfg.train.corruption.mask_prob
-    if cfg.model.objective != "flow" and not inpaint_prior:
-        return None
-    return corpus_prior(cfg, front, dist)
-
-
-def corpus_prior(cfg: Config, front, dist: Dist) -> dict:
-    """Generation's prior statistics (weaktok/prior.py) from rank 0's share of the training split, computed on the
-    CPU and broadcast; on every rank's device."""
-    stats = (
-        corpus_spectrum(cfg.data.shards, front.cpu(), cfg.audio.clip_seconds)
-        if dist.is_main
-        else None
-    )
-    front.to(dist.device)
-    stats = broadcast_object(stats, dist)
-    return {k: v.to(dist.device) for k, v in stats.items()}
+log = logging.getLogger(__name__)
 
 
 class Trainer:
     """One training run of ``cfg`` writing to ``out``; ``hooks`` as for ``train``. Also a context manager
     (``close`` on exit) for callers that run the stages themselves."""
 
-    def __init__(self, cfg: Config, out: str | Path, hooks: list | None = None):
+    def __init__(self, cfg: Config, out: str | Path, hooks: list[TrainHooks] | None = None):
         self.cfg, self.out = cfg, Path(out)
         self.ckpt_dir = self.out / "checkpoints"
         self.hooks = HookList(hooks or [])  # a copy: the caller's list stays as it was
         self.state = TrainState()
-        self._cleanup = (
-            contextlib.ExitStack()
-        )  # whatever setup starts is stopped by close(), however the run ends
+        # whatever setup starts is stopped by close(), however the run ends
+        self._cleanup = contextlib.ExitStack()
         # built by setup()
         self.dist: Dist | None = None
         self.manifest: dict = {}
         self.plan: list = []
-        self.front = self.lscore_fn = self.model = self.engine = self.optimizer = self.scheduler = (
-            None
-        )
+        self.front = self.lscore_fn = self.model = None
+        self.engine = self.optimizer = self.scheduler = None
         self.target: dict = {}
         self.prior: dict | None = None  # training's prior statistics (fill: prior)
         self.val_prior: dict | None = (
@@ -214,85 +123,47 @@ class Trainer:
         before any compute; then the model, the engine, resume (or ``train.init_from``), the metrics log and
         the pool."""
         cfg, out = self.cfg, self.out
-        self.manifest = manifest = load_manifest(cfg.data.shards)  # clear errors before any compute
-        shard_paths(cfg.data.shards, "train", manifest, verify=cfg.data.verify_shards)
-        if cfg.data.verify_shards and (manifest["splits"].get("val") or {}).get("shards"):
-            shard_paths(
-                cfg.data.shards, "val", manifest, verify=True
-            )  # validation reads it every epoch
-        if manifest["sample_rate"] != cfg.audio.sample_rate:
-            raise ConfigError(
-                f"config key 'audio.sample_rate': {cfg.audio.sample_rate} differs from the shards' "
-                f"{manifest['sample_rate']} ({cfg.data.shards}/manifest.json)"
-            )
+        self.manifest = check_data(cfg)
         check_precision(cfg)
         self.dist = dist = setup_distributed(cfg.train.dist_timeout_s)
         # a config its checkpoint cannot load into: refused here, folder untouched
         self.plan = resume_plan(cfg, self.ckpt_dir, dist)
-        torch.manual_seed(cfg.seed + dist.rank)
-        np.random.seed(cfg.seed + dist.rank)
-        random.seed(cfg.seed + dist.rank)
+        seed_everything(cfg.seed + dist.rank)
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
-        if (
-            cfg.metrics.enabled
-        ):  # before heavy compute: a metrics port in use fails here (weaktok/metrics.py)
-            # imported here: weaktok.train.prometheus subclasses TrainHooks from this package, and a top-level import
-            # would make `import weaktok.train.prometheus` (before weaktok.train) a circular import
-            from weaktok.train.prometheus import MetricsExporter
-
-            exporter = MetricsExporter(
-                cfg, out, dist.rank, dist.local_rank, dist.world, manifest["lscore_target"]
-            )
+            save_config(cfg, out / CONFIG_FILE)
+        exporter = start_exporter(cfg, out, dist, self.manifest["lscore_target"])
+        if exporter is not None:
             self._cleanup.callback(exporter.close)
             self.hooks.append(exporter)
 
-        self.front = SpecFrontEnd(
-            cfg.audio.sample_rate,
-            cfg.audio.n_fft,
-            cfg.audio.hop_length,
-            cfg.lscore.griffin_lim_iters,
-        ).to(dist.device)
-        self.lscore_fn = DifferentiableLScore(
-            cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, mode=cfg.lscore.mode
-        ).to(dist.device)
+        self.front = build_front(cfg, dist.device)
+        self.lscore_fn = build_lscore(cfg, dist.device)
         self.prior = load_prior(cfg, self.front, dist)
-        self.model = build_model(cfg.model, self.front.n_freqs)
-        if (
-            cfg.model.objective == "flow" and not cfg.train.init_from
-        ):  # a resumed run loads its own buffers
-            set_normaliser(self.model, self.prior)
-        if (
-            cfg.train.init_from and not self.plan
-        ):  # precedence: the run's own checkpoint (resume) > train.init_from
-            load_init_weights(self.model, cfg, dist)
-        self.batches_per_epoch = -(-cfg.data.samples_per_epoch // cfg.data.batch_size)
-        self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
-        total_steps = cfg.train.max_steps or self.steps_per_epoch * cfg.train.epochs
+        self.model = build_run_model(cfg, self.front.n_freqs, self.prior, bool(self.plan), dist)
+        self.batches_per_epoch, self.steps_per_epoch, total_steps = epoch_size(cfg)
         self.engine, self.optimizer, self.scheduler = build_engine(cfg, self.model, total_steps)
 
         self.state = TrainState()
         self._resume()
-        self.log = MetricsLog(out / "metrics.jsonl", dist.is_main)
+        self.log = MetricsLog(out / METRICS_FILE, dist.is_main)
         self._cleanup.callback(self.log.close)
         self.pool = start_pool(cfg, dist)
         if self.pool is not None:
             self._cleanup.callback(self.pool.close)
         # the loss's target and validation's (lscore_glue.lscore_targets); the closed loop's correction of the first
         self.base_target, self.val_target = lscore_targets(
-            cfg, manifest, self.front, self.lscore_fn, dist, self.pool
+            cfg, self.manifest, self.front, self.lscore_fn, dist, self.pool
         )
         self._apply_correction()
         self.gen = torch.Generator(device=dist.device).manual_seed(
             cfg.seed * 1000 + dist.rank + 7919 * self.state.step
         )
         if dist.is_main:
-            print(
-                f"[weaktok] {count_params(self.model) / 1e6:.2f} M params, world {dist.world}, ZeRO "
+            log.info(
+                f"{count_params(self.model) / 1e6:.2f} M params, world {dist.world}, ZeRO "
                 f"{cfg.train.zero_stage}, {'bf16' if use_bf16(cfg) else 'fp32'}, {self.steps_per_epoch} "
-                f"steps/epoch, device {dist.device}",
-                flush=True,
+                f"steps/epoch, device {dist.device}"
             )
 
     def _resume(self) -> None:
@@ -307,10 +178,9 @@ class Trainer:
             set_rng_state(client["rng"])
         apply_optimizer_settings(self.cfg, self.scheduler)
         if self.dist.is_main:
-            print(
-                f"[weaktok] resumed from {cand.folder}: step {self.state.step}, epoch {self.state.epoch}, "
-                f"batch {self.state.batch_in_epoch} of the epoch",
-                flush=True,
+            log.info(
+                f"resumed from {cand.folder}: step {self.state.step}, epoch {self.state.epoch}, "
+                f"batch {self.state.batch_in_epoch} of the epoch"
             )
             log_config_changes(self.cfg, cand, client.get("config"))
 
@@ -367,17 +237,18 @@ class Trainer:
         """One micro-batch: corrupt, forward, loss; skipped on every rank if the loss is non-finite on any, else
         backward and (DeepSpeed) step. At each optimizer step: pool, train record, mid-epoch checkpoint."""
         cfg, dist, state, engine = self.cfg, self.dist, self.state, self.engine
+        flow = cfg.model.objective == "flow"
         progress = state.epoch + state.batch_in_epoch / self.batches_per_epoch
         w = weights_at(progress, cfg.curriculum)
         audio = batch["audio"].to(dist.device, non_blocking=True)
         state.corrupt_skipped += batch["skipped"]
         with torch.no_grad():
             spec = self.front(audio)  # (B, F, T) fp32
-            if cfg.model.objective == "flow":
+            if flow:
                 fb = flow_batch(engine.module, spec, cfg.model.flow, self.gen)
             else:
                 inp = corrupt(spec, cfg, self.gen, self.prior)
-        if cfg.model.objective == "flow":
+        if flow:
             losses, out = compute_flow_loss(
                 engine, self.front, self.lscore_fn, spec, fb, w, self.target, cfg
             )
@@ -390,10 +261,8 @@ class Trainer:
         if not finite:  # every rank skips together, so collectives stay matched
             state.nan_skipped += 1
             if dist.is_main:
-                print(
-                    f"[weaktok] non-finite loss at step {state.step}: step skipped "
-                    f"({state.nan_skipped} so far)",
-                    flush=True,
+                log.info(
+                    f"non-finite loss at step {state.step}: step skipped ({state.nan_skipped} so far)"
                 )
             return
         engine.backward(losses.total)
@@ -401,56 +270,34 @@ class Trainer:
         self.window.parts.add(losses.parts)
         state.samples += audio.shape[0] * dist.world
         self.window.samples += audio.shape[0] * dist.world
-        if state.batch_in_epoch % cfg.train.grad_accum == 0:
-            state.step += 1
-            step = state.step
-            if (
-                dist.is_main
-                and self.pool is not None
-                and cfg.lscore.pool_every
-                and step % cfg.lscore.pool_every == 0
-            ):
-                outputs = (
-                    clean_estimate(engine.module, out.recon.detach(), fb, cfg.model.flow)
-                    if cfg.model.objective == "flow"
-                    else out.recon.detach().float()
-                )
-                submit_outputs(self.pool, self.front, outputs[: cfg.lscore.pool_items], cfg, step)
-            if dist.is_main:
-                poll_pool(self.pool, state, self.log, self.hooks)
-            if step % cfg.train.log_every == 0:
-                self._log_train(progress, w)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                self.checkpoint()
+        if state.batch_in_epoch % cfg.train.grad_accum != 0:
+            return
+        state.step += 1
+        step = state.step
+        pool_due = (
+            self.pool is not None and cfg.lscore.pool_every and step % cfg.lscore.pool_every == 0
+        )
+        if dist.is_main and pool_due:
+            recon = out.recon.detach()
+            outputs = (
+                clean_estimate(engine.module, recon, fb, cfg.model.flow) if flow else recon.float()
+            )
+            submit_outputs(self.pool, self.front, outputs[: cfg.lscore.pool_items], cfg, step)
+        if dist.is_main:
+            poll_pool(self.pool, state, self.log, self.hooks)
+        if step % cfg.train.log_every == 0:
+            self._log_train(progress, w)
+        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+            self.checkpoint()
 
     def _log_train(self, progress: float, w) -> None:
         """The train record of the window (every rank reads its loss parts; rank 0 writes), then a new window."""
-        cfg, state, win = self.cfg, self.state, self.window
         now = time.perf_counter()
-        elapsed = now - win.t0
-        record = {
-            "kind": "train",
-            "step": state.step,
-            "epoch": state.epoch,
-            "progress": round(progress, 4),
-            **win.parts.read(),
-            "w_L": w.w_L,
-            "w_recon": w.w_recon,
-            "w_ratio": w.w_ratio,
-            "phase": w.phase,
-            "tau": cfg.model.chunking.tau,
-            "lr": self.engine.get_lr()[0],
-            "samples_per_s": win.samples / max(elapsed, 1e-9),
-            "audio_s_per_s": win.samples * cfg.audio.clip_seconds / max(elapsed, 1e-9),
-            "step_time_s": elapsed / cfg.train.log_every,
-            "data_wait_s": win.wait,
-            "data_wait_share": win.wait / max(elapsed, 1e-9),
-            "nan_skipped": state.nan_skipped,
-            "corrupt_skipped": state.corrupt_skipped,
-        }
+        lr = self.engine.get_lr()[0]
+        record = train_record(self.cfg, self.state, self.window, progress, w, lr, now)
         if self.pool is not None:  # every record, so a stalled pool still shows its backlog
             record["pool_queue_depth"] = self.pool.queue_depth
-            record["lscore_pool_errors"] = state.lscore_pool_errors
+            record["lscore_pool_errors"] = self.state.lscore_pool_errors
         if self.dist.is_main:
             self.log.write(record)
             self.hooks.on_log(record)
@@ -459,45 +306,37 @@ class Trainer:
     def validate(self) -> dict:
         """Validation (validation.validate: reconstruction, and the exact L-Score of generations); rank 0 logs it,
         tells the hooks and prints the epoch line."""
+        cfg, dist, state = self.cfg, self.dist, self.state
         val = validate(
-            self.cfg,
-            self.dist,
+            cfg,
+            dist,
             self.engine,
             self.front,
             self.val_target,
-            self.state,
+            state,
             self.pool,
             self.validation_prior(),
         )
         if (
-            self.cfg.lscore.feedback
+            cfg.lscore.feedback
         ):  # the closed loop: rank 0's exact scores move every rank's surrogate target
-            corr = (
-                feedback_step(
-                    self.state.target_correction,
+            corr = None
+            if dist.is_main:
+                corr = feedback_step(
+                    state.target_correction,
                     val,
                     self.val_target,
                     self.base_target,
-                    self.cfg.lscore.feedback,
+                    cfg.lscore.feedback,
                 )
-                if self.dist.is_main
-                else None
-            )
-            self.state.target_correction = broadcast_object(corr, self.dist)
+            state.target_correction = broadcast_object(corr, dist)
             self._apply_correction()
-            val["lscore_target_correction"] = self.state.target_correction
+            val["lscore_target_correction"] = state.target_correction
             val["lscore_loss_target"] = self.target["mean"].tolist()
-        if self.dist.is_main:
+        if dist.is_main:
             self.log.write(val)
             self.hooks.on_validation(val)
-            dist = val.get("val_gen_std_dist_total")
-            flow_loss = f"val flow loss {val['val_flow']:.4f}, " if "val_flow" in val else ""
-            print(
-                f"[weaktok] epoch {val['epoch']} step {val['step']}: {flow_loss}val recon {val['val_recon']:.4f}, "
-                f"boundary rate {val['val_boundary_rate']:.3f}, generated L-Score distance "
-                f"{'n/a' if dist is None else f'{dist:.3f}'}",
-                flush=True,
-            )
+            log.info(epoch_line(val))
         return val
 
     def _apply_correction(self) -> None:
@@ -533,19 +372,18 @@ class Trainer:
         """final/model.pt (export.export_weights) and, with ``fill: prior``, final/spectrum.pt; the weights' path
         on rank 0."""
         path = export_weights(self.engine, self.cfg, self.out, self.dist)
-        if (
-            self.prior is not None and self.dist.is_main
-        ):  # generation reuses it (generate.cached_spectrum)
-            torch.save(
-                {k: v.cpu() for k, v in self.prior.items()}, self.out / "final" / "spectrum.pt"
-            )
+        # generation reuses the prior statistics (generate.cached_spectrum)
+        if self.prior is not None and self.dist.is_main:
+            spectrum = {k: v.cpu() for k, v in self.prior.items()}
+            torch.save(spectrum, self.out / "final" / SPECTRUM_FILE)
         return path
 
 
-def train(cfg: Config, out: str | Path, hooks: list | None = None) -> dict:
+def train(cfg: Config, out: str | Path, hooks: list[TrainHooks] | None = None) -> dict:
     """Train with ``cfg`` writing to ``out``; returns the last validation record.
 
-    ``hooks``: objects with any of ``on_batch(batch, state)`` and ``on_epoch_end(val_record, checkpoint_path)``
-    (every rank; the Ray Train and Tune launchers report there), and, on rank 0 only, ``on_log(record)``,
-    ``on_validation(record)``, ``on_checkpoint(path, state)`` (the metrics exporter listens there)."""
+    ``hooks``: TrainHooks (weaktok/train/hooks.py): ``on_batch(batch, state)`` and ``on_epoch_end(val_record,
+    checkpoint_path)`` on every rank (the Ray Train and Tune launchers report there), and, on rank 0 only,
+    ``on_log(record)``, ``on_validation(record)``, ``on_checkpoint(path, state)`` (the metrics exporter listens
+    there)."""
     return Trainer(cfg, out, hooks).fit()

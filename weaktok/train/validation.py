@@ -4,7 +4,7 @@ corpus target.
 
 Why generations: a reconstruction is nearly its input, so its L-Score sits near the target whatever the model
 makes of noise; what weaktok is for (and what ``weaktok evaluate`` reports) is generation. Each validation therefore
-generates, with the procedure of ``weaktok generate`` (weaktok/generate.py: ``STEPS`` refinement passes from the
+generates, with the procedure of ``weaktok generate`` (weaktok/generate/sampler.py: ``STEPS`` refinement passes from the
 prior noise, or a flow model's ODE), ``lscore.val_items`` outputs per mode:
 
 * ``uncond``: unconditional outputs of the training clip length, scored whole;
@@ -14,7 +14,7 @@ prior noise, or a flow model's ODE), ``lscore.val_items`` outputs per mode:
 
 Per mode the record holds the mean exact L-Score, its relative error and its standardised distance to the target
 per term (|mean - target| / target std); ``val_gen_std_dist_total`` (the sum over terms, averaged over the modes) is
-what sweeps optimise (weaktok/sweep.py).
+what sweeps optimise (weaktok/launch/objective.py).
 
 Repeatable: the prior noise comes from a generator seeded from ``cfg.seed`` and the rank, and Griffin-Lim's random
 phases from the global RNG seeded the same way inside ``torch.random.fork_rng`` (training's RNG streams are left as
@@ -25,17 +25,27 @@ rank 0 gathers the waveforms, keeps the first n per mode and scores them in one 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from weaktok.data.loader import eval_loader
-from weaktok.generate import MASK_FRACTION, STEPS, seed_based, seed_hole_start, unconditional
+from weaktok.generate.sampler import (
+    MASK_FRACTION,
+    MODES,
+    STEPS,
+    seed_based,
+    seed_hole_start,
+    unconditional,
+)
 from weaktok.lscore.exact import LSCORE_NAMES
 from weaktok.model import flow
 from weaktok.train.distributed import all_reduce_sum, gather_objects
 from weaktok.train.step import model_dtype
 
-MODES = ("uncond", "seed")  # generation modes, in record keys val_gen_<mode>_*
+log = logging.getLogger(__name__)
+
 GEN_SEED = 7907  # validation's generator seed: cfg.seed * 1000 + GEN_SEED + rank (apart from training's streams)
 
 
@@ -44,7 +54,7 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
     """The ``kind: val`` record (on every rank; the exact L-Score keys only on rank 0, when the pool scored).
 
     ``state``: the TrainState (its step and epoch are recorded; a pool error is counted there). ``prior``: the
-    prior statistics (weaktok/prior.py) on the device, needed to generate; None generates nothing.
+    prior statistics (weaktok/data/prior.py) on the device, needed to generate; None generates nothing.
     Keys: val_items, val_recon, val_boundary_rate, val_mean_chunk_len; with scores, per mode m in MODES
     val_gen_<m>_items, val_gen_<m>_lscore (4 means), val_gen_<m>_rel_err, val_gen_<m>_std_dist (4 each), and
     val_gen_std_dist_total, val_gen_rel_err_mean, val_gen_target, val_gen_target_std, val_gen_steps, lscore_names;
@@ -74,7 +84,8 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
         if seen >= budget / dist.world:
             break
         spec = front(batch["audio"].to(dist.device))
-        if flow_model:  # fixed noise, times and masks (weaktok/flow.py eval_loss): the same weights, the same number
+        # flow: fixed noise, times and masks (weaktok/model/flow.py eval_loss): the same weights, the same number
+        if flow_model:
             known = flow.sample_known(
                 spec.shape[0], spec.shape[-1], cfg.model.flow, vgen, dist.device
             )
@@ -144,7 +155,7 @@ def score_generations(waves: dict, sr: int, target: dict, state, pool) -> dict:
     """Rank 0: the exact L-Score of ``waves`` ({mode: list of (N,) arrays}) in one pool call -> the generation keys
     of the record (see validate), or ``val_gen_error`` when the pool failed (counted in ``state``)."""
     # here, not at the top: imports Ray, which only the pool needs
-    from weaktok.lscore.pool import LScorePoolError
+    from weaktok.lscore.pool import LScorePoolError  # noqa: PLC0415
 
     clips = [w for mode in MODES for w in waves[mode]]
     if not clips:
@@ -155,10 +166,9 @@ def score_generations(waves: dict, sr: int, target: dict, state, pool) -> dict:
         LScorePoolError
     ) as e:  # actors died past their retries: this validation goes without exact scores
         state.lscore_pool_errors += 1
-        print(
-            f"[weaktok] L-Score pool error in validation (step {state.step}, continuing without exact "
-            f"L-Scores): {e}",
-            flush=True,
+        log.info(
+            f"L-Score pool error in validation (step {state.step}, continuing without exact "
+            f"L-Scores): {e}"
         )
         return {"val_gen_error": str(e)}
     tmean = target["mean"].cpu().numpy()

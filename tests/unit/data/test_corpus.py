@@ -1,6 +1,7 @@
 """Tests for weaktok.data.corpus: FSLD layout, audio validity, determinism, tags, fallback, L-Score spread, CLI."""
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from weaktok.data.corpus import CC0, README_MARKER, REAL_LOOPS, SONIC_PI_SAMPLES, build_corpus
+from weaktok.audio import SONIC_PI_SAMPLES
+from weaktok.data.corpus import CC0, README_MARKER, build_corpus
+from weaktok.data.sounds import REAL_LOOPS
+from weaktok.data.sources import discover, filter_tags
 
 needs_samples = pytest.mark.skipif(
     not any(SONIC_PI_SAMPLES.glob("loop_*.flac")), reason="sonic-pi-samples not installed"
@@ -120,16 +124,20 @@ def test_deterministic_for_a_seed(tmp_path):
     assert len(shared) <= 1  # at most a real loop tiled the same way; every composed item differs
 
 
-def test_fallback_synthesis_without_samples(tmp_path, capsys):
+def test_fallback_synthesis_without_samples(tmp_path, caplog):
     empty = tmp_path / "no-samples"
     empty.mkdir()
-    summary = build_corpus(tmp_path / "out", n=8, seed=0, samples_dir=empty, progress=False)
+    with caplog.at_level(logging.WARNING, logger="weaktok"):
+        summary = build_corpus(tmp_path / "out", n=8, seed=0, samples_dir=empty, progress=False)
     assert (
         summary["fallback"] == "synthesis"
         and summary["real_loops"] == 0
         and summary["composed"] == 8
     )
-    assert "synthesis" in capsys.readouterr().err
+    assert any(
+        r.levelno == logging.WARNING and "fallback: synthesis" in r.getMessage()
+        for r in caplog.records
+    )
     assert "fallback: synthesis" in (tmp_path / "out" / "README.txt").read_text()
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert all(m["source_samples"] == [] for m in meta.values())
@@ -157,11 +165,10 @@ def test_rerun_replaces_consistently_and_refuses_foreign_folders(tmp_path):
 
 @needs_samples
 def test_ingestion_path_reads_it(corpus):
-    shards = pytest.importorskip("weaktok.data.shards")
     out, _, meta = corpus
-    tracks, skipped = shards.discover(out)
+    tracks, skipped = discover(out)
     assert len(tracks) == N and not skipped
-    picked = shards.filter_tags(tracks, ["idm", "glitch"])
+    picked = filter_tags(tracks, ["idm", "glitch"])
     assert 0 < len(picked) < N
 
 

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 
 from weaktok.data.manifest import load_manifest, sha256_file
-from weaktok.data.shards import assign_split, build_shards, discover, filter_tags
+from weaktok.data.shards import assign_split, build_shards
+from weaktok.data.sources import discover, filter_tags
 
 pytestmark = pytest.mark.slow
 SAMPLES = Path("/usr/share/sonic-pi/samples")

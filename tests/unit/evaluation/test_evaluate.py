@@ -18,7 +18,7 @@ SECONDS = 2.0
 def evaluated(tmp_path_factory):
     """Two checkpoints (the same run, as a folder and as its model.pt: the seed aggregation's plumbing; the
     statistics of real different seeds are tested in test_eval_stats.py)."""
-    from weaktok.evaluation.evaluate import evaluate
+    from weaktok.evaluation.run import evaluate
 
     shards, run = tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("eval")
@@ -103,7 +103,7 @@ def test_seed_rows_score_only_the_inpainted_region(evaluated):
 
 
 def test_copy_seed_tiles_the_known_part_into_the_hole():
-    from weaktok.evaluation.evaluate import copy_seed
+    from weaktok.evaluation.collect import copy_seed
 
     spec = torch.arange(10.0).repeat(2, 3, 1)  # (2, 3, 10): frame t holds t
     out = copy_seed(spec, hole_frame=4)
@@ -168,7 +168,7 @@ def test_cli_missing_checkpoint_names_the_path(tmp_path):
 
 
 def test_unknown_split_names_the_shards(evaluated, tmp_path):
-    from weaktok.evaluation.evaluate import evaluate
+    from weaktok.evaluation.run import evaluate
 
     _, _, shards, run = evaluated
     with pytest.raises(ValueError, match=r"no split 'eval'.*has: train, val, test"):
@@ -177,7 +177,7 @@ def test_unknown_split_names_the_shards(evaluated, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_evaluate_on_cuda(tmp_path_factory):
-    from weaktok.evaluation.evaluate import evaluate
+    from weaktok.evaluation.run import evaluate
 
     _, run = tiny_model(tmp_path_factory)
     t = evaluate(
@@ -202,8 +202,8 @@ def test_evaluate_on_cuda(tmp_path_factory):
 def test_scorer_onset_presets():
     """--onset clicks scores with the opt-in preset (a 16 Hz click train counted right, where the paper's default
     undercounts); the Ray pool runs only the paper preset, so asking for both is refused up front."""
-    from weaktok.evaluation.evaluate import Scorer
     from weaktok.evaluation.rulers import reference_signals
+    from weaktok.evaluation.scoring import Scorer
 
     y = reference_signals(seconds=4.0)["click_16hz"]
     paper, clicks = Scorer(22050)([y])[0], Scorer(22050, onset="clicks")([y])[0]

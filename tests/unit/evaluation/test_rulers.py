@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from weaktok.evaluation import rulers
+from weaktok.evaluation.ruler_tables import ruler_markdown
 from weaktok.evaluation.rulers import (
     CLICK_RATES,
     order_invariance,
     reference_notes,
     reference_signals,
     ruler_check,
-    ruler_markdown,
 )
 from weaktok.lscore.exact import (
     HOP,
@@ -30,8 +30,8 @@ from weaktok.lscore.exact import (
 from weaktok.lscore.peaks import onset_detect
 
 SR, SECONDS = 22050, 8.0
-HAVE_AMEN = (rulers.SAMPLES_DIR / "loop_amen.flac").exists()
-HAVE_DRONE = (rulers.SAMPLES_DIR / "ambi_drone.flac").exists()
+HAVE_AMEN = (rulers.SONIC_PI_SAMPLES / "loop_amen.flac").exists()
+HAVE_DRONE = (rulers.SONIC_PI_SAMPLES / "ambi_drone.flac").exists()
 FIELDS = (
     "name",
     "what",
@@ -80,7 +80,7 @@ def test_reference_signals_are_deterministic():
 
 
 def test_missing_samples_fall_back_and_are_noted(monkeypatch, tmp_path):
-    monkeypatch.setattr(rulers, "SAMPLES_DIR", tmp_path)
+    monkeypatch.setattr(rulers, "SONIC_PI_SAMPLES", tmp_path)
     sigs, notes = reference_signals(SR, 2.0), reference_notes(SR, 2.0)
     assert "synthesised" in notes["drone"] and sigs["drone"].shape == (2 * SR,)
     assert "amen_loop" not in sigs and notes["amen_loop"].startswith("skipped")

@@ -182,7 +182,7 @@ import json, sys, numpy as np, librosa
 from pathlib import Path
 from weaktok.audio import load_audio
 from weaktok.lscore.exact import exact_lscore, onset_times
-from weaktok.lscore.pool import click_clip
+from weaktok.lscore.worker import click_clip
 path = Path(sys.argv[1])
 y = load_audio(path, 22050) if path.exists() else click_clip(22050, 3.0)
 out = {"lscore": exact_lscore(y, 22050).tolist(), "onsets": onset_times(y, 22050).tolist()}

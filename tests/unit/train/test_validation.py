@@ -1,6 +1,6 @@
 """Validation scores generations, not reconstructions (weaktok/train/validation.py), without DeepSpeed: a tiny
 untrained model behind a stand-in engine, real shards and front end, and a serial stand-in for the Ray pool that
-records the waveforms it is given. The sweep objective comes from the generations' distance (weaktok/sweep.py)."""
+records the waveforms it is given. The sweep objective comes from the generations' distance (weaktok/launch/objective.py)."""
 
 import math
 
@@ -13,12 +13,13 @@ from weaktok.audio import SpecFrontEnd
 from weaktok.config import load_config
 from weaktok.data.manifest import load_manifest
 from weaktok.data.prior import corpus_spectrum
-from weaktok.generate import MASK_FRACTION, seed_hole
+from weaktok.generate import MASK_FRACTION, MODES, seed_hole
 from weaktok.launch.objective import sweep_metrics
 from weaktok.model.unet import build_model
 from weaktok.train.distributed import Dist
-from weaktok.train.trainer import Trainer, TrainState
-from weaktok.train.validation import MODES, validate
+from weaktok.train.state import TrainState
+from weaktok.train.trainer import Trainer
+from weaktok.train.validation import validate
 
 N = 2  # lscore.val_items: outputs per mode
 

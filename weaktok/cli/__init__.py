@@ -1,243 +1,21 @@
-"""``weaktok`` command line: thin argparse front end; every subcommand calls one library function."""
+"""``weaktok`` command line: a thin argparse front end; every subcommand calls one library function.
+
+    __init__.py   build_parser (every subcommand and its options) and main (logging, exit codes)
+    commands.py   one handler per subcommand (cmd_train, cmd_generate, ...)
+
+``weaktok`` (the console script) and ``python -m weaktok`` both run ``main``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from weaktok import __version__
+from weaktok.bench import SECTIONS
+from weaktok.cli import commands
 from weaktok.config import ConfigError
 from weaktok.log import setup_logging
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    import yaml
-
-    from weaktok.config import load_config, to_dict
-
-    cfg = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from weaktok.bench import run_sections
-
-    return run_sections(
-        args.sections,
-        out_dir=args.out,
-        quick=args.quick,
-        shards=args.shards,
-        compile_backend=args.compile_backend,
-        no_compile=args.no_compile,
-        overrides=args.overrides,
-    )
-
-
-def cmd_corpus(args: argparse.Namespace) -> int:
-    from weaktok.data.corpus import build_corpus, print_summary
-
-    try:
-        summary = build_corpus(
-            args.out,
-            n=args.n,
-            seed=args.seed,
-            samples_dir=args.samples_dir,
-            progress=not args.quiet,
-        )
-    except (FileExistsError, ValueError) as e:
-        print(f"weaktok corpus: {e}", file=sys.stderr)
-        return 2
-    print_summary(summary)
-    return 0
-
-
-def cmd_shards(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from weaktok.data.shards import build_shards, print_summary
-
-    tags = [t for t in (args.tags or "").split(",") if t.strip()] or None
-    try:
-        manifest = build_shards(
-            args.source,
-            args.out,
-            tags=tags,
-            sr=args.sr,
-            shard_size=args.shard_size,
-            min_shards=args.min_shards,
-            segment_seconds=args.segment_seconds,
-            num_actors=args.num_actors,
-            command=" ".join(sys.argv),
-            progress=not args.quiet,
-            split=args.split,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"weaktok shards: {e}", file=sys.stderr)
-        return 2
-    print_summary(manifest, Path(args.out))
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """One process on this machine: set the environment DeepSpeed reads (no MPI discovery), run the loop."""
-    import os
-
-    from weaktok.config import load_config
-    from weaktok.data.manifest import ShardsError
-    from weaktok.launch.local import single_process_env
-    from weaktok.train import CheckpointError, train
-
-    cfg = load_config(args.config, args.overrides)  # validated before anything starts
-    os.environ.update(single_process_env(os.environ))
-    try:
-        train(cfg, args.out)
-    except (
-        CheckpointError,
-        ShardsError,
-    ) as e:  # ConfigMismatchError is a ConfigError too: exit 2 in main()
-        if isinstance(e, ConfigError):
-            raise
-        print(
-            f"weaktok train: {'checkpoint' if isinstance(e, CheckpointError) else 'shards'} error: {e}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    import json
-
-    from weaktok.launch.sweep import run_sweep
-
-    summary = run_sweep(
-        args.config,
-        args.space,
-        args.out,
-        args.overrides,
-        num_samples=args.num_samples,
-        resume=args.resume,
-        address=args.address,
-    )
-    print(json.dumps(summary, indent=2, default=str))
-    print(
-        f"best config: {summary['best_config']}  (train it: weaktok train --config {summary['best_config']} ...)"
-    )
-    return 0
-
-
-def _user_errors():
-    """Errors a user can cause in generate/evaluate/ablate/demo (missing checkpoint, bad audio, missing shards)."""
-    from weaktok.data.manifest import ShardsError
-    from weaktok.launch.local import TrainingFailed
-
-    return (FileNotFoundError, ValueError, ShardsError, TrainingFailed)
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from weaktok.generate import generate
-
-    if bool(args.seed_audio) == args.unconditional:
-        print(
-            "weaktok generate: give --seed-audio FILE [FILE ...] or --unconditional (one of the two)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        s = generate(
-            args.checkpoint,
-            args.out,
-            seed_audio=args.seed_audio,
-            n=args.n,
-            seconds=args.seconds,
-            steps=args.steps,
-            mask_fraction=args.mask_fraction,
-            seed=args.seed,
-            shards=args.shards,
-            guidance_steps=args.guidance_steps,
-            device=args.device,
-        )
-    except _user_errors() as e:
-        print(f"weaktok generate: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {len(s['outputs'])} {s['mode']} outputs (WAV + PNG) to {args.out} (device {s['device']})"
-    )
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from weaktok.evaluation.evaluate import evaluate
-
-    try:
-        evaluate(
-            args.checkpoint,
-            args.out,
-            split=args.split,
-            max_items=args.max_items,
-            n_gen=args.n_gen,
-            seconds=args.seconds,
-            shards=args.shards,
-            train_shards=args.train_shards,
-            workers=args.workers,
-            seed=args.seed,
-            guidance_steps=args.guidance_steps,
-            device=args.device,
-            n_boot=args.n_boot,
-            onset=args.onset,
-        )
-    except _user_errors() as e:
-        print(f"weaktok evaluate: {e}", file=sys.stderr)
-        return 2
-    from pathlib import Path
-
-    print(Path(args.out, "table1.md").read_text())
-    print(f"wrote table1.json, table1.md and plots to {args.out}")
-    return 0
-
-
-def cmd_ablate(args: argparse.Namespace) -> int:
-    from weaktok.experiments.ablate import ablate
-
-    names = [n for n in (args.variants or "").split(",") if n.strip()] or None
-    try:
-        ablate(
-            args.config,
-            args.out,
-            args.overrides,
-            names=names,
-            ranks=args.ranks,
-            split=args.split,
-            max_items=args.max_items,
-            seconds=args.seconds,
-        )
-    except _user_errors() as e:
-        print(f"weaktok ablate: {e}", file=sys.stderr)
-        return 2
-    from pathlib import Path
-
-    print(Path(args.out, "ablation.md").read_text())
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from weaktok.experiments.demo import demo
-
-    try:
-        demo(
-            out=args.out,
-            corpus=args.corpus,
-            shards=args.shards,
-            quick=args.quick,
-            retrain=args.retrain,
-            overrides=args.overrides,
-            config=args.config,
-        )
-    except _user_errors() as e:
-        print(f"weaktok demo: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _device_argument(p: argparse.ArgumentParser) -> None:
@@ -251,9 +29,6 @@ def _device_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from weaktok import __version__
-    from weaktok.bench import SECTIONS
-
     parser = argparse.ArgumentParser(
         prog="weaktok",
         description="Weak tokenization of audio: train, sweep, "
@@ -270,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.dim=128"
     )
-    p.set_defaults(func=cmd_config)
+    p.set_defaults(func=commands.cmd_config)
 
     p = sub.add_parser(
         "train", help="train on one process (for many: the deepspeed launcher or ray_jobs/train.py)"
@@ -287,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="key=value",
         help="dotted overrides, e.g. data.shards=shards/x",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser(
         "sweep", help="Ray Tune sweep (ASHA) over any config keys; results table + best config"
@@ -309,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="overrides applied to every trial"
     )
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=commands.cmd_sweep)
 
     p = sub.add_parser(
         "shards",
@@ -346,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="put every item in this split (e.g. eval: a held-out evaluation set) instead of 70/15/15",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_shards)
+    p.set_defaults(func=commands.cmd_shards)
 
     p = sub.add_parser(
         "corpus",
@@ -366,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sonic-pi-samples folder; missing or empty: every sound is synthesised",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_corpus)
+    p.set_defaults(func=commands.cmd_corpus)
 
     p = sub.add_parser("bench", help="run benchmarks; prints tables and writes JSON")
     p.add_argument(
@@ -404,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="gpu: config override for the end-to-end run, repeatable (e.g. --set data.batch_size=128)",
     )
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=commands.cmd_bench)
 
     p = sub.add_parser(
         "generate",
@@ -452,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="L-Score guidance: Adam steps fitting the outputs' timbral/structural terms to real audio "
-        "(default 0 = off; 60 is a good value; see generate.py)",
+        "(default 0 = off; 60 is a good value; see weaktok/generate/guidance.py)",
     )
     _device_argument(p)
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser(
         "evaluate",
@@ -491,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds",
         type=float,
         default=None,
-        help="clip and output length (default 8 s or the training crop if longer; see evaluate.py)",
+        help="clip and output length (default 8 s or the training crop if longer; see weaktok/evaluation/run.py)",
     )
     p.add_argument(
         "--shards", default=None, help="shards holding --split (default: the model's data.shards)"
@@ -524,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default 0 = off)",
     )
     _device_argument(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser(
         "ablate",
@@ -552,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="overrides applied to every variant"
     )
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=commands.cmd_ablate)
 
     p = sub.add_parser(
         "demo",
@@ -580,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training config (default demo-flow, the flow model; --quick: tiny); demo: the in-painting model",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=commands.cmd_demo)
     return parser
 
 
@@ -596,7 +371,3 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"weaktok: config error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
