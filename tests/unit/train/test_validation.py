@@ -1,6 +1,7 @@
 """Validation scores generations, not reconstructions (weaktok/train/validation.py), without DeepSpeed: a tiny
 untrained model behind a stand-in engine, real shards and front end, and a serial stand-in for the Ray pool that
-records the waveforms it is given. The sweep objective comes from the generations' distance (weaktok/launch/objective.py)."""
+records the waveforms it is given. The sweep objective comes from the generations' distance
+(weaktok/launch/objective.py)."""
 
 import math
 
