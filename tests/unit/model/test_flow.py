@@ -1,6 +1,6 @@
 """Rectified flow (weaktok/model/flow.py) and the flow model's wiring (weaktok/model/unet.py): training pairs and
-masks, the loss, the ODE sampler, skips that carry only known frames, deterministic training boundaries, and a small flow that
-learns a two-mode distribution end to end."""
+masks, the loss, the ODE sampler, skips that carry only known frames, deterministic training boundaries, and a small
+flow that learns a two-mode distribution end to end."""
 
 import pytest
 import torch
