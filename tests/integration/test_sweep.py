@@ -206,7 +206,9 @@ def test_killed_sweep_resumes_and_completes(shards, tmp_path):
         "--config",
         "tiny",
         "--space",
-        str(_space(tmp_path / "s.yaml", [0.003, 0.002, 0.001])),
+        str(
+            _space(tmp_path / "s.yaml", [0.003, 0.002])
+        ),  # killed after the first: one done, one to go
         "--out",
         str(out),
         f"data.shards={shards}",
@@ -235,7 +237,7 @@ def test_killed_sweep_resumes_and_completes(shards, tmp_path):
     assert not (out / "results.csv").exists()
     run(args + ["--resume"], env=cpu_env(), cwd=REPO, timeout=600)
     df = pd.read_csv(out / "results.csv")
-    assert len(df) == 3 and (df["epoch"] >= 1).all()
+    assert len(df) == 2 and (df["epoch"] >= 1).all()
     assert (out / "best_config.yaml").is_file()
 
 
@@ -278,11 +280,12 @@ def test_sweep_as_ray_job_on_a_local_head(shards, tmp_path):
                 "--config",
                 "tiny",
                 "--space",
-                str(_space(tmp_path / "s.yaml", [0.003, 1e-6])),
+                str(_space(tmp_path / "s.yaml", [0.003])),
                 "--out",
                 str(tmp_path / "sweep"),
                 f"data.shards={shards}",
                 *TRIAL,
+                "train.epochs=1",  # one trial of one epoch: this test is about the job path, not the search
             ],
             env={**env, "RAY": ray, "DS_ACCELERATOR": "cpu"},
             cwd=REPO,
@@ -305,7 +308,7 @@ def test_sweep_as_ray_job_on_a_local_head(shards, tmp_path):
         ).stdout
         assert "succeeded" in status.lower(), status + logs[-3000:]
         assert "best config" in logs
-        assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["trials"] == 2
+        assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["trials"] == 1
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         import shutil
