@@ -13,13 +13,13 @@ import random
 import time
 from pathlib import Path
 
-from weaktok.audio import load_audio
+from weaktok.audio import SONIC_PI_SAMPLES, load_audio
 from weaktok.bench.common import BenchResult
 from weaktok.data.loader import loop_crop, train_loader
 from weaktok.data.shards import build_shards
 
 BENCH_DIR = Path("bench_results")
-SOURCE = Path("/usr/share/sonic-pi/samples")
+SOURCE = SONIC_PI_SAMPLES
 CLIP_SECONDS = 4.0
 SR = 22050
 

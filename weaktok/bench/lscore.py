@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
+from weaktok.audio import SONIC_PI_SAMPLES
 from weaktok.bench.common import BenchResult, timeit
 from weaktok.lscore.exact import exact_lscore
 from weaktok.lscore.worker import click_clip
@@ -32,7 +33,6 @@ from weaktok.ray_cluster import connect_ray
 
 SR = 22050
 CLIP_S = 4.0
-SAMPLES = Path("/usr/share/sonic-pi/samples")
 
 
 def load_loop(path: Path) -> np.ndarray:
@@ -48,10 +48,10 @@ def tile_to(y: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
 
 
 def loops() -> list[Path]:
-    found = sorted(SAMPLES.glob("loop_*.flac"))
+    found = sorted(SONIC_PI_SAMPLES.glob("loop_*.flac"))
     if not found:
         raise SystemExit(
-            f"weaktok bench lscore: no loops under {SAMPLES} (install sonic-pi-samples: make apt)"
+            f"weaktok bench lscore: no loops under {SONIC_PI_SAMPLES} (install sonic-pi-samples: make apt)"
         )
     return found
 
@@ -67,7 +67,7 @@ def corpus(n_clips: int) -> list[np.ndarray]:
 
 
 def bench_single(repeat: int) -> BenchResult:
-    y = tile_to(load_loop(SAMPLES / "loop_amen_full.flac"), int(CLIP_S * SR))
+    y = tile_to(load_loop(SONIC_PI_SAMPLES / "loop_amen_full.flac"), int(CLIP_S * SR))
     with threadpool_limits(1):
         exact_lscore(y, SR)  # warm: imports + numba JIT
         times = []

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from scipy import stats
 
-from weaktok.audio import SpecFrontEnd, load_audio
+from weaktok.audio import SONIC_PI_SAMPLES, SpecFrontEnd, load_audio
 from weaktok.lscore.differentiable import differentiable_lscore
 from weaktok.lscore.exact import LSCORE_NAMES, exact_lscore
 from weaktok.lscore.spectral import DEFAULT_PARAMS, SurrogateParams
 from weaktok.plots import pyplot
 
-SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
+SAMPLES_DIR = SONIC_PI_SAMPLES  # the real loops the calibration reads
 
 
 # ----------------------------------------------------------------------------------------------------------
