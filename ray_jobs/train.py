@@ -6,7 +6,9 @@
 ``--out`` must be reachable from every worker (shared storage on a multi-node cluster). GPUs: ``--gpus-per-worker``
 auto (default: one GPU per worker, NCCL, when the Ray cluster reports GPUs; CPUs and gloo otherwise), 0 or 1;
 ``--gpus`` is ``--gpus-per-worker 1``. The config (``--config`` + overrides) is resolved here, once; the workers
-get it resolved (weaktok/launch/ray_train.py).
+get it resolved (weaktok/launch/ray_train.py). ``--storage-path`` (a folder or a URI: s3://bucket/runs, gs://...),
+``--num-to-keep``, ``--checkpoint-score-attribute`` and ``--checkpoint-score-order`` set the config's ``ray.*`` keys
+(the same as ``ray.storage_path=...`` overrides; the flags win).
 """
 
 import argparse
@@ -17,7 +19,7 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parents[1])
 )  # the working dir Ray ships is the repo root
 
-from weaktok.config import ConfigError, load_config  # noqa: E402
+from weaktok.config import ConfigError, load_config, with_values  # noqa: E402
 from weaktok.launch.ray_train import run_ray_train  # noqa: E402
 from weaktok.log import setup_logging  # noqa: E402
 
@@ -48,7 +50,24 @@ def main() -> int:
         "--max-failures", type=int, default=0, help="worker-group restarts before giving up"
     )
     p.add_argument(
-        "--storage-path", default=None, help="where Ray persists checkpoints (default <out>/ray)"
+        "--storage-path",
+        default=None,
+        help="ray.storage_path: where Ray persists checkpoints, a folder or a URI such as s3://bucket/runs "
+        "(default <out>/ray)",
+    )
+    p.add_argument(
+        "--num-to-keep", type=int, default=None, help="ray.num_to_keep: checkpoints kept (0 = all)"
+    )
+    p.add_argument(
+        "--checkpoint-score-attribute",
+        default=None,
+        help="ray.checkpoint_score_attribute: the metric ranking checkpoints (e.g. val_recon)",
+    )
+    p.add_argument(
+        "--checkpoint-score-order",
+        choices=("min", "max"),
+        default=None,
+        help="ray.checkpoint_score_order",
     )
     p.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)"
@@ -56,15 +75,23 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args()
     setup_logging("[weaktok] ")  # a training entry point: its lines carry training's prefix
+    flags = {
+        "ray.storage_path": a.storage_path,
+        "ray.num_to_keep": a.num_to_keep,
+        "ray.checkpoint_score_attribute": a.checkpoint_score_attribute,
+        "ray.checkpoint_score_order": a.checkpoint_score_order,
+    }
     try:
+        cfg = with_values(
+            load_config(a.config, a.overrides), {k: v for k, v in flags.items() if v is not None}
+        )
         result = run_ray_train(
-            load_config(a.config, a.overrides),
+            cfg,
             a.out,
             workers=a.workers,
             gpus_per_worker=a.gpus_per_worker,
             cpus_per_worker=a.cpus_per_worker,
             max_failures=a.max_failures,
-            storage_path=a.storage_path,
             address=a.address,
         )
     except ConfigError as e:

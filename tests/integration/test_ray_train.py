@@ -77,6 +77,7 @@ def test_ray_train_two_workers_two_nodes(tmp_path, monkeypatch):
                 "lscore.val_items=0",
                 "data.num_workers=0",
                 "data.log_keys=true",
+                "ray.num_to_keep=1",  # retention from the config: Ray keeps only the newest of the two
             ],
         )
         result = run_ray_train(
@@ -86,6 +87,8 @@ def test_ray_train_two_workers_two_nodes(tmp_path, monkeypatch):
         assert result.metrics["epoch"] == 2 and result.metrics["step"] == 8
         assert result.checkpoint is not None and os.path.isdir(result.checkpoint.path)
         assert "COMPLETE" in os.listdir(result.checkpoint.path)
+        kept = sorted(p.name for p in (out / "ray" / "weaktok-run").glob("step*"))
+        assert kept == [os.path.basename(result.checkpoint.path)] == ["step00000008"]
         assert (out / "samples" / "rank1.txt").is_file()  # both ranks trained
         assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "val"] == [1, 2]
         final = torch.load(out / "final" / "model.pt", weights_only=True)

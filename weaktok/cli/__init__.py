@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     p.add_argument(
+        "--storage-path",
+        default=None,
+        help="Ray's storage: a folder or a URI (s3://..., gs://...); default ray.storage_path, else --out",
+    )
+    p.add_argument(
         "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)"
     )
     p.add_argument(

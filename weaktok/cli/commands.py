@@ -114,6 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         resume=args.resume,
         address=args.address,
+        storage_path=args.storage_path,
     )
     print(json.dumps(summary, indent=2, default=str))
     best = summary["best_config"]

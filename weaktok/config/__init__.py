@@ -9,7 +9,7 @@ file) or ``to_dict``'s plain data (a Ray worker: ``from_dict``, the same validat
     errors.py   ConfigError (its message names the dotted key) and ``require``, the sections' range check
     model.py    the ``model:`` section: ModelConfig, ChunkingConfig, FlowConfig
     schema.py   the root Config and the other sections: audio, data, train (+ corruption), lscore, curriculum,
-                metrics
+                metrics, ray (Ray's storage and checkpoint retention)
     load.py     load_config (shipped names, YAML paths, the ``base:`` chain, overrides), from_dict, with_overrides,
                 with_values, to_dict, save_config, building and validating, train.init_from's check
 """
@@ -40,6 +40,7 @@ from weaktok.config.schema import (
     DataConfig,
     LScoreConfig,
     MetricsConfig,
+    RayConfig,
     TrainConfig,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "LScoreConfig",
     "MetricsConfig",
     "ModelConfig",
+    "RayConfig",
     "TrainConfig",
     "build",
     "check_init_from",

@@ -1,5 +1,6 @@
 """The root :class:`Config` and every section outside ``model:`` (weaktok/config/model.py): audio front end, data,
-training (with input corruption), the L-Score loss and pool, the curriculum and the Prometheus exporter.
+training (with input corruption), the L-Score loss and pool, the curriculum, the Prometheus exporter and Ray's
+storage and checkpoint retention (``ray:``).
 
 Each section validates its own ranges in ``check``; types are checked generically when the config is built
 (weaktok/config/load.py). Nothing here imports torch.
@@ -269,6 +270,38 @@ class MetricsConfig:
 
 
 @dataclass
+class RayConfig:
+    """Ray Train and Tune runs (weaktok/launch/ray_train.py, weaktok/launch/sweep.py): where Ray persists
+    checkpoints and which it keeps (``ray.train.CheckpointConfig``). Changes no parameter shape."""
+
+    # a local folder (resolved to an absolute path) or a URI kept as written (s3://bucket/runs, gs://..., any
+    # scheme://); null: <out>/ray for Ray Train, the sweep's --out for Tune
+    storage_path: str | None = None
+    num_to_keep: int = 0  # checkpoints Ray keeps per run/trial; 0 = every one (each epoch's)
+    # the reported metric that ranks checkpoints for num_to_keep (val_recon; objective in a sweep); null = newest
+    checkpoint_score_attribute: str | None = None
+    checkpoint_score_order: Literal["min", "max"] = "min"  # min: lower is better
+
+    def check(self) -> None:
+        require(
+            self.storage_path is None or bool(self.storage_path.strip()),
+            "ray.storage_path",
+            "must name a folder or a URI such as s3://bucket/runs (or be null)",
+        )
+        require(
+            0 <= self.num_to_keep <= 1_000_000,
+            "ray.num_to_keep",
+            "must be in [0, 1000000] (0 = keep every checkpoint)",
+        )
+        require(
+            self.checkpoint_score_attribute is None
+            or bool(self.checkpoint_score_attribute.strip()),
+            "ray.checkpoint_score_attribute",
+            "must name a reported metric such as val_recon or objective (or be null: the newest)",
+        )
+
+
+@dataclass
 class Config:
     name: str = "default"
     seed: int = 0
@@ -279,6 +312,7 @@ class Config:
     lscore: LScoreConfig = field(default_factory=LScoreConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def check(self) -> None:
         require(

@@ -12,6 +12,10 @@ restarts the group (``max_failures``) and the loop resumes from the newest check
 GPUs: ``gpus_per_worker`` ``auto`` (default: 1 when the Ray cluster reports GPU resources, else 0), 0 or 1. With a
 GPU each worker requests ``{"CPU": cpus_per_worker, "GPU": 1}`` (``use_gpu``) and the process group is NCCL (bf16
 under ``train.precision: auto``); without, CPUs only and gloo (``worker_resources``).
+
+Storage and retention: the config's ``ray:`` section (weaktok/launch/storage.py). ``ray.storage_path`` a local folder
+(resolved) or a URI kept as written (``s3://bucket/runs``; null: ``<out>/ray``); ``ray.num_to_keep`` (0: every
+epoch's checkpoint), ranked by ``ray.checkpoint_score_attribute`` / ``ray.checkpoint_score_order`` (null: newest).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from weaktok.config import Config, from_dict, to_dict
 from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
 from weaktok.launch.objective import sweep_metrics
+from weaktok.launch.storage import checkpoint_config, storage_location
 from weaktok.log import setup_logging
 from weaktok.procenv import set_accelerator
 from weaktok.ray_cluster import connect_ray
@@ -148,6 +153,8 @@ def run_ray_train(
     """Connect to Ray (weaktok/ray_cluster.py) and train the resolved ``cfg`` on a TorchTrainer with ``workers``
     workers; returns the Result.
 
+    ``storage_path``, when given, wins over ``cfg.ray.storage_path`` (``ray_run_config``).
+
     ``gpus_per_worker``: "auto" (1 if the cluster reports GPUs, else 0), 0 or 1; ``use_gpu`` (True/False), when
     given, wins (the older spelling)."""
     setting = gpus_setting(
@@ -164,10 +171,24 @@ def run_ray_train(
         w["resources_per_worker"],
         w["backend"],
     )
-    storage = Path(storage_path).resolve() if storage_path else out_path / "ray"
-    run_config = RunConfig(
-        name=f"weaktok-{out_path.name}",
-        storage_path=str(storage),
-        failure_config=FailureConfig(max_failures=max_failures),
+    run_config = ray_run_config(cfg, out_path, max_failures, storage_path)
+    log.info(
+        "ray train: storage %s, keeping %s checkpoints",
+        run_config.storage_path,
+        cfg.ray.num_to_keep or "all",
     )
     return torch_trainer(cfg, out_path, workers, w, run_config).fit()
+
+
+def ray_run_config(
+    cfg: Config, out: Path, max_failures: int = 0, storage_path: str | None = None
+) -> RunConfig:
+    """Ray Train's RunConfig for a run into ``out``: storage ``storage_path`` or ``cfg.ray.storage_path`` (a URI
+    unchanged, a local path resolved; neither: ``<out>/ray``) and the config's checkpoint retention."""
+    storage = storage_path or cfg.ray.storage_path
+    return RunConfig(
+        name=f"weaktok-{out.name}",
+        storage_path=storage_location(storage) if storage else str(out / "ray"),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=checkpoint_config(cfg.ray),
+    )

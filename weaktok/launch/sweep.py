@@ -22,6 +22,9 @@ resources, else 0) or a number (single-process trials: 0 to 1, fractions share a
 A single-process trial requests ``{"CPU": cpus_per_worker, "GPU": g}``; a multi-worker trial's Ray Train workers
 request the same each (``use_gpu``, NCCL) or CPUs only (gloo). ``trial_resources`` resolves it, without Ray.
 Ray itself: weaktok/ray_cluster.py (``--address`` or RAY_ADDRESS, else a private local cluster).
+Ray's storage: ``--storage-path``, else the config's ``ray.storage_path``, else ``--out`` (a local folder resolved, a
+URI such as ``s3://bucket/sweeps`` kept as written: weaktok/launch/storage.py); Tune's state is ``<storage>/tune``.
+Trials keep ``ray.num_to_keep`` checkpoints (0: all), ranked by ``ray.checkpoint_score_attribute`` (null: newest).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from weaktok.config import Config, load_config, save_config
 from weaktok.device import describe_gpus
+from weaktok.launch.storage import checkpoint_config, join_location, storage_location
 from weaktok.launch.sweep_space import SweepSpec, check_against_config, load_space, trial_resources
 from weaktok.launch.trial import run_trial, trial_config
 from weaktok.plots import pyplot
@@ -63,13 +67,17 @@ def tune_space(spec: SweepSpec) -> dict:
 
 
 def watch_head(
-    out: Path, resume_hint: str, gone_after_s: float = HEAD_GONE_S, every_s: float = 1.0
+    experiment: str | Path,
+    resume_hint: str,
+    gone_after_s: float = HEAD_GONE_S,
+    every_s: float = 1.0,
 ):
     """Watch the Ray head (its GCS port) from a daemon thread; if it stops answering for ``gone_after_s``, say so
     plainly (what died, what is kept, how to go on) and end the process with exit code 3.
 
     Without this the driver's Ray core waits 60 s for the GCS and then kills the process with a log line about
-    `gcs_server.out`; Tune's experiment state in ``<out>/tune`` survives either way, so ``--resume`` continues."""
+    `gcs_server.out`; Tune's experiment state in ``experiment`` (``<storage>/tune``) survives either way, so
+    ``--resume`` continues."""
     address = ray.get_runtime_context().gcs_address
     host, port = address.rsplit(":", 1)
     stop = threading.Event()
@@ -95,13 +103,20 @@ def watch_head(
                     "kept in %s. Start the cluster again and continue with: %s",
                     address,
                     gone_after_s,
-                    out / "tune",
+                    experiment,
                     resume_hint,
                 )
                 os._exit(3)
 
     threading.Thread(target=loop, name="weaktok-ray-head-watch", daemon=True).start()
     return stop
+
+
+def sweep_storage(out: Path, base: Config, storage_path: str | None = None) -> tuple[str, str]:
+    """Ray's storage for a sweep and Tune's experiment in it: ``storage_path``, else ``base.ray.storage_path``,
+    else ``out`` (a URI as written, a local path resolved), and ``<storage>/tune``."""
+    storage = storage_location(storage_path or base.ray.storage_path or out)
+    return storage, join_location(storage, "tune")
 
 
 def run_sweep(
@@ -113,15 +128,19 @@ def run_sweep(
     resume: bool = False,
     address: str | None = None,
     num_cpus: int | None = None,
+    storage_path: str | None = None,
 ) -> dict:
-    """Run (or resume) a sweep; returns {results_csv, best_config, plot, best: {params, metrics}}."""
+    """Run (or resume) a sweep; returns {results_csv, best_config, plot, best: {params, metrics}}.
+
+    ``storage_path``: Ray's storage (a local folder or a URI); default the config's ``ray.storage_path``, else
+    ``out``. The summary files are written to ``out`` (local) either way."""
     overrides = list(overrides or [])
     spec = load_space(space_path, num_samples)
     base = load_config(config, overrides)  # resolved once: every trial starts from this
     check_against_config(base, spec)  # fail fast, before Ray starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    experiment = out / "tune"
+    storage, experiment = sweep_storage(out, base, storage_path)
     connect_ray(address, num_cpus)
     cluster = ray.cluster_resources()
     bundles, gpus = trial_resources(spec, cluster)
@@ -139,9 +158,9 @@ def run_sweep(
         ),
         tune.PlacementGroupFactory(bundles, strategy="PACK"),
     )
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    if resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(
-            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+            experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         if resume:
@@ -162,11 +181,17 @@ def run_sweep(
                 num_samples=spec.num_samples,
                 max_concurrent_trials=spec.max_concurrent or None,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=1),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=storage,
+                verbose=1,
+                checkpoint_config=checkpoint_config(base.ray),
+            ),
         )
+    storage_flag = f"--storage-path {storage_path} " if storage_path else ""
     watch = watch_head(
-        out,
-        f"weaktok sweep --config {config} --space {space_path} --out {out} --resume "
+        experiment,
+        f"weaktok sweep --config {config} --space {space_path} --out {out} {storage_flag}--resume "
         f"{' '.join(overrides)}".strip(),
     )
     try:

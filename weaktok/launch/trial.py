@@ -20,6 +20,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from weaktok.config import Config, with_values
 from weaktok.launch.objective import sweep_metrics
 from weaktok.launch.ray_train import torch_trainer, worker_resources
+from weaktok.launch.storage import checkpoint_config
 from weaktok.log import setup_logging
 from weaktok.procenv import set_accelerator, single_process_env
 from weaktok.train import train
@@ -76,7 +77,12 @@ def run_trial(
         out,
         workers,
         worker_resources(cpus_per_worker, gpus_per_worker),
-        RunConfig(name="train", storage_path=str(out / "ray"), callbacks=[TuneReportCallback()]),
+        RunConfig(
+            name="train",
+            storage_path=str(out / "ray"),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=checkpoint_config(cfg.ray),
+        ),
         lscore_weight=lscore_weight,
     )
     result = trainer.fit()
