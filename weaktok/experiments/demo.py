@@ -57,7 +57,9 @@ class Plan:
     eval_n: int = 640  # items in the evaluation corpus
     max_items: int = 0  # evaluation items of the data floor (0 = the whole eval split)
     n_gen: int = 64  # outputs per mode scored in Table 1
-    eval_seconds: float | None = None  # clip length of the evaluation (None: weaktok.evaluation.run.EVAL_SECONDS)
+    eval_seconds: float | None = (
+        None  # clip length of the evaluation (None: weaktok.evaluation.run.EVAL_SECONDS)
+    )
     n_uncond: int = 8
     n_seeds: int = 3
     guidance_steps: int = (
