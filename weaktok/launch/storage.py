@@ -31,11 +31,14 @@ def join_location(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
 
 
-def checkpoint_config(ray_cfg: RayConfig):
-    """``ray.train.CheckpointConfig`` for the ``ray:`` section (also accepted by ``ray.tune.RunConfig``)."""
-    from ray.train import CheckpointConfig  # noqa: PLC0415 (ray is heavy; this module is imported without it)
+def checkpoint_config(ray_cfg: RayConfig, for_tune: bool = False):
+    """The ``ray:`` section as ``ray.train.CheckpointConfig`` (Ray Train's RunConfig) or, ``for_tune``, as
+    ``ray.tune.CheckpointConfig`` (Tune's RunConfig). Not interchangeable: Ray Train's class carries a
+    ``checkpoint_at_end`` placeholder that Tune rejects for function trainables."""
+    from ray import train, tune  # noqa: PLC0415 (ray is heavy; this module is imported without it)
 
-    return CheckpointConfig(
+    cls = tune.CheckpointConfig if for_tune else train.CheckpointConfig
+    return cls(
         num_to_keep=ray_cfg.num_to_keep or None,
         checkpoint_score_attribute=ray_cfg.checkpoint_score_attribute,
         checkpoint_score_order=ray_cfg.checkpoint_score_order,

@@ -185,7 +185,7 @@ def run_sweep(
                 name="tune",
                 storage_path=storage,
                 verbose=1,
-                checkpoint_config=checkpoint_config(base.ray),
+                checkpoint_config=checkpoint_config(base.ray, for_tune=True),
             ),
         )
     storage_flag = f"--storage-path {storage_path} " if storage_path else ""

@@ -190,3 +190,14 @@ def test_ray_cluster_yaml_installs_weaktok_from_its_pyproject():
         n for n in names if re.search(rf"(?<![\w/-]){re.escape(n)}(?![\w-])", setup.lower())
     ]
     assert repeated == [], f"ray-cluster.yaml repeats pyproject's dependencies: {repeated}"
+
+
+def test_tune_gets_tunes_checkpoint_config_which_a_function_trainable_accepts():
+    """Tune's RunConfig needs ray.tune.CheckpointConfig: Ray Train's class carries a truthy ``checkpoint_at_end``
+    placeholder, and Tune refuses that for function trainables (every weaktok trial is one)."""
+    from ray import train, tune
+
+    cfg = load_config("tiny", ["ray.num_to_keep=2"]).ray
+    ck = checkpoint_config(cfg, for_tune=True)
+    assert type(ck) is tune.CheckpointConfig and not ck.checkpoint_at_end and ck.num_to_keep == 2
+    assert type(checkpoint_config(cfg)) is train.CheckpointConfig
