@@ -14,9 +14,10 @@ import numpy as np
 import soundfile as sf
 import webdataset as wds
 
+from weaktok.audio import SONIC_PI_SAMPLES
 from weaktok.data.manifest import sha256_file, write_manifest
 
-SAMPLES = Path("/usr/share/sonic-pi/samples")
+SAMPLES = SONIC_PI_SAMPLES
 REPO = Path(__file__).resolve().parents[1]
 
 

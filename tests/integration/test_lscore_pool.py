@@ -8,7 +8,6 @@ beside the shared one on a 2-CPU cluster (production default: 1 CPU per actor).
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -17,6 +16,7 @@ import ray
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
+from weaktok.audio import SONIC_PI_SAMPLES
 from weaktok.lscore.exact import exact_lscore
 from weaktok.lscore.pool import LScorePool, LScorePoolError
 from weaktok.lscore.worker import click_clip
@@ -24,7 +24,7 @@ from weaktok.lscore.worker import click_clip
 pytestmark = pytest.mark.slow
 
 SR = 22050
-SAMPLES = Path("/usr/share/sonic-pi/samples")
+SAMPLES = SONIC_PI_SAMPLES
 LOOPS = ["loop_amen.flac", "loop_breakbeat.flac", "loop_industrial.flac"]
 
 

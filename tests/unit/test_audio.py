@@ -2,7 +2,6 @@
 
 import math
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import soundfile as sf
 import torch
 
 from weaktok.audio import (
+    SONIC_PI_SAMPLES,
     AudioError,
     SpecFrontEnd,
     load_audio,
@@ -21,7 +21,7 @@ from weaktok.audio import (
     write_wav,
 )
 
-SAMPLES = Path("/usr/share/sonic-pi/samples")
+SAMPLES = SONIC_PI_SAMPLES
 AMEN = SAMPLES / "loop_amen.flac"  # 1.75 s, 44.1 kHz stereo
 AMEN_FULL = SAMPLES / "loop_amen_full.flac"  # 6.9 s, 44.1 kHz stereo
 needs_samples = pytest.mark.skipif(not AMEN_FULL.exists(), reason="sonic-pi-samples not installed")

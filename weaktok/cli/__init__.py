@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--samples-dir",
-        default="/usr/share/sonic-pi/samples",
+        default="/usr/share/sonic-pi/samples",  # weaktok.audio.SONIC_PI_SAMPLES, spelled out: --help imports no audio
         help="sonic-pi-samples folder; missing or empty: every sound is synthesised",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

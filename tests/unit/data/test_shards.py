@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from weaktok.audio import SONIC_PI_SAMPLES
 from weaktok.data.manifest import load_manifest, sha256_file
 from weaktok.data.shards import assign_split, build_shards
 from weaktok.data.sources import discover, filter_tags
 
 pytestmark = pytest.mark.slow
-SAMPLES = Path("/usr/share/sonic-pi/samples")
+SAMPLES = SONIC_PI_SAMPLES
 SR = 22050
 
 
