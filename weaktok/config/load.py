@@ -19,7 +19,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,9 +34,7 @@ CONFIG_DIR = Path(__file__).parent.parent / "configs"  # weaktok/configs/<name>.
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a shipped config by name or a YAML path, apply ``key=value`` overrides, validate, return it."""
     raw = _read_yaml_chain(source) if source is not None else {}
-    for item in overrides or []:
-        _set_dotted(raw, *parse_override(item))
-    return from_dict(raw)
+    return _applied(raw, map(parse_override, overrides or []))
 
 
 def from_dict(raw: dict) -> Config:
@@ -50,16 +48,17 @@ def from_dict(raw: dict) -> Config:
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A new validated Config: ``cfg`` with ``key=value`` overrides (as typed on a command line) applied in order."""
-    raw = to_dict(cfg)
-    for item in overrides:
-        _set_dotted(raw, *parse_override(item))
-    return from_dict(raw)
+    return _applied(to_dict(cfg), map(parse_override, overrides))
 
 
 def with_values(cfg: Config, values: Mapping[str, Any]) -> Config:
     """A new validated Config: ``cfg`` with each dotted key set to its value (a sweep trial's params)."""
-    raw = to_dict(cfg)
-    for key, value in values.items():
+    return _applied(to_dict(cfg), values.items())
+
+
+def _applied(raw: dict, pairs: Iterable[tuple[str, Any]]) -> Config:
+    """``raw`` with each (dotted key, value) set in order, as a validated Config."""
+    for key, value in pairs:
         _set_dotted(raw, key, value)
     return from_dict(raw)
 
