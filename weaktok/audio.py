@@ -269,6 +269,13 @@ class SpecFrontEnd(nn.Module):
             n_fft=n_fft, hop_length=hop_length, power=1.0, n_iter=griffin_lim_iters
         )
 
+    @classmethod
+    def for_config(cls, cfg) -> SpecFrontEnd:
+        """A run's front end (``weaktok.config.Config``): ``cfg.audio``'s STFT geometry and
+        ``cfg.lscore.griffin_lim_iters``. Training and a loaded model both build it here, so they cannot differ."""
+        a = cfg.audio
+        return cls(a.sample_rate, a.n_fft, a.hop_length, cfg.lscore.griffin_lim_iters)
+
     @property
     def n_freqs(self) -> int:
         return self.n_fft // 2 + 1

@@ -98,9 +98,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
             f"{path}: not a weaktok model file ({type(e).__name__}: {e})"
         ) from None
     validate(cfg)
-    front = SpecFrontEnd(
-        cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.hop_length, cfg.lscore.griffin_lim_iters
-    ).to(device)
+    front = SpecFrontEnd.for_config(cfg).to(device)
     model = build_model(cfg.model, front.n_freqs).to(device)
     model.load_state_dict(state)
     model.eval()

@@ -55,10 +55,7 @@ def start_exporter(cfg: Config, out: Path, dist: Dist, target: dict) -> MetricsE
 
 def build_front(cfg: Config, device: torch.device) -> SpecFrontEnd:
     """The spectrogram front end (log1p STFT magnitude and its Griffin-Lim inverse) on ``device``."""
-    a = cfg.audio
-    return SpecFrontEnd(a.sample_rate, a.n_fft, a.hop_length, cfg.lscore.griffin_lim_iters).to(
-        device
-    )
+    return SpecFrontEnd.for_config(cfg).to(device)
 
 
 def build_lscore(cfg: Config, device: torch.device) -> DifferentiableLScore:
