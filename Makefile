@@ -3,7 +3,7 @@ PY       ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.setup-stamp
-APT_PKGS := sonic-pi-samples prometheus ninja-build
+APT_PKGS := sonic-pi-samples prometheus ninja-build chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: setup apt lint format test test-fast test-explore bench demo clean
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Debian packages: real CC0 audio (sonic-pi-samples), a real Prometheus server for the tests, ninja for
-# DeepSpeed's JIT ops. Installed only when missing, and only where we are root with apt.
+# DeepSpeed's JIT ops, headless Chromium + chromedriver for the listening page's test. Installed only when missing, and only where we are root with apt.
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
