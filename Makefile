@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Debian packages: real CC0 audio (sonic-pi-samples), a real Prometheus server for the tests, ninja for
-# DeepSpeed's JIT ops, headless Chromium + chromedriver for the listening page's test. Installed only when missing, and only where we are root with apt.
+# DeepSpeed's JIT ops, headless Chromium + chromedriver for the listening page's test. Installed only when
+# missing, and only where we are root with apt.
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
