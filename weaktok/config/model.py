@@ -29,6 +29,10 @@ class ChunkingConfig:
     # rule evaluation uses, with the router trained through the straight-through confidence (H-Net): training and
     # evaluation then form the same chunks from the same input
     train_boundaries: Literal["sampled", "deterministic"] = "sampled"
+    # how many boundaries: "threshold" = every frame with p >= 0.5 (the count follows the input, steered by the ratio
+    # loss); "topk" = each row's ceil(frames / target_ratio) highest-p frames: the same rate 1/N in training,
+    # evaluation and generation at every noise level (the router decides where, not how many)
+    select: Literal["threshold", "topk"] = "threshold"
 
     def check(self) -> None:
         require(self.tau > 0, "model.chunking.tau", "must be > 0")

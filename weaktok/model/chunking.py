@@ -23,6 +23,12 @@ What the paper leaves out, and what we do (after H-Net's ``dc.py`` and Nawrot's 
 * Training samples boundaries (hard Gumbel-Softmax, straight-through); eval uses p >= 0.5, no noise. With
   ``train_boundaries="deterministic"`` training uses p >= 0.5 as well (H-Net): the router then learns only through
   the confidence gate and the ratio loss, and training and evaluation form the same chunks from the same input.
+* How many. The threshold above lets the count follow the input: a flow model's router sees noisy inputs while
+  generating and forms far fewer chunks there than on clean audio. ``select="topk"`` fixes the count instead: each
+  row's k = ceil(valid frames / N) highest-p frames start chunks (frame 0 always). The router then decides *where*
+  the boundaries go, never how many, so training, evaluation and generation realise the same rate 1/N at every
+  noise level, and a fixed grid of stride N is a baseline at exactly equal compression. Sampled training uses the
+  Gumbel-top-k trick (k draws without replacement, in proportion to p^(1/tau)); the ratio loss is then 0.
 
 Everything is vectorised over batch and chunks: pooling is one ``index_add_`` over flattened ids, un-chunking
 one ``gather``; the EMA is a masked C x C matrix product. ``pool_chunks_reference`` is a per-row Python loop
@@ -172,8 +178,12 @@ class DynamicChunkingLayer(nn.Module):
         eps: float = 1e-6,
         max_chunk_rate: float = 1.0,
         train_boundaries: str = "sampled",
+        select: str = "threshold",
     ):
         super().__init__()
+        if select not in ("threshold", "topk"):
+            raise ValueError(f"select must be 'threshold' or 'topk', got {select!r}")
+        self.topk = select == "topk"
         if train_boundaries not in ("sampled", "deterministic"):
             raise ValueError(
                 f"train_boundaries must be 'sampled' or 'deterministic', got {train_boundaries!r}"
@@ -211,11 +221,28 @@ class DynamicChunkingLayer(nn.Module):
         """C, the static chunk dimension for T frames (a Python int: no tensor is read)."""
         return max(1, math.ceil(T * self.max_chunk_rate))
 
+    def top_k(self, prob_rest: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T-1) 0/1: each row's k - 1 highest-p frames after frame 0, k = ceil(valid frames / N). Ranks come
+        from a double argsort, so shapes stay static and nothing is read on the host."""
+        score = prob_rest.float().clamp_min(self.eps).log()  # (B, T-1)
+        if (
+            self.training and self.sampled
+        ):  # Gumbel-top-k: k draws without replacement, in proportion to p^(1/tau)
+            u = torch.rand_like(score).clamp(self.eps, 1 - self.eps)
+            score = score / self.tau - (-u.log()).log()
+        valid = mask[:, 1:]
+        score = score.masked_fill(~valid, float("-inf"))
+        k = torch.ceil(mask.sum(1, keepdim=True) / self.target_ratio) - 1  # (B, 1) besides frame 0
+        rank = score.argsort(1, descending=True).argsort(1)  # (B, T-1) 0 = highest
+        return ((rank < k) & valid).to(prob_rest.dtype)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> ChunkOutput:
         mask = _default_mask(x, mask)  # (B, T)
         B, T, _ = x.shape
         prob_rest, logits = self.logits(x)  # (B, T-1), (B, T-1, 2)
-        if self.training and self.sampled:
+        if self.topk:
+            sample = self.top_k(prob_rest, mask).to(x.dtype)
+        elif self.training and self.sampled:
             sample = F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 0].to(
                 x.dtype
             )  # ST
@@ -236,7 +263,9 @@ class DynamicChunkingLayer(nn.Module):
             chunk_ids=ids,
             boundary_prob=prob,
             boundaries=boundaries,
-            ratio_loss=ratio_loss(deterministic.to(x.dtype), prob, mask, self.target_ratio),
+            ratio_loss=x.new_zeros(())  # top-k: the count is fixed, nothing for the loss to steer
+            if self.topk
+            else ratio_loss(deterministic.to(x.dtype), prob, mask, self.target_ratio),
             chunk_starts=starts,
             chunk_prob=_chunk_prob(prob, starts, chunk_mask),
             confidence=confidence,
@@ -332,6 +361,7 @@ def build_chunker(
     fixed_stride: int = 4,
     max_chunk_rate: float = 1.0,
     train_boundaries: str = "sampled",
+    select: str = "threshold",
 ) -> nn.Module:
     """``max_chunk_rate`` caps the dynamic layer's chunk slots (see ``DynamicChunkingLayer``); fixed ignores it."""
     if kind == "dynamic":
@@ -342,6 +372,7 @@ def build_chunker(
             target_ratio=target_ratio,
             max_chunk_rate=max_chunk_rate,
             train_boundaries=train_boundaries,
+            select=select,
         )
     if kind == "fixed":
         return FixedChunking(dim, stride=fixed_stride)

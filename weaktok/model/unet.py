@@ -133,6 +133,7 @@ class ChunkedUNet(nn.Module):
             fixed_stride=ck.fixed_stride,
             max_chunk_rate=ck.max_chunk_rate,
             train_boundaries=ck.train_boundaries,
+            select=ck.select,
         )
         # n_layers = 0 is the chunking-only ablation: chunks are pooled, normed and spread back with no mixing
         # between them (nn.TransformerEncoder cannot be built with zero layers, so there is no module at all)

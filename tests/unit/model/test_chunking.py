@@ -107,11 +107,15 @@ def test_sync_counter_sees_host_syncs():
     assert counts.syncs == 4 and counts.by_op["clone"] == 1 and counts.kernels < counts.ops
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "fixed"])
+@pytest.mark.parametrize("kind", ["dynamic", "topk", "fixed"])
 def test_layer_forward_backward_never_syncs_with_the_host(kind):
     """No .item(), nonzero or data-dependent shape: each would be a device->host sync per step on a GPU."""
     torch.manual_seed(0)
-    layer = DynamicChunkingLayer(8).train() if kind == "dynamic" else FixedChunking(8, stride=3)
+    layer = {
+        "dynamic": lambda: DynamicChunkingLayer(8),
+        "topk": lambda: DynamicChunkingLayer(8, select="topk"),
+        "fixed": lambda: FixedChunking(8, stride=3),
+    }[kind]().train()
     x = torch.randn(3, 20, 8, requires_grad=True)
     mask = torch.ones(3, 20, dtype=torch.bool)
     mask[1, 7:] = False
@@ -272,3 +276,55 @@ def test_paper_routing_uses_raw_logits():
     torch.testing.assert_close(out.boundary_prob[:, 1:], torch.sigmoid(2 * p - 1))
     with pytest.raises(ValueError, match="routing"):
         DynamicChunkingLayer(8, routing="nope")
+
+
+@pytest.mark.parametrize("train_boundaries", ["sampled", "deterministic"])
+def test_topk_realises_one_rate_at_every_noise_level_in_training_and_eval(train_boundaries):
+    """select=topk: each row gets exactly ceil(valid / N) chunks, whatever the input's noise level, in training
+    (sampled or not) and in eval; the threshold rule's count follows the input instead."""
+    torch.manual_seed(0)
+    layer = DynamicChunkingLayer(
+        16, target_ratio=4, select="topk", train_boundaries=train_boundaries
+    )
+    clean = torch.randn(2, 1, 16).expand(2, 40, 16) + 0.05 * torch.randn(2, 40, 16)  # few changes
+    noisy = torch.randn(2, 40, 16)  # a change at every frame
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 21:] = False  # 21 valid frames -> ceil(21 / 4) = 6 chunks
+    for mode in (layer.train, layer.eval):
+        mode()
+        for x in (clean, noisy):
+            out = layer(x, mask)
+            assert out.num_chunks.tolist() == [10, 6]
+            assert torch.all(out.boundaries[:, 0] == 1) and torch.all(out.boundaries[1, 21:] == 0)
+            assert out.ratio_loss.item() == 0
+    threshold = DynamicChunkingLayer(16, target_ratio=4).eval()
+    threshold.load_state_dict(layer.state_dict())
+    assert threshold(clean).num_chunks.sum() < threshold(noisy).num_chunks.sum()
+
+
+def test_topk_eval_takes_the_highest_probabilities_and_training_samples_others():
+    torch.manual_seed(1)
+    layer = DynamicChunkingLayer(16, target_ratio=5, select="topk").eval()
+    torch.nn.init.normal_(layer.q_proj.weight)
+    x = torch.randn(3, 30, 16)
+    out = layer(x)
+    for row in range(3):
+        chosen = out.boundaries[row, 1:].bool()
+        p = out.boundary_prob[row, 1:]
+        assert int(chosen.sum()) == 5  # ceil(30 / 5) - 1 after frame 0
+        assert p[chosen].min() >= p[~chosen].max()
+    layer.train()
+    draws = torch.stack([layer(x).boundaries for _ in range(5)])
+    assert not all(torch.equal(draws[0], d) for d in draws[1:]), (
+        "sampled top-k must vary (Gumbel-top-k)"
+    )
+    assert torch.all(draws.sum(-1) == 6)
+
+
+def test_topk_router_gets_gradient_from_reconstruction_alone():
+    torch.manual_seed(0)
+    layer = DynamicChunkingLayer(16, select="topk", train_boundaries="deterministic").train()
+    x = torch.randn(4, 32, 16, requires_grad=True)
+    out = layer(x)
+    ((x + dechunk(out.chunks * 2.0, out) - torch.randn(4, 32, 16)) ** 2).mean().backward()
+    assert layer.q_proj.weight.grad is not None and layer.q_proj.weight.grad.abs().sum() > 0
