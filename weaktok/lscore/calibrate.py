@@ -1,7 +1,7 @@
 """Calibration of the differentiable L-Score against the exact one: correlations, raw pairs, scatter plots.
 
     set_ = calibration_set(sr=22050, n_synthetic=20, seed=0)   # [(name, y)]: real sonic-pi loops + synthetic
-    res = calibrate([y for _, y in set_], sr=22050)              # {term: {pearson, spearman, exact, diff}}
+    res = calibrate([y for _, y in set_], sr=22050)              # {term: {pearson, spearman, bias, exact, diff}}
     plot_calibration(res, "calibration.png")
 
 The differentiable side sees what it will see in training: the model front end (log1p magnitude STFT,
@@ -163,9 +163,11 @@ def calibrate(
     n_fft: int = 1024,
     hop: int = 256,
 ) -> dict:
-    """Exact vs differentiable L-Score on each waveform -> {term: {pearson, spearman, exact, diff}}.
+    """Exact vs differentiable L-Score on each waveform -> {term: {pearson, spearman, bias, exact, diff}}.
 
-    ``exact`` and ``diff`` are the raw per-clip values (lists, same order as ``waveforms``).
+    ``exact`` and ``diff`` are the raw per-clip values (lists, same order as ``waveforms``). ``bias`` is the
+    relative offset of the means, mean(diff) / mean(exact) - 1: correlations cannot show an offset, and an offset
+    is what a distribution loss matching surrogate outputs to exact targets would learn.
     """
     ex, di = [], []
     for y in waveforms:
@@ -186,6 +188,7 @@ def calibrate(
         out[name] = {
             "pearson": float("nan") if const else float(stats.pearsonr(a, b)[0]),
             "spearman": float("nan") if const else float(stats.spearmanr(a, b)[0]),
+            "bias": float(b.mean() / a.mean() - 1) if a.mean() != 0 else float("nan"),
             "exact": a.tolist(),
             "diff": b.tolist(),
         }
@@ -199,7 +202,9 @@ def plot_calibration(result: dict, path) -> Path:
     for ax, name in zip(axes, LSCORE_NAMES):
         r = result[name]
         ax.scatter(r["exact"], r["diff"], s=12, alpha=0.7)
-        ax.set_title(f"{name}\npearson {r['pearson']:.2f}  spearman {r['spearman']:.2f}")
+        ax.set_title(
+            f"{name}\npearson {r['pearson']:.2f}  spearman {r['spearman']:.2f}  bias {r['bias']:+.0%}"
+        )
         ax.set_xlabel("exact (librosa)")
         ax.set_ylabel("differentiable")
     fig.tight_layout()
