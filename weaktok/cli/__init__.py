@@ -283,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     p.add_argument(
+        "--clips",
+        type=int,
+        default=4,
+        help="clips per set and mode written to OUT/audio (WAV + spectrogram) for the listening page, "
+        "weaktok report (default 4; 0 = none)",
+    )
+    p.add_argument(
         "--onset",
         choices=("paper", "clicks"),
         default="paper",
@@ -333,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="overrides applied to every variant"
     )
     p.set_defaults(func=commands.cmd_ablate)
+
+    p = sub.add_parser(
+        "report",
+        help="the listening page: RUN/index.html with Table 1, the plots and an audio player per clip",
+    )
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        help="a demo folder (eval/ from weaktok evaluate, generate/) or an evaluation folder (table1.json)",
+    )
+    p.set_defaults(func=commands.cmd_report)
 
     p = sub.add_parser(
         "demo",

@@ -172,12 +172,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             n_boot=args.n_boot,
             onset=args.onset,
+            clips=args.clips,
         )
     except USER_ERRORS as e:
         print(f"weaktok evaluate: {e}", file=sys.stderr)
         return 2
     print(Path(args.out, "table1.md").read_text())
-    print(f"wrote table1.json, table1.md and plots to {args.out}")
+    print(
+        f"wrote table1.json, table1.md, plots and audio/ to {args.out} (listen: weaktok report {args.out})"
+    )
     return 0
 
 
@@ -200,6 +203,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"weaktok ablate: {e}", file=sys.stderr)
         return 2
     print(Path(args.out, "ablation.md").read_text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from weaktok.experiments.page import write_page  # noqa: PLC0415 (see the docstring)
+
+    try:
+        path = write_page(args.run)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"weaktok report: {e}", file=sys.stderr)
+        return 2
+    print(f"listening page: {path.resolve()} (open it in a browser: file://{path.resolve()})")
     return 0
 
 

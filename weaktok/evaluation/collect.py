@@ -21,6 +21,7 @@ from tqdm import tqdm
 from weaktok import generate as G
 from weaktok.data.loader import eval_loader
 from weaktok.evaluation.bypass import bypass_losses
+from weaktok.evaluation.clips import ClipKeeper
 from weaktok.evaluation.scoring import Regions, Scorer, clip_features
 from weaktok.generate.sampler import MODES
 from weaktok.model.unet import chunk_path_cut
@@ -114,9 +115,11 @@ def evaluation_pass(
     seed: int,
     guidance: G.Guidance | None,
     keep: int = 3,
+    clips: ClipKeeper | None = None,
 ) -> dict:
     """One pass over the evaluation split: real data on every item; baselines, model outputs (per model) and the
-    bypass ablation on the first ``n_gen``. Returns a Collector plus the ablation's L1 rows and examples."""
+    bypass ablation on the first ``n_gen``. Returns a Collector plus the ablation's L1 rows and examples;
+    ``clips`` keeps the first clips of every set for listening (weaktok/evaluation/clips.py)."""
     front, dev, sr = models[0].front, models[0].device, regions.sr
     hole = torch.zeros(regions.frames, dtype=torch.bool, device=dev)
     hole[regions.hole_frame :] = True
@@ -155,6 +158,7 @@ def evaluation_pass(
             l1["recon_mean_spectrum"] += (mean - spec).abs().mean(dim=(1, 2)).tolist()
             l1["inpaint_mean_spectrum"] += (mean - spec[..., hole]).abs().mean(dim=(1, 2)).tolist()
             specs = baseline_spectrograms(spec, stats, hole, regions, gen)
+            outs = {}  # (set, mode) -> the ModelOutput whose chunks formed it
             for i, loaded in enumerate(models):
                 model = loaded.model
                 args = (model, spec, hole, stats, mask_fraction, steps, seed + 7 * b)
@@ -166,6 +170,10 @@ def evaluation_pass(
                     l1[f"{i}:inpaint_{which}"] += r["inpaint"].tolist()
                 specs[(f"model{i}_cut", "seed")] = cut["seed"][0]
                 specs[(f"model{i}_cut", "uncond")] = cut["uncond"][0]
+                outs[(f"model{i}_cut", "seed")], outs[(f"model{i}_cut", "uncond")] = (
+                    cut["seed"][1],
+                    cut["uncond"][1],
+                )
                 (y_s, mo_s), (y_u, mo_u), fwd = out["seed"], out["uncond"], out["forward"]
                 n_chunks = fwd.chunk.num_chunks.float()
                 l1[f"{i}:boundary_rate"] += (
@@ -182,11 +190,16 @@ def evaluation_pass(
                 ).tolist()
                 specs[(f"model{i}", "seed")] = y_s
                 specs[(f"model{i}", "uncond")] = y_u
+                outs[(f"model{i}", "seed")], outs[(f"model{i}", "uncond")] = mo_s, mo_u
                 if guidance is not None:
                     specs[(f"model{i}_guided", "seed")] = G.guide(y_s, hole, guidance)
                     specs[(f"model{i}_guided", "uncond")] = G.guide(
                         y_u, torch.ones_like(hole), guidance
                     )
+                    outs[(f"model{i}_guided", "seed")] = mo_s
+                    outs[(f"model{i}_guided", "uncond")] = mo_u
+                if i == 0:
+                    outs[("data", "data")] = fwd
                 if i == 0:
                     for j in range(min(g, keep - len(examples))):
                         examples.append(
@@ -211,6 +224,14 @@ def evaluation_pass(
                 j = at[id(v)]
                 cropped = regions.crop(m, wav[j * g : (j + 1) * g])
                 col.add(name, m, score(cropped), clip_features(cropped, sr))
+            if clips is not None:
+                keys = batch["keys"][:g]
+                clips.add("data", "data", waves[:g], spec, keys, outs[("data", "data")])
+                for (name, m), v in specs.items():
+                    if name == "data_vocoder" and m == "seed":
+                        continue  # the same clip as its uncond row: listed once, under "data"
+                    j, mode = at[id(v)], "data" if name == "data_vocoder" else m
+                    clips.add(name, mode, wav[j * g : (j + 1) * g], v, keys, outs.get((name, m)))
         seen += take
         bar.update(take)
     bar.close()

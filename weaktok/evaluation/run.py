@@ -11,6 +11,7 @@ The stages, one module each:
     bypass.py     the chunk path cut vs intact, and the chunk statistics
     table.py      Table 1 as a dict: intervals, seeds, baselines, distributions (table1.json)
     markdown.py   table1.md
+    clips.py      a few clips of every set as WAV + spectrogram PNG, for the listening page (weaktok report)
     rulers.py     what each exact term reads on click trains, drones, noise, silence
 
 Device (``--device``, default cuda when available): models, spectrograms, the prior, refinement and Griffin-Lim run
@@ -18,7 +19,9 @@ there a batch at a time; waveforms come to the CPU for librosa (exact L-Score, f
 serially or on ``workers`` Ray actors. Progress bars show each pass.
 
 Writes ``table1.json`` (machine-readable, every field), ``table1.md``, ``rel_err.png`` (relative errors with
-intervals, model beside baselines), ``lscore_hist.png``, ``examples_*.png`` and ``training_curves.png``.
+intervals, model beside baselines), ``lscore_hist.png``, ``examples_*.png``, ``training_curves.png`` and
+``audio/`` (``clips`` clips per set and mode: WAV, PNG with the chunk boundaries, ``audio/clips.json``;
+``weaktok report`` turns them into a listening page).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from weaktok import generate as G
 from weaktok.data.manifest import load_manifest
 from weaktok.device import resolve_device
+from weaktok.evaluation.clips import CLIPS, ClipKeeper, write_clips
 from weaktok.evaluation.collect import evaluation_pass, training_reference
 from weaktok.evaluation.markdown import table1_markdown
 from weaktok.evaluation.rulers import ruler_check
@@ -75,6 +79,7 @@ def evaluate(
     target_items: int = TARGET_ITEMS,
     rulers: bool = True,
     onset: str = "paper",
+    clips: int = CLIPS,
 ) -> dict:
     """Table 1 and everything beside it for one or more ``checkpoints`` (runs of different training seeds) on
     ``split`` of ``shards``; writes table1.json, table1.md and PNGs to ``out``.
@@ -83,7 +88,8 @@ def evaluate(
     behind the target and the memorisation bank (default: the first model's data.shards). ``onset``: the exact
     L-Score's onset preset for every set, target included (``paper``, the default, or ``clicks``: see
     weaktok/lscore/exact.py and docs/evaluation.md). ``max_items``: items of
-    the data floor (0 = all); ``n_gen``: outputs per mode per checkpoint. ``device``: see
+    the data floor (0 = all); ``n_gen``: outputs per mode per checkpoint; ``clips``: clips per set and mode
+    written to ``out``/audio for listening (0 = none). ``device``: see
     ``weaktok.device.resolve_device`` (a missing GPU fails before anything is loaded or written)."""
     t0 = time.time()
     device = resolve_device(device)
@@ -116,6 +122,7 @@ def evaluate(
     total = manifest["splits"][split]["count"]
     n_items = min(total, max_items) if max_items else total
     score = Scorer(sr, workers, onset)
+    keep = ClipKeeper(clips)
     try:
         ref = training_reference(models[0], train_shards, regions, score, target_items, onset)
         p = evaluation_pass(
@@ -131,6 +138,7 @@ def evaluate(
             score,
             seed,
             guidance,
+            clips=keep,
         )
         ruler_rows = None
         if rulers:
@@ -161,6 +169,7 @@ def evaluate(
     (out / "table1.json").write_text(json.dumps(t, indent=2, default=_json_default))
     (out / "table1.md").write_text(table1_markdown(t))
     _plots(models[0], p, t, ref, out)
+    write_clips(keep, out / "audio", models[0].front, regions, t["seeds"])
     t["seconds"] = round(time.time() - t0, 1)
     (out / "table1.json").write_text(json.dumps(t, indent=2, default=_json_default))
     return t

@@ -1,5 +1,6 @@
 """The end-to-end demo (``make demo`` -> ``weaktok demo``): corpus -> shards -> 2-rank DeepSpeed training ->
-evaluation (Table 1) -> generation -> runs/demo/report.md, with the time each stage took.
+evaluation (Table 1) -> generation -> runs/demo/report.md and the listening page runs/demo/index.html, with the
+time each stage took.
 
 Evaluation runs on a separate held-out set: a second corpus (another seed, ``eval_n`` items) sharded as one ``eval``
 split, large enough that the data floor's 95 % intervals are narrow (docs/evaluation.md). The training shards' own
@@ -32,6 +33,7 @@ from weaktok.data import shards as shards_build
 from weaktok.data.loader import eval_loader
 from weaktok.data.manifest import load_manifest
 from weaktok.evaluation.run import evaluate
+from weaktok.experiments.page import write_page
 from weaktok.experiments.report import write_demo_report
 from weaktok.generate import generate
 from weaktok.launch.local import train_subprocess
@@ -288,6 +290,7 @@ def demo(
     with stage(plan, 6, n, "report"):
         plan.timings["total"] = round(time.time() - t0, 1)
         report = write_demo_report(plan, run, table, gens)
+        page = write_page(plan.out)
     plan.timings["total"] = round(time.time() - t0, 1)
     built = {
         k: (plan.earlier.get(k, v) if "reused" in plan.notes.get(k, "") else v)
@@ -297,6 +300,7 @@ def demo(
         json.dumps({"timings": plan.timings, "notes": plan.notes, "built": built}, indent=2)
     )
     log.info("\nweaktok demo finished in %.1f min. Report: %s", plan.timings["total"] / 60, report)
+    log.info("Listening page (open it in a browser): %s", page.resolve())
     return report
 
 

@@ -83,6 +83,9 @@ def write_demo_report(plan, run: Path, table: dict, gens: dict) -> Path:
         f"Config `{' '.join([plan.config, *plan.overrides])}`; {plan.ranks} DeepSpeed ranks, ZeRO "
         f"{cfg['train']['zero_stage']}.",
         "",
+        "**Listen:** open [index.html](index.html) in a browser (Markdown viewers do not play WAVs): Table 1, the "
+        f"plots and a player with its spectrogram for every clip (`weaktok report {base}` rewrites it).",
+        "",
         "## Timings",
         "",
         md_table(["stage", "this run (s)", "from scratch (s)", "note"], timing_rows),

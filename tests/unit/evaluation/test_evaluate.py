@@ -33,6 +33,7 @@ def evaluated(tmp_path_factory):
         device="cpu",
         n_boot=200,
         target_items=12,
+        clips=2,
     )
     return t, out, shards, run
 
@@ -146,6 +147,45 @@ def test_markdown_quotes_the_papers_eight_cells_and_plots_exist(evaluated):
         assert section in md, section
     for name in ("rel_err.png", "lscore_hist.png", "examples_0.png", "training_curves.png"):
         assert (out / name).stat().st_size > 5000, name
+
+
+def test_listening_clips_cover_every_set_with_the_scored_waveforms(evaluated):
+    """audio/clips.json lists 2 clips of every set and mode; WAVs of the clip length, PNGs, chunk counts where a
+    model is involved; the data clips are the evaluation items themselves."""
+    import soundfile as sf
+
+    _, out, _, _ = evaluated
+    idx = json.loads((out / "audio" / "clips.json").read_text())
+    groups = {(g["mode"], g["set"]): g for g in idx["groups"]}
+    want = {
+        ("data", "data"),
+        ("data", "data_vocoder"),
+        ("uncond", "prior_noise"),
+        ("seed", "copy_seed"),
+    }
+    want |= {
+        (m, f"model{i}{x}")
+        for m in ("uncond", "seed")
+        for i in (0, 1)
+        for x in ("", "_cut", "_guided")
+    }
+    assert want <= set(groups) and ("seed", "data_vocoder") not in groups
+    assert [g["mode"] for g in idx["groups"]] == sorted(
+        (g["mode"] for g in idx["groups"]), key=("data", "uncond", "seed").index
+    )
+    for g in idx["groups"]:
+        assert len(g["clips"]) == 2, g["set"]
+        for c in g["clips"]:
+            info = sf.info(str(out / "audio" / c["wav"]))
+            assert info.samplerate == idx["sample_rate"] and abs(info.duration - SECONDS) < 0.01
+            assert (out / "audio" / c["png"]).stat().st_size > 3000
+            assert (c["chunks"] is None) == (
+                g["set"] in ("data_vocoder", "prior_noise", "copy_seed")
+            )
+    assert groups[("uncond", "model1")]["checkpoint"].endswith("model.pt")
+    data = groups[("data", "data")]["clips"]
+    assert [c["key"] for c in data] == [c["key"] for c in groups[("seed", "model0")]["clips"]]
+    assert 0 < idx["hole_start_s"] < SECONDS
 
 
 def test_cli_missing_checkpoint_names_the_path(tmp_path):
