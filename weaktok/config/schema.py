@@ -1,6 +1,6 @@
 """The root :class:`Config` and every section outside ``model:`` (weaktok/config/model.py): audio front end, data,
-training (with input corruption), the L-Score loss and pool, the curriculum, the Prometheus exporter and Ray's
-storage and checkpoint retention (``ray:``).
+training (with input corruption), the L-Score loss and pool, the curriculum, the Prometheus exporter, the experiment
+trackers (``tracking:``) and Ray's storage and checkpoint retention (``ray:``).
 
 Each section validates its own ranges in ``check``; types are checked generically when the config is built
 (weaktok/config/load.py). Nothing here imports torch.
@@ -208,12 +208,15 @@ class LScoreConfig:
     # pool) moves the surrogate target by -feedback * (exact - target) / target std, in surrogate std units, so the
     # surrogate's bias on the model's own outputs is corrected where the exact score sees it; 0 = off
     feedback: float = 0.0
+    # the correction stays within +-feedback_clamp surrogate stds per term, and is not updated while w_L = 0
+    feedback_clamp: float = 1.0
 
     def check(self) -> None:
         require(
             self.target_items >= 2, "lscore.target_items", "must be >= 2 (a std needs two items)"
         )
         require(0 <= self.feedback <= 1, "lscore.feedback", "must be in [0, 1] (0 = off)")
+        require(self.feedback_clamp > 0, "lscore.feedback_clamp", "must be > 0")
         require(
             not self.feedback or self.loss_target == "surrogate",
             "lscore.feedback",
@@ -257,8 +260,12 @@ class MetricsConfig:
     )
     port_fallback: bool = False  # port in use: try the next ports instead of failing
     run_name: str = ""  # the `run` label; "" = the name of the --out folder
+    # the device's peak TFLOP/s for weaktok_mfu_ratio; 0 = a known GPU's dense bf16 peak (weaktok/train/flops.py),
+    # none on a CPU. Set it for another GPU, or to see MFU on a CPU
+    peak_tflops: float = 0.0
 
     def check(self) -> None:
+        require(self.peak_tflops >= 0, "metrics.peak_tflops", "must be >= 0 (0 = look the GPU up)")
         require(
             bool(self.host),
             "metrics.host",
@@ -267,6 +274,30 @@ class MetricsConfig:
         require(
             0 <= self.port <= 65535, "metrics.port", "must be in [0, 65535] (0 = any free port)"
         )
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers, fed by rank 0 from the training hooks (weaktok/train/tracking.py): scalars, the resolved
+    config as hyper-parameters, and at each validation a few generated clips with their spectrograms."""
+
+    tensorboard: bool = True  # event files in ``dir``: local, no account (docs/tracking.md)
+    dir: str | None = None  # TensorBoard's folder for this run; null = <out>/tensorboard
+    wandb: bool = False  # Weights & Biases: pip install 'weaktok[wandb]'
+    mlflow: bool = False  # MLflow: pip install 'weaktok[mlflow]'
+    mlflow_tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else MLflow's default
+    project: str = "weaktok"  # the W&B project and the MLflow experiment
+    run_name: str = ""  # the run's name in W&B and MLflow; "" = the --out folder's name
+    audio_clips: int = 2  # generated clips per mode (uncond, seed) per validation; 0 = none
+
+    def check(self) -> None:
+        require(
+            self.dir is None or bool(self.dir.strip()),
+            "tracking.dir",
+            "must name a folder (or be null: <out>/tensorboard)",
+        )
+        require(bool(self.project.strip()), "tracking.project", "must name a project")
+        require(0 <= self.audio_clips <= 64, "tracking.audio_clips", "must be in [0, 64]")
 
 
 @dataclass
@@ -312,6 +343,7 @@ class Config:
     lscore: LScoreConfig = field(default_factory=LScoreConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def check(self) -> None:

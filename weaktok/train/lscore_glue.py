@@ -69,14 +69,22 @@ def lscore_targets(
 
 
 def feedback_step(
-    correction: list[float], val: dict, val_target: dict, loss_target: dict, gain: float
+    correction: list[float],
+    val: dict,
+    val_target: dict,
+    loss_target: dict,
+    gain: float,
+    clamp: float = 1.0,
+    active: bool = True,
 ) -> list[float]:
     """The closed loop's update (``lscore.feedback``): the surrogate target's correction after a validation whose
     generations the pool scored exactly. Per term k, with d_k = mean over modes of (exact_k - target_k) / std_k:
-    correction_k -= gain * d_k * surrogate std_k (a too-high exact score lowers what the loss asks of the surrogate).
-    Unchanged when the validation has no exact scores."""
+    correction_k -= gain * d_k * surrogate std_k (a too-high exact score lowers what the loss asks of the surrogate),
+    then clamped to +-clamp surrogate std_k (``lscore.feedback_clamp``), so a few noisy validations cannot wind it up.
+    Unchanged when the validation has no exact scores, or when the L-Score loss is off (``active`` False: the
+    curriculum's reconstruction-only phase, where the loss cannot act on the correction)."""
     modes = [m for m in MODES if f"val_gen_{m}_lscore" in val]
-    if not modes:
+    if not modes or not active:
         return correction
     tm, ts = val_target["mean"].cpu().numpy(), val_target["std"].cpu().numpy()
     d = np.mean(
@@ -84,7 +92,10 @@ def feedback_step(
         axis=0,
     )
     sd = loss_target["std"].cpu().numpy()
-    return [float(c - gain * dk * s) for c, dk, s in zip(correction, d, sd)]
+    return [
+        float(np.clip(c - gain * dk * s, -clamp * s, clamp * s))
+        for c, dk, s in zip(correction, d, sd)
+    ]
 
 
 def submit_outputs(pool, front, recon: torch.Tensor, cfg: Config, step: int) -> None:

@@ -38,7 +38,8 @@ from weaktok.train.checkpoint import CONFIG_FILE, save_checkpoint, set_rng_state
 from weaktok.train.curriculum import weights_at
 from weaktok.train.distributed import Dist, broadcast_object, setup_distributed
 from weaktok.train.engine import build_engine, check_precision, use_bf16
-from weaktok.train.export import export_weights
+from weaktok.train.export import export_weights, write_model_folder
+from weaktok.train.flops import StepFlops
 from weaktok.train.hooks import HookList, TrainHooks
 from weaktok.train.lscore_glue import (
     feedback_step,
@@ -56,6 +57,7 @@ from weaktok.train.resume import (
 )
 from weaktok.train.state import TrainState
 from weaktok.train.step import all_finite, compute_flow_loss, compute_loss, corrupt
+from weaktok.train.tracking import check_tracking, start_reporting
 from weaktok.train.validation import validate
 
 log = logging.getLogger(__name__)
@@ -80,14 +82,14 @@ class Trainer:
         self.engine = self.optimizer = self.scheduler = None
         self.target: dict = {}
         self.prior: dict | None = None  # training's prior statistics (fill: prior)
-        self.val_prior: dict | None = (
-            None  # validation's, when training has none (validation_prior)
-        )
+        # validation's prior statistics, when training has none (validation_prior)
+        self.val_prior: dict | None = None
         self.log: MetricsLog | None = None
         self.pool = None
         self.gen: torch.Generator | None = None
         self.batches_per_epoch = self.steps_per_epoch = 0
         self.window = LogWindow()
+        self.flops: StepFlops | None = None
 
     def __enter__(self) -> Trainer:
         return self
@@ -96,7 +98,8 @@ class Trainer:
         self.close()
 
     def close(self) -> None:
-        """Stop the L-Score pool, close metrics.jsonl, stop the metrics exporter (what setup started)."""
+        """Stop the L-Score pool, close metrics.jsonl and the trackers, stop the metrics exporter (what setup
+        started)."""
         self._cleanup.close()
 
     @property
@@ -120,11 +123,12 @@ class Trainer:
 
     def setup(self) -> None:
         """Everything before the first step. Clear errors (shards, config, a checkpoint the config cannot load)
-        before any compute; then the model, the engine, resume (or ``train.init_from``), the metrics log and
-        the pool."""
+        before any compute; then the model, the engine, resume (or ``train.init_from``), the metrics log, the
+        trackers and the pool."""
         cfg, out = self.cfg, self.out
         self.manifest = check_data(cfg)
         check_precision(cfg)
+        check_tracking(cfg)
         self.dist = dist = setup_distributed(cfg.train.dist_timeout_s)
         # a config its checkpoint cannot load into: refused here, folder untouched
         self.plan = resume_plan(cfg, self.ckpt_dir, dist)
@@ -141,6 +145,10 @@ class Trainer:
         self.lscore_fn = build_lscore(cfg, dist.device)
         self.prior = load_prior(cfg, self.front, dist)
         self.model = build_run_model(cfg, self.front.n_freqs, self.prior, bool(self.plan), dist)
+        # MFU's FLOPs per step (flops.py): rank 0 counts once, before DeepSpeed wraps the model
+        self.flops = StepFlops.count(
+            cfg, self.model, self.front, self.lscore_fn, self.manifest, dist
+        )
         self.batches_per_epoch, self.steps_per_epoch, total_steps = epoch_size(cfg)
         self.engine, self.optimizer, self.scheduler = build_engine(cfg, self.model, total_steps)
 
@@ -148,6 +156,9 @@ class Trainer:
         self._resume()
         self.log = MetricsLog(out / METRICS_FILE, dist.is_main)
         self._cleanup.callback(self.log.close)
+        for hook in start_reporting(cfg, out, dist.is_main, self.state.step, total_steps):
+            self._cleanup.callback(hook.close)  # the console line and the trackers (rank 0)
+            self.hooks.append(hook)
         self.pool = start_pool(cfg, dist)
         if self.pool is not None:
             self._cleanup.callback(self.pool.close)
@@ -227,9 +238,8 @@ class Trainer:
             state.batch_in_epoch = 0
         val = self.validate()
         path = self.checkpoint()
-        val = broadcast_object(
-            val, dist
-        )  # every rank gets rank 0's record (with the exact L-Score)
+        # every rank gets rank 0's record (with the exact L-Score)
+        val = broadcast_object(val, dist)
         self.hooks.on_epoch_end(val, path)
         return val
 
@@ -298,6 +308,8 @@ class Trainer:
         if self.pool is not None:  # every record, so a stalled pool still shows its backlog
             record["pool_queue_depth"] = self.pool.queue_depth
             record["lscore_pool_errors"] = self.state.lscore_pool_errors
+        if self.flops is not None:
+            record.update(self.flops.fields(record["step_time_s"]))
         if self.dist.is_main:
             self.log.write(record)
             self.hooks.on_log(record)
@@ -305,29 +317,26 @@ class Trainer:
 
     def validate(self) -> dict:
         """Validation (validation.validate: reconstruction, and the exact L-Score of generations); rank 0 logs it,
-        tells the hooks and prints the epoch line."""
+        tells the hooks (the record, then a few generated clips) and logs the epoch line."""
         cfg, dist, state = self.cfg, self.dist, self.state
+        clips: list = []  # rank 0's first generations (validation.ValClip), for the trackers
+        prior = self.validation_prior()
         val = validate(
-            cfg,
-            dist,
-            self.engine,
-            self.front,
-            self.val_target,
-            state,
-            self.pool,
-            self.validation_prior(),
+            cfg, dist, self.engine, self.front, self.val_target, state, self.pool, prior, clips
         )
-        if (
-            cfg.lscore.feedback
-        ):  # the closed loop: rank 0's exact scores move every rank's surrogate target
+        # the closed loop: rank 0's exact scores move every rank's surrogate target
+        if cfg.lscore.feedback:
             corr = None
             if dist.is_main:
+                progress = state.epoch + state.batch_in_epoch / self.batches_per_epoch
                 corr = feedback_step(
                     state.target_correction,
                     val,
                     self.val_target,
                     self.base_target,
                     cfg.lscore.feedback,
+                    clamp=cfg.lscore.feedback_clamp,
+                    active=weights_at(progress, cfg.curriculum).w_L > 0,
                 )
             state.target_correction = broadcast_object(corr, dist)
             self._apply_correction()
@@ -336,6 +345,7 @@ class Trainer:
         if dist.is_main:
             self.log.write(val)
             self.hooks.on_validation(val)
+            self.hooks.on_val_clips(val["step"], clips)
             log.info(epoch_line(val))
         return val
 
@@ -369,13 +379,15 @@ class Trainer:
         return self.ckpt_dir / tag
 
     def export(self) -> Path | None:
-        """final/model.pt (export.export_weights) and, with ``fill: prior``, final/spectrum.pt; the weights' path
-        on rank 0."""
+        """final/model.pt (export.export_weights), with ``fill: prior`` final/spectrum.pt, and final/ as a model
+        folder (export.write_model_folder); the weights' path on rank 0."""
         path = export_weights(self.engine, self.cfg, self.out, self.dist)
         # generation reuses the prior statistics (generate.cached_spectrum)
         if self.prior is not None and self.dist.is_main:
             spectrum = {k: v.cpu() for k, v in self.prior.items()}
             torch.save(spectrum, self.out / "final" / SPECTRUM_FILE)
+        if path is not None:  # rank 0: final/ becomes a model folder too (`weaktok export`'s format)
+            write_model_folder(self.out)
         return path
 
 

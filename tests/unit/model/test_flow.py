@@ -279,5 +279,13 @@ def test_feedback_moves_the_surrogate_target_against_the_exact_error():
     # in one mode, on target in the other (1 std low on average) -> up by 0.5 * 1 * 0.1; the others unchanged
     assert c == pytest.approx([0.0, -0.75, 0.0, 0.05], abs=1e-6)
     assert feedback_step(c, {"val_gen_error": "pool died"}, val_t, loss_t, 0.5) == c
+    # no move while the L-Score loss is off (w_L = 0); the clamp holds each term within +-clamp surrogate stds
+    assert feedback_step(c, val, val_t, loss_t, 0.5, active=False) == c
+    clamped = feedback_step([0.0] * 4, val, val_t, loss_t, gain=1.0, clamp=0.5)
+    assert clamped == pytest.approx(
+        [0.0, -0.5, 0.0, 0.05], abs=1e-6
+    )  # density -1.5 -> -0.5 x std 1.0
+    with pytest.raises(ConfigError, match="lscore.feedback_clamp"):
+        load_config("tiny", ["lscore.feedback_clamp=0"])
     with pytest.raises(ConfigError, match="lscore.feedback"):
         load_config("tiny", ["lscore.feedback=0.5"])
