@@ -14,14 +14,16 @@ from tests.unit.generate.test_generate import tiny_model
 SECONDS = 2.0
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """Two checkpoints (the same run, as a folder and as its model.pt: the seed aggregation's plumbing; the
-    statistics of real different seeds are tested in test_eval_stats.py)."""
+def tiny_evaluation(tmp_path_factory):
+    """(table, eval folder, shards, run): two checkpoints (the same run, as a folder and as its model.pt: the seed
+    aggregation's plumbing; the statistics of real different seeds are tested in test_eval_stats.py). Built once
+    per test session, like tiny_model, and shared with tests/unit/experiments/test_page.py (the listening page)."""
     from weaktok.evaluation.run import evaluate
 
     shards, run = tiny_model(tmp_path_factory)
-    out = tmp_path_factory.mktemp("eval")
+    out = tmp_path_factory.getbasetemp() / "weaktok_tiny_eval"
+    if (out / "audio" / "clips.json").is_file():  # written last but one: the evaluation finished
+        return json.loads((out / "table1.json").read_text()), out, shards, run
     t = evaluate(
         [run, run / "final" / "model.pt"],
         out,
@@ -36,6 +38,11 @@ def evaluated(tmp_path_factory):
         clips=2,
     )
     return t, out, shards, run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    return tiny_evaluation(tmp_path_factory)
 
 
 def test_table1_json_has_every_field_with_intervals(evaluated):
