@@ -9,7 +9,7 @@ file) or ``to_dict``'s plain data (a Ray worker: ``from_dict``, the same validat
     errors.py   ConfigError (its message names the dotted key) and ``require``, the sections' range check
     model.py    the ``model:`` section: ModelConfig, ChunkingConfig, FlowConfig
     schema.py   the root Config and the other sections: audio, data, train (+ corruption), lscore, curriculum,
-                metrics, ray (Ray's storage and checkpoint retention)
+                metrics, tracking (TensorBoard, W&B, MLflow), ray (Ray's storage and checkpoint retention)
     load.py     load_config (shipped names, YAML paths, the ``base:`` chain, overrides), from_dict, with_overrides,
                 with_values, to_dict, save_config, building and validating, train.init_from's check
 """
@@ -41,6 +41,7 @@ from weaktok.config.schema import (
     LScoreConfig,
     MetricsConfig,
     RayConfig,
+    TrackingConfig,
     TrainConfig,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "RayConfig",
+    "TrackingConfig",
     "TrainConfig",
     "build",
     "check_init_from",

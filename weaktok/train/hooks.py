@@ -2,8 +2,8 @@
 reporters, tests). A hook is any object with some of the ``TrainHooks`` methods; subclassing ``TrainHooks`` is
 optional (it documents the signatures and makes every method a no-op until overridden).
 
-Who calls what: ``on_batch`` and ``on_epoch_end`` on every rank; ``on_log``, ``on_validation`` and
-``on_checkpoint`` on rank 0 only. A hook's exception is not caught: it stops training like any other error.
+Who calls what: ``on_batch`` and ``on_epoch_end`` on every rank; ``on_log``, ``on_validation``, ``on_val_clips``
+and ``on_checkpoint`` on rank 0 only. A hook's exception is not caught: it stops training like any other error.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ class TrainHooks:
 
     def on_validation(self, record: dict) -> None:
         """Rank 0, each epoch's end: the validation record (``kind: val``)."""
+
+    def on_val_clips(self, step: int, clips: list) -> None:
+        """Rank 0, after ``on_validation``: up to ``tracking.audio_clips`` of the validation's generations per mode
+        (validation.ValClip: mode, waveform, spectrogram, chunk starts); for trackers, never in metrics.jsonl."""
 
     def on_checkpoint(self, path: Path, state: dict) -> None:
         """Rank 0, each complete checkpoint: its folder and the counters it holds (as for ``on_batch``)."""
@@ -68,6 +72,9 @@ class HookList(TrainHooks):
 
     def on_validation(self, record: dict) -> None:
         call(self.hooks, "on_validation", record)
+
+    def on_val_clips(self, step: int, clips: list) -> None:
+        call(self.hooks, "on_val_clips", step, clips)
 
     def on_checkpoint(self, path: Path, state: dict) -> None:
         call(self.hooks, "on_checkpoint", path, state)

@@ -1,17 +1,23 @@
 """What a run says about itself as it goes: ``metrics.jsonl`` (``MetricsLog``), the window a train record averages
-over (``LogWindow``) and the record built from it (``train_record``), and the one-line epoch summary of a
-validation record (``epoch_line``)."""
+over (``LogWindow``) and the record built from it (``train_record``), the console line of a train record
+(``step_line``, logged by the ``ConsoleLine`` hook) and the one-line epoch summary of a validation record
+(``epoch_line``)."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from weaktok.config import Config
+from weaktok.train.hooks import TrainHooks
 from weaktok.train.state import TrainState
 from weaktok.train.step import PartsWindow
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = (
     "metrics.jsonl"  # in the run folder: one JSON object per train / validation / pool record
@@ -73,6 +79,32 @@ def train_record(
         "nan_skipped": state.nan_skipped,
         "corrupt_skipped": state.corrupt_skipped,
     }
+
+
+def step_line(record: dict, total_steps: int) -> str:
+    """The console line of a train record: step of the run, epoch, loss, throughput and the ETA (the steps left
+    at the window's step time, h:mm:ss)."""
+    left = max(total_steps - record["step"], 0) * record["step_time_s"]
+    loss = f"{record['loss']:.4f}" if "loss" in record else "n/a"
+    return (
+        f"step {record['step']}/{total_steps} epoch {record['epoch']}: loss {loss}, "
+        f"{record['samples_per_s']:.1f} samples/s, {record['audio_s_per_s']:.1f} audio s/s, "
+        f"ETA {datetime.timedelta(seconds=round(left))}"
+    )
+
+
+class ConsoleLine(TrainHooks):
+    """Rank 0's hook that logs ``step_line`` for each train record (every ``train.log_every`` steps)."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+
+    def on_log(self, record: dict) -> None:
+        if record.get("kind") == "train":
+            log.info(step_line(record, self.total_steps))
+
+    def close(self) -> None:
+        pass
 
 
 def epoch_line(val: dict) -> str:

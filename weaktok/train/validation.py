@@ -21,11 +21,15 @@ phases from the global RNG seeded the same way inside ``torch.random.fork_rng`` 
 they were), so the same weights give the same record. Ranks: each generates ceil(n / world) outputs per mode with
 the unwrapped model in its own dtype (every rank runs the same passes, which ZeRO-3's parameter gathering needs);
 rank 0 gathers the waveforms, keeps the first n per mode and scores them in one pool call.
+
+For the experiment trackers (weaktok/train/tracking.py) rank 0 also keeps its first ``tracking.audio_clips``
+generations per mode whole, as ``ValClip``: waveform, spectrogram and the chunk starts of the model's last pass.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from weaktok.generate.sampler import (
     MASK_FRACTION,
     MODES,
     STEPS,
+    chunk_start_frames,
     seed_based,
     seed_hole_start,
     unconditional,
@@ -49,12 +54,36 @@ log = logging.getLogger(__name__)
 GEN_SEED = 7907  # validation's generator seed: cfg.seed * 1000 + GEN_SEED + rank (apart from training's streams)
 
 
+@dataclass
+class ValClip:
+    """One validation generation, whole, for the trackers."""
+
+    mode: str  # uncond or seed
+    index: int  # its place among this rank's outputs of the mode
+    wave: np.ndarray  # (N,) Griffin-Lim waveform (seed: the seed's rendering, then the hole)
+    spec: np.ndarray  # (F, T) log1p magnitude
+    starts: np.ndarray  # (C,) chunk starts of the last pass, spectrogram frames
+    hole_start: int  # the first generated frame (0: all of it)
+
+
 @torch.no_grad()
-def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None = None) -> dict:
+def validate(
+    cfg,
+    dist,
+    engine,
+    front,
+    target,
+    state,
+    pool,
+    prior: dict | None = None,
+    clips: list | None = None,
+) -> dict:
     """The ``kind: val`` record (on every rank; the exact L-Score keys only on rank 0, when the pool scored).
 
     ``state``: the TrainState (its step and epoch are recorded; a pool error is counted there). ``prior``: the
     prior statistics (weaktok/data/prior.py) on the device, needed to generate; None generates nothing.
+    ``clips``: a list to which this rank's first ``tracking.audio_clips`` generations per mode are appended
+    (ValClip), or None.
     Keys: val_items, val_recon, val_boundary_rate, val_mean_chunk_len; with scores, per mode m in MODES
     val_gen_<m>_items, val_gen_<m>_lscore (4 means), val_gen_<m>_rel_err, val_gen_<m>_std_dist (4 each), and
     val_gen_std_dist_total, val_gen_rel_err_mean, val_gen_target, val_gen_target_std, val_gen_steps, lscore_names;
@@ -103,7 +132,11 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
         seeds += list(spec[: share - len(seeds)])
     if dist.world > 1:  # every rank in-paints as many seeds (ZeRO-3: the same passes on every rank)
         seeds = seeds[: min(gather_objects([len(seeds)], dist))]
-    waves = generated_waves(cfg, dist, engine.module, front, prior, share, seeds) if share else {}
+    waves = (
+        generated_waves(cfg, dist, engine.module, front, prior, share, seeds, clips)
+        if share
+        else {}
+    )
     engine.train()
     total = all_reduce_sum(sums, dist)
     n = max(total[1], 1)
@@ -127,11 +160,19 @@ def validate(cfg, dist, engine, front, target, state, pool, prior: dict | None =
 
 
 def generated_waves(
-    cfg, dist, model, front, prior: dict, n: int, seeds: list[torch.Tensor]
+    cfg,
+    dist,
+    model,
+    front,
+    prior: dict,
+    n: int,
+    seeds: list[torch.Tensor],
+    clips: list | None = None,
 ) -> dict:
     """This rank's validation generations as waveforms: ``{"uncond": n (N,) arrays, "seed": one (N_hole,) array per
     seed}``. ``model``: the unwrapped model (engine.module), in eval mode; ``seeds``: (F, T) spectrograms of the
-    training clip length. One batched Griffin-Lim call for both modes; seed-based outputs cropped to the hole."""
+    training clip length. One batched Griffin-Lim call for both modes; seed-based outputs cropped to the hole.
+    ``clips``: as for validate."""
     gen_seed = cfg.seed * 1000 + GEN_SEED + dist.rank
     gen = torch.Generator(device=dist.device).manual_seed(gen_seed)
     frames = front.num_frames(round(cfg.audio.clip_seconds * cfg.audio.sample_rate))
@@ -139,15 +180,21 @@ def generated_waves(
         torch.manual_seed(
             gen_seed
         )  # Griffin-Lim's random phase init draws from the global generator
-        specs = [unconditional(model, prior, n, frames, None, gen)[0]]  # (n, F, T)
+        passes = [unconditional(model, prior, n, frames, None, gen)]  # (n, F, T), last pass
         if seeds:
-            specs.append(
-                seed_based(model, torch.stack(seeds), prior, MASK_FRACTION, None, gen)[0]
-            )  # (S, F, T)
-        wav = front.inverse(torch.cat(specs)).cpu().numpy()  # (n + S, (T - 1) * hop)
-    start = (
-        seed_hole_start(frames, MASK_FRACTION) * front.hop_length
-    )  # the hole's first sample (frame t is centred on t * hop)
+            passes.append(seed_based(model, torch.stack(seeds), prior, MASK_FRACTION, None, gen))
+        specs = torch.cat([p[0] for p in passes])  # (n + S, F, T)
+        wav = front.inverse(specs).cpu().numpy()  # (n + S, (T - 1) * hop)
+    hole = seed_hole_start(frames, MASK_FRACTION)
+    start = hole * front.hop_length  # the hole's first sample (frame t is centred on t * hop)
+    if clips is not None:
+        keep = cfg.tracking.audio_clips
+        for (spec, out), mode, first, hole_start in zip(passes, MODES, (0, n), (0, hole)):
+            for i in range(min(keep, spec.shape[0])):
+                starts = chunk_start_frames(out, i)
+                clips.append(
+                    ValClip(mode, i, wav[first + i], spec[i].cpu().numpy(), starts, hole_start)
+                )
     return {"uncond": list(wav[:n]), "seed": [w[start:] for w in wav[n:]]}
 
 
