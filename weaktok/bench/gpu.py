@@ -41,11 +41,11 @@ from weaktok.bench.train import (
     bare_step,
     bench_shards,
     full_run,
-    model_flops,
     step_counts,
 )
 from weaktok.config import load_config
 from weaktok.train import use_bf16
+from weaktok.train.flops import model_flops
 from weaktok.train.hooks import TrainHooks
 
 SKIPPED = "skipped: no CUDA device"

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from weaktok.audio import SpecFrontEnd
 from weaktok.bench.common import BenchResult, OpCounts, count_syncs_and_ops, timeit
@@ -36,6 +35,7 @@ from weaktok.model.unet import build_model
 from weaktok.procenv import set_accelerator, single_process_env
 from weaktok.train import Dist, all_finite, compute_loss, train
 from weaktok.train.curriculum import weights_at
+from weaktok.train.flops import model_flops
 
 BENCH_DIR = Path("bench_results")
 
@@ -57,17 +57,6 @@ def bench_shards(n: int = 48, sr: int = 22050) -> Path:
 def matmul_flops(n: int = 1024, repeat: int = 10) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n**3 / timeit(lambda: a @ b, repeat=repeat, warmup=3)
-
-
-def model_flops(model, front, lscore_fn, batch_audio, target, cfg) -> float:
-    """FLOPs of one forward + backward of the model and loss (counted, not estimated)."""
-    spec = front(batch_audio)
-    with FlopCounterMode(display=False) as counter:
-        losses, _ = compute_loss(
-            model, front, lscore_fn, spec, spec, weights_at(1e9, cfg.curriculum), target, cfg
-        )
-        losses.total.backward()
-    return float(counter.get_total_flops())
 
 
 class Autocast(torch.nn.Module):

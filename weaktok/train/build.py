@@ -50,7 +50,7 @@ def start_exporter(cfg: Config, out: Path, dist: Dist, target: dict) -> MetricsE
     fails here (weaktok/train/prometheus/)."""
     if not cfg.metrics.enabled:
         return None
-    return MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, target)
+    return MetricsExporter(cfg, out, dist.rank, dist.local_rank, dist.world, target, dist.device)
 
 
 def build_front(cfg: Config, device: torch.device) -> SpecFrontEnd:

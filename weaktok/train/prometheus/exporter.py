@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from weaktok.config import Config
 from weaktok.generate.sampler import MODES
 from weaktok.lscore.exact import LSCORE_NAMES
@@ -26,6 +28,7 @@ class MetricsExporter(TrainHooks):
         local_rank: int = 0,
         world: int = 1,
         target: dict | None = None,
+        device: torch.device | None = None,
     ):
         self.cfg, self.out = cfg.metrics, Path(out)
         self.rank, self.local_rank = rank, local_rank
@@ -44,6 +47,8 @@ class MetricsExporter(TrainHooks):
                 "zero_stage": str(cfg.train.zero_stage),
             }
         )
+        if device is not None and device.type == "cuda":
+            self.m.define_gpu_memory(device)
         if target:
             self.m.set_terms(self.m.lscore_target, target["mean"])
         if self.cfg.enabled and (rank == 0 or self.cfg.per_rank):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from weaktok.lscore.exact import LSCORE_NAMES
@@ -18,7 +19,7 @@ STEP_TIME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 TRAIN_GAUGES = {
     "step": ("weaktok_step", "Global optimizer step (resumed runs continue the count)"),
     "progress": ("weaktok_epoch_progress", "Training progress in epochs (fractional)"),
-    "w_L": ("weaktok_w_L", "Curriculum weight of the L-Score distribution loss"),
+    "w_L": ("weaktok_w_lscore", "Curriculum weight of the L-Score distribution loss"),
     "w_recon": ("weaktok_w_recon", "Curriculum weight of the reconstruction loss"),
     "w_ratio": ("weaktok_w_ratio", "Weight of the chunking ratio loss"),
     "phase": (
@@ -32,13 +33,38 @@ TRAIN_GAUGES = {
         "weaktok_audio_seconds_per_second",
         "Seconds of training audio per second, all ranks",
     ),
-    "data_wait_share": ("weaktok_data_wait_share", "Share of wall time rank 0 waited for data"),
+    "data_wait_share": ("weaktok_data_wait_ratio", "Fraction of wall time rank 0 waited for data"),
     "chunk_boundary_rate": (
-        "weaktok_chunk_boundary_rate",
+        "weaktok_chunk_boundary_ratio",
         "Fraction of bottleneck frames that start a chunk",
     ),
     "chunk_mean_prob": ("weaktok_chunk_mean_boundary_prob", "Mean boundary probability"),
     "chunk_mean_chunk_len": ("weaktok_chunk_mean_length", "Mean chunk length in bottleneck frames"),
+    # MFU (weaktok/train/flops.py): on a GPU, or wherever metrics.peak_tflops is set
+    "mfu": (
+        "weaktok_mfu_ratio",
+        "Model FLOPs utilisation: FLOPs per step / step time / the device's peak FLOP/s (rank 0)",
+    ),
+    "model_flops_per_step": (
+        "weaktok_model_flops_per_step",
+        "FLOPs of one optimizer step on one rank (forward + backward, counted by FlopCounterMode)",
+    ),
+    "peak_flops": (
+        "weaktok_peak_flops_per_second",
+        "Peak FLOP/s MFU divides by (metrics.peak_tflops, or a known GPU's dense bf16 peak)",
+    ),
+}
+# CUDA caching-allocator statistics of this rank's device, read at each scrape: name -> (torch.cuda function, help)
+GPU_MEMORY = {
+    "weaktok_gpu_memory_allocated_bytes": ("memory_allocated", "GPU memory held by tensors"),
+    "weaktok_gpu_memory_max_allocated_bytes": (
+        "max_memory_allocated",
+        "Peak GPU memory held by tensors so far",
+    ),
+    "weaktok_gpu_memory_reserved_bytes": (
+        "memory_reserved",
+        "GPU memory reserved by the caching allocator",
+    ),
 }
 # train record key -> `term` label of weaktok_loss
 LOSS_TERMS = {
@@ -52,7 +78,7 @@ LOSS_TERMS = {
 VAL_GAUGES = {
     "val_recon": ("weaktok_val_recon", "Validation reconstruction L1"),
     "val_flow": ("weaktok_val_flow_loss", "Validation flow loss (velocity MSE; flow models only)"),
-    "val_boundary_rate": ("weaktok_val_boundary_rate", "Validation boundary rate"),
+    "val_boundary_rate": ("weaktok_val_boundary_ratio", "Validation boundary rate"),
     "val_mean_chunk_len": (
         "weaktok_val_mean_chunk_length",
         "Validation mean chunk length (bottleneck frames)",
@@ -63,7 +89,7 @@ VAL_GAUGES = {
         "Mean relative error of the exact L-Score of validation generations vs target",
     ),
     "val_gen_std_dist_total": (
-        "weaktok_val_gen_std_dist_total",
+        "weaktok_val_gen_std_dist_all_terms",
         (
             "Sum over terms of |exact - target| / target std of validation generations, "
             "mean over modes"
@@ -117,7 +143,7 @@ class RunMetrics:
         self.registry = CollectorRegistry()
         self.last_checkpoint = (
             time.time()
-        )  # or the exporter's start; weaktok_seconds_since_checkpoint reads it
+        )  # or the exporter's start; weaktok_checkpoint_age_seconds reads it
         self._define_train()
         self._define_lscore_and_val()
         self._define_pool()
@@ -218,6 +244,12 @@ class RunMetrics:
             "kind",
         )
 
+    def define_gpu_memory(self, device: torch.device) -> None:
+        """The ``GPU_MEMORY`` gauges of ``device`` (a CUDA device), read from torch.cuda when scraped."""
+        for name, (fn, doc) in GPU_MEMORY.items():
+            read = getattr(torch.cuda, fn)
+            self.lab(self._metric(Gauge, name, doc)).set_function(lambda read=read: read(device))
+
     def _define_checkpoint_and_rank(self) -> None:
         m = self._metric
         self.checkpoints = m(Counter, "weaktok_checkpoints", "Complete checkpoints written")
@@ -228,7 +260,7 @@ class RunMetrics:
         )
         since = m(
             Gauge,
-            "weaktok_seconds_since_checkpoint",
+            "weaktok_checkpoint_age_seconds",
             "Seconds since the last complete checkpoint (or since the exporter started)",
         )
         self.lab(since).set_function(lambda: time.time() - self.last_checkpoint)
