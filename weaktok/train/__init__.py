@@ -40,6 +40,7 @@ The package, by stage (every name below is importable from ``weaktok.train``):
     records.py      MetricsLog (metrics.jsonl), LogWindow, train_record, epoch_line
     hooks.py        TrainHooks (no-op base for hooks), HookList, call
     prometheus/     MetricsExporter (a TrainHooks): metric definitions, serving, the exporter
+    flops.py        StepFlops (MFU: FlopCounterMode's FLOPs per step, the device's peak), model_flops
     distributed.py  Dist, setup_distributed, all_reduce_sum, broadcast_object, gather_objects
     engine.py       use_bf16, check_precision, deepspeed_config, lr_lambda, build_engine
     step.py         corrupt, compute_loss, Losses, PartsWindow, all_finite, model_dtype
@@ -99,6 +100,7 @@ from weaktok.train.engine import (
     use_bf16,
 )
 from weaktok.train.export import export_weights, master_weights
+from weaktok.train.flops import StepFlops, model_flops
 from weaktok.train.hooks import HookList, TrainHooks, call
 from weaktok.train.lscore_glue import poll_pool, start_pool, submit_outputs
 from weaktok.train.prometheus import MetricsExporter, MetricsPortInUse
@@ -136,6 +138,7 @@ __all__ = [
     "MetricsLog",
     "MetricsPortInUse",
     "PartsWindow",
+    "StepFlops",
     "TrainHooks",
     "TrainState",
     "Trainer",
@@ -170,6 +173,7 @@ __all__ = [
     "main",
     "master_weights",
     "model_dtype",
+    "model_flops",
     "numpy_rng_globals",
     "parse_args",
     "poll_pool",

@@ -11,6 +11,9 @@
 Every metric lives in a private ``CollectorRegistry`` (never the global one), is named ``weaktok_*`` and carries the
 labels ``run`` (``metrics.run_name``, default: the run folder's name) and ``rank``.
 
+On a CUDA device the exporter also serves the rank's GPU memory (``weaktok_gpu_memory_*_bytes``, read from the
+caching allocator at each scrape); MFU (``weaktok_mfu_ratio``) comes in the train records (weaktok/train/flops.py).
+
 Per-rank policy. The loop produces its numbers (losses, weights, throughput, chunking, L-Score, validation,
 checkpoints) on rank 0 only, so by default only rank 0 serves, on ``metrics.host:metrics.port`` (127.0.0.1:9400).
 With ``metrics.per_rank: true`` every rank serves its own registry on ``port + local_rank``; the hooks every rank
