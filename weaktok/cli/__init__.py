@@ -282,13 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training shards behind the target and the memorisation bank (default: data.shards)",
     )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
-    p.add_argument(
-        "--clips",
-        type=int,
-        default=4,
-        help="clips per set and mode written to OUT/audio (WAV + spectrogram) for the listening page, "
-        "weaktok report (default 4; 0 = none)",
-    )
+    p.add_argument("--clips", type=int, default=4, help="clips per set to hear (OUT/audio; 0 none)")
     p.add_argument(
         "--onset",
         choices=("paper", "clicks"),
@@ -341,15 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_ablate)
 
-    p = sub.add_parser(
-        "report",
-        help="the listening page: RUN/index.html with Table 1, the plots and an audio player per clip",
-    )
-    p.add_argument(
-        "run",
-        metavar="RUN",
-        help="a demo folder (eval/ from weaktok evaluate, generate/) or an evaluation folder (table1.json)",
-    )
+    p = sub.add_parser("report", help="the listening page RUN/index.html: Table 1, audio players")
+    p.add_argument("run", metavar="RUN", help="a demo folder or an evaluation folder (table1.json)")
     p.set_defaults(func=commands.cmd_report)
 
     p = sub.add_parser(

@@ -141,6 +141,8 @@ def run_sweep(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     storage, experiment = sweep_storage(out, base, storage_path)
+    # Tune's own TensorBoard files (one run per trial) and each trial's training run (<trial>/run/tensorboard)
+    log.info("sweep: tensorboard --logdir %s", experiment)
     connect_ray(address, num_cpus)
     cluster = ray.cluster_resources()
     bundles, gpus = trial_resources(spec, cluster)
