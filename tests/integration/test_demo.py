@@ -1,5 +1,6 @@
-"""`weaktok demo --quick`: the whole pipeline (corpus, shards, 2 DeepSpeed ranks, evaluation, generation, report) at
-smoke-test scale, then a re-run that reuses what exists."""
+"""`weaktok demo --quick`: the whole pipeline (corpus, shards, 2 DeepSpeed ranks, evaluation, generation, report,
+listening page) at smoke-test scale, then a re-run that reuses what exists. The first run is the session fixture
+``quick_demo`` (conftest.py), shared with test_report_page.py."""
 
 import json
 import re
@@ -11,16 +12,12 @@ from tests.helpers import REPO, cpu_env, run, venv_bin
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_end_to_end_then_reuse(tmp_path):
-    out = tmp_path / "demo"
-    r = run(
-        [venv_bin("weaktok"), "demo", "--quick", "--out", str(out)],
-        env=cpu_env(),
-        cwd=REPO,
-        timeout=400,
-    )
+def test_quick_demo_end_to_end_then_reuse(quick_demo):
+    out, r = quick_demo  # tests/integration/conftest.py
     assert "Prometheus metrics live at http://127.0.0.1:" in r.stdout
     assert f"Report: {out / 'report.md'}" in r.stdout
+    last = r.stdout.strip().splitlines()[-1]  # the listening page's path comes last
+    assert last.endswith(str((out / "index.html").resolve())) and "Listening page" in last
     for k in range(1, 7):
         assert f"=== [{k}/6]" in r.stdout
     report = (out / "report.md").read_text()

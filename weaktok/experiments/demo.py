@@ -62,6 +62,7 @@ class Plan:
     eval_seconds: float | None = (
         None  # clip length of the evaluation (None: weaktok.evaluation.run.EVAL_SECONDS)
     )
+    clips: int = 4  # clips per set and mode that evaluate writes for the listening page
     n_uncond: int = 8
     n_seeds: int = 3
     guidance_steps: int = (
@@ -110,6 +111,7 @@ def make_plan(
             eval_n=24,
             n_gen=4,
             eval_seconds=4.0,
+            clips=2,
             n_uncond=2,
             n_seeds=1,
             guidance_steps=0,
@@ -228,6 +230,7 @@ def stage_evaluate(plan: Plan, run: Path) -> dict:
         n_gen=plan.n_gen,
         guidance_steps=plan.guidance_steps,
         seconds=plan.eval_seconds,
+        clips=plan.clips,
     )
     log.info("%s", (plan.out / "eval" / "table1.md").read_text())
     return t
