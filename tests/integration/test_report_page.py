@@ -1,7 +1,8 @@
 """The listening page in a real browser: `weaktok report` on the quick demo's folder (the session fixture
 ``quick_demo``, shared with test_demo.py: no second training), opened from disk in headless Chromium (Debian's
 chromium + chromedriver, driven by selenium). No console errors; every player's file exists and Chromium reads
-its duration as soundfile does; every image decodes; a full-page screenshot is written."""
+its duration as soundfile does; the first player of every folder plays (its clock advances); every image
+decodes; a full-page screenshot is written."""
 
 import base64
 import json
@@ -35,6 +36,9 @@ def browser():
     opts.binary_location = str(CHROMIUM)
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         opts.add_argument(a)
+    opts.add_argument(
+        "--autoplay-policy=no-user-gesture-required"
+    )  # play() from the test, no click
     opts.add_argument("--window-size=1280,900")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -81,6 +85,18 @@ def test_listening_page_plays_in_chromium(quick_demo, browser, tmp_path):
         assert wav.is_file(), src
         assert error is None and state >= 1, (src, state, error)
         assert abs(duration - sf.info(str(wav)).duration) < 0.05, (src, duration)
+    # playing: the first player of each folder (data, uncond, seed, each generate/ mode) decodes and advances
+    first = browser.execute_script(
+        "const seen = new Map(); for (const a of document.querySelectorAll('audio')) {"
+        " const dir = a.getAttribute('src').replace(/[^/]*$/, ''); if (!seen.has(dir)) seen.set(dir, a); }"
+        " window._players = [...seen.values()]; window._players.forEach(a => a.play());"
+        " return window._players.map(a => a.getAttribute('src'))"
+    )
+    assert len(first) >= 3 + len(gens), first
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script("return window._players.every(a => a.currentTime > 0.3)")
+    )
+    browser.execute_script("window._players.forEach(a => a.pause())")
     images = browser.execute_script(
         "return [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
     )
