@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/weaktok bench
 
 # corpus -> shards -> 2-rank DeepSpeed training (CPU without a GPU) -> Table 1 -> generation -> runs/demo/report.md
+# and the listening page runs/demo/index.html, whose path is the last line printed
 demo: setup
 	$(BIN)/weaktok demo
 
