@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
 from weaktok.config import Config, ConfigError, load_config, to_dict
@@ -130,6 +131,11 @@ def test_compatible_change_resumes_logs_the_change_and_takes_effect(first_run, s
     lr = {m["step"]: m["lr"] for m in read_metrics(out) if m["kind"] == "train"}
     # tiny: 4 warm-up steps; the resumed steps use the new base lr (a resume used to restore the old one)
     assert lr[3] == pytest.approx(1e-3) and lr[2] == pytest.approx(2e-3 * 3 / 4), lr
+    # the resumed process appends to the same TensorBoard run (docs/tracking.md): the steps continue, once each
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3, 4]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 @pytest.mark.slow

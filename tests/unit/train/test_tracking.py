@@ -12,6 +12,7 @@ from weaktok.config import ConfigError, load_config
 from weaktok.train.records import step_line
 from weaktok.train.tracking import (
     TENSORBOARD_DIR,
+    TensorBoard,
     Tracker,
     check_tracking,
     scalars,
@@ -94,3 +95,18 @@ def test_step_line_has_progress_throughput_and_eta():
            "step_time_s": 2.0}  # fmt: skip
     line = step_line(rec, total_steps=3610)
     assert line == "step 10/3610 epoch 0: loss 0.1235, 8.0 samples/s, 16.0 audio s/s, ETA 2:00:00"
+
+
+def test_a_resumed_writer_drops_what_the_killed_run_logged_past_its_checkpoint(tmp_path):
+    """Killed after step 3, resumed from the step-1 checkpoint: steps 2 and 3 come from the resumed run only."""
+    first = TensorBoard(tmp_path, resumed_step=0)
+    first.scalars({"train/loss": 1.0}, 1)
+    first.scalars({"train/loss": 2.0}, 2)
+    first.scalars({"train/loss": 3.0}, 3)
+    first.close()
+    resumed = TensorBoard(tmp_path, resumed_step=1)
+    for step in (2, 3, 4):
+        resumed.scalars({"train/loss": 10.0 * step}, step)
+    resumed.close()
+    loss = read_events(tmp_path).Scalars("train/loss")
+    assert [(e.step, e.value) for e in loss] == [(1, 1.0), (2, 20.0), (3, 30.0), (4, 40.0)]
