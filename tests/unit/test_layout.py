@@ -4,6 +4,8 @@ of the pipeline than its own, and no module is over the size a reader can hold (
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
@@ -28,6 +30,9 @@ LAYERS = [
     {"weaktok.lscore"},
     {"weaktok.data", "weaktok.model"},
     {"weaktok.generate"},
+    {
+        "weaktok.api"
+    },  # the Python API over a trained model (WeakTok): generate, model, audio below it
     {"weaktok.train"},
     {"weaktok.launch"},
     {"weaktok.evaluation"},
@@ -113,8 +118,26 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# The one upward import allowed: weaktok/__init__.py's PEP 562 ``__getattr__`` imports weaktok.api when a user asks
+# for ``from weaktok import WeakTok``, so ``import weaktok`` stays light. It is an edge of no layer's graph.
+LAZY = {("weaktok", "weaktok.api")}
+
+
+def lazy_imports(tree: ast.Module) -> set[str]:
+    """The weaktok modules imported inside a module-level ``def __getattr__`` (PEP 562)."""
+    out = set()
+    for fn in tree.body:
+        if isinstance(fn, ast.FunctionDef) and fn.name == "__getattr__":
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.module == "weaktok":
+                    out.update(f"weaktok.{a.name}" for a in node.names)
+    return out
+
+
 MODS = modules()
 EDGES = imports(MODS)
+for _a, _b in LAZY:
+    EDGES[_a].discard(_b)
 
 
 def test_every_module_has_a_layer():
@@ -149,6 +172,15 @@ def test_hooks_are_methods_of_a_base_class_not_getattr_defaults():
         str(p.relative_to(REPO)) for p, _ in MODS.values() if 'getattr(h, "on_' in p.read_text()
     ]
     assert offenders == []
+
+
+def test_the_lazy_re_export_is_lazy_and_import_weaktok_stays_light():
+    assert {("weaktok", m) for m in lazy_imports(MODS["weaktok"][1])} == LAZY
+    code = "import sys, weaktok; print(sorted(m for m in ('torch', 'deepspeed', 'ray') if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_checker_finds_a_cycle_and_an_upward_import():

@@ -238,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_generate)
 
     p = sub.add_parser(
+        "export", help="a trained run as a model folder that loads alone (docs/api.md)"
+    )
+    p.add_argument("run", help="run folder (its final/), a final/ folder or a model.pt file")
+    p.add_argument(
+        "--out", required=True, help="new model folder (an existing one must be an export)"
+    )
+    p.add_argument(
+        "--shards", default=None, help="training shards (default: the run's data.shards)"
+    )
+    p.add_argument(
+        "--table1", default=None, help="the run's table1.json (default: found beside it)"
+    )
+    p.set_defaults(func=commands.cmd_export)
+
+    p = sub.add_parser(
         "evaluate",
         help="Table 1 on generated audio with baselines, 95 %% intervals and training "
         "seeds; Fréchet/KID, two-sample test, memorisation, bypass ablation, rulers, plots",

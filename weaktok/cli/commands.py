@@ -153,6 +153,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from weaktok.api import export  # noqa: PLC0415 (heavy)
+
+    try:
+        out = export(args.run, args.out, shards=args.shards, table1=args.table1)
+    except USER_ERRORS as e:
+        print(f"weaktok export: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote the model folder {out} (load it: WeakTok.from_pretrained({str(out)!r}))")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from weaktok.evaluation.run import evaluate  # noqa: PLC0415 (heavy)
 

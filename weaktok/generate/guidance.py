@@ -9,9 +9,10 @@ whereas the rhythm surrogates are rank-calibrated on real audio and an optimiser
 generated textures (measured in docs/results.md). Guidance is control at generation time, not a property of the
 model: evaluate reports outputs with and without it.
 
-The prior (``weaktok/data/prior.py``) is cached as ``spectrum.pt`` beside the model.pt (training writes it there when
-it used the prior for its masked spans). Statistics cached beside model.pt are stored on the CPU, so a run folder
-works on any device.
+The prior (``weaktok/data/prior.py``) and the guidance targets sit beside the weights as safetensors files: a model
+folder (weaktok/model/artifact.py) carries them, so generation needs no shards; for an older run folder they are
+computed from the training shards and cached there (older caches: spectrum.pt, surrogate_<s>s.pt, still read).
+They are stored on the CPU, so a folder works on any device.
 """
 
 from __future__ import annotations
@@ -22,45 +23,69 @@ from pathlib import Path
 import torch
 
 from weaktok.data.loader import eval_loader
+from weaktok.data.manifest import ShardsError
 from weaktok.data.prior import PRIOR_COMPONENTS, corpus_spectrum
 from weaktok.lscore.differentiable import DifferentiableLScore
 from weaktok.lscore.loss import distribution_loss
-from weaktok.model.weights import Loaded
+from weaktok.model.artifact import PRIOR, read_stats, surrogate_name, write_tensors
+from weaktok.model.weights import Loaded, ModelFileError
 
 GUIDE_TERMS = (0, 3)  # L-Score guidance steers timbral and structural (see the module docstring)
 GUIDE_LR = 0.05  # Adam step on the log1p gain (log1p units ~ 0-6)
 SURROGATE_ITEMS = 96  # training items behind the guidance target
-# the prior statistics, cached beside model.pt (training writes it there with fill: prior)
+# an older run's prior cache (training writes it there with fill: prior); model folders hold prior.safetensors
 SPECTRUM_FILE = "spectrum.pt"
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics cached beside model.pt
+# Statistics beside the weights
 
 
-def cached_beside(loaded: Loaded, name: str, compute, valid=lambda stats: True) -> dict:
-    """Statistics cached as ``name`` beside the model's model.pt: loaded when present and ``valid``, else computed
-    and saved (a read-only run folder is fine: they are recomputed next time). Stored on the CPU, returned on the
-    model's device."""
-    cache = loaded.path.parent / name
-    stats = torch.load(cache, map_location="cpu", weights_only=True) if cache.is_file() else None
+def cached_beside(
+    loaded: Loaded,
+    name: str,
+    compute,
+    valid=lambda stats: True,
+    legacy: str = "",
+    save: bool = True,
+) -> dict:
+    """The statistics ``name`` (a file stem: ``artifact.PRIOR``, ``artifact.surrogate_name(s)``) beside the
+    model's weights: the model folder's ``<name>.safetensors``, else an older run's ``legacy`` (default
+    ``<name>.pt``), when present and ``valid``; else computed from the training shards and, with ``save``, cached
+    there as ``<name>.safetensors`` (a read-only folder is fine: they are recomputed next time). Stored on the
+    CPU, returned on the model's device. Shards that are not here: ModelFileError saying how to get the file."""
+    folder, stem = loaded.path.parent, name.removesuffix(".pt")  # a ".pt" name: its older cache
+    stats = read_stats(folder, stem)
+    old = folder / (legacy or f"{stem}.pt")
+    if stats is None and old.is_file():
+        stats = torch.load(old, map_location="cpu", weights_only=True)
     if stats is None or not valid(stats):
-        stats = {k: v.cpu() for k, v in compute().items()}
         try:
-            torch.save(stats, cache)
-        except OSError:
-            pass
+            stats = {k: v.cpu() for k, v in compute().items()}
+        except (FileNotFoundError, ShardsError) as e:
+            raise ModelFileError(
+                f"{folder} has no {stem}.safetensors and it cannot be computed here ({e}); export the run "
+                f"where its training shards are: `weaktok export RUN --out DIR` (docs/api.md)"
+            ) from None
+        if save:
+            try:
+                write_tensors(folder / f"{stem}.safetensors", stats)
+            except OSError:
+                pass
     return {k: v.to(loaded.device) for k, v in stats.items()}
 
 
 def cached_spectrum(
-    loaded: Loaded, shards: str | Path | None = None, components: int = PRIOR_COMPONENTS
+    loaded: Loaded,
+    shards: str | Path | None = None,
+    components: int = PRIOR_COMPONENTS,
+    save: bool = True,
 ) -> dict:
-    """corpus_spectrum of the model's training shards, cached beside its model.pt (spectrum.pt; training writes it
-    when it used the prior)."""
+    """corpus_spectrum of the model's training shards, read from beside its weights when there (prior.safetensors;
+    an older run's spectrum.pt, which training writes when it used the prior)."""
     return cached_beside(
         loaded,
-        SPECTRUM_FILE,
+        PRIOR,
         lambda: corpus_spectrum(
             shards or loaded.cfg.data.shards,
             loaded.front,
@@ -70,6 +95,8 @@ def cached_spectrum(
         lambda s: (
             s["mean"].shape[0] == loaded.front.n_freqs and s["components"].shape[0] == components
         ),
+        legacy=SPECTRUM_FILE,
+        save=save,
     )
 
 
@@ -93,9 +120,11 @@ def surrogate_target(
     shards: str | Path,
     seconds: float,
     max_items: int = SURROGATE_ITEMS,
+    save: bool = True,
 ) -> dict:
-    """Mean and std of the differentiable L-Score (``lscore``) over training-split crops of ``seconds``, cached
-    beside model.pt (surrogate_<seconds>s.pt). ``lscore`` must be on the model's device."""
+    """Mean and std of the differentiable L-Score (``lscore``) over training-split crops of ``seconds``, read from
+    or cached beside the weights (surrogate_<seconds>s.safetensors; older runs: .pt). ``lscore`` must be on the
+    model's device."""
 
     def compute() -> dict:
         front, scores = loaded.front, []
@@ -108,7 +137,7 @@ def surrogate_target(
         L = torch.cat(scores)
         return {"mean": L.mean(0), "std": L.std(0), "n": torch.tensor(len(L))}
 
-    return cached_beside(loaded, f"surrogate_{seconds:g}s.pt", compute)
+    return cached_beside(loaded, surrogate_name(seconds), compute, save=save)
 
 
 def make_guidance(

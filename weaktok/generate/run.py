@@ -36,6 +36,17 @@ from weaktok.plots import plot_spectrogram
 GL_BATCH = 16  # outputs per Griffin-Lim call (bounds its memory: 16 x 8 s at n_fft 1024 ~ 0.5 GB)
 
 
+def waveforms(front, specs: torch.Tensor) -> np.ndarray:
+    """(B, F, T) log1p spectrograms -> (B, N) float32 waveforms by Griffin-Lim (``GL_BATCH`` at a time, on the
+    spectrograms' device), each scaled to a peak of at most 0.99 (GL can overshoot: scale rather than clip)."""
+    out = []
+    for first in range(0, len(specs), GL_BATCH):
+        for wave in front.inverse(specs[first : first + GL_BATCH]).cpu().numpy():
+            peak = float(np.abs(wave).max())
+            out.append(wave * (0.99 / peak) if peak > 0.99 else wave)
+    return np.stack(out).astype(np.float32, copy=False)
+
+
 def save_outputs(
     loaded: Loaded, specs: torch.Tensor, out, names: list[str], folder: str | Path, title: str
 ) -> list[dict]:
@@ -46,11 +57,9 @@ def save_outputs(
     records = []
     bar = tqdm(total=len(names), desc="griffin-lim", unit="clip", leave=False)
     for first in range(0, len(names), GL_BATCH):
-        waves = front.inverse(specs[first : first + GL_BATCH]).cpu().numpy()  # (b, N)
+        waves = waveforms(front, specs[first : first + GL_BATCH])  # (b, N)
         for i, wave in enumerate(waves, first):
-            name, peak = names[i], float(np.abs(wave).max())
-            if peak > 0.99:  # GL can overshoot: scale rather than clip
-                wave = wave * (0.99 / peak)
+            name = names[i]
             write_wav(folder / f"{name}.wav", wave, sr)
             starts = chunk_start_frames(out, i)
             plot_spectrogram(

@@ -1,9 +1,11 @@
-"""The model file: ``final/model.pt`` holds the fp32 weights and the resolved config, nothing else.
+"""Loading a trained model: a model folder (weaktok/model/artifact.py, what ``weaktok export`` writes and training
+leaves in final/) or a run's ``final/model.pt``.
 
-One format, written by training's export (``weaktok/train/export.py``) and by nothing else, read by generation,
-evaluation and ``train.init_from``. ``torch.load(weights_only=True)``: a model file can hold tensors and plain
-containers only, never code. The statistics cached beside it (``spectrum.pt``, ``surrogate_<s>s.pt``) are written by
-``weaktok/generate/guidance.py``.
+``final/model.pt`` holds the fp32 weights and the resolved config, nothing else: written by training's export
+(``weaktok/train/export.py``), read by ``train.init_from`` and by runs that predate model folders.
+``torch.load(weights_only=True)``: a model file can hold tensors and plain containers only, never code. A folder
+with both loads from model.safetensors (the same weights). The statistics beside the weights (prior,
+surrogate targets) are read and cached by ``weaktok/generate/guidance.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import Config, ConfigError, build, to_dict, validate
 from weaktok.device import resolve_device
+from weaktok.model.artifact import WEIGHTS_FILE, is_model_folder, read_weights
 from weaktok.model.unet import build_model
 
 MODEL_FILE = "model.pt"
@@ -68,19 +71,25 @@ class Loaded:
     model: torch.nn.Module
     cfg: Config
     front: torch.nn.Module  # SpecFrontEnd
-    path: Path  # the model.pt read
+    path: Path  # the weights file read (model.safetensors or model.pt); its folder holds the statistics
     device: torch.device = torch.device("cpu")  # where model and front end live
 
 
 def model_path(checkpoint: str | Path) -> Path:
-    """A run folder (-> run/final/model.pt), a final/ folder, or a model.pt file -> the model.pt path."""
+    """A model folder, a run folder (its final/), or a model.pt / model.safetensors file -> the weights file: a
+    folder's model.safetensors when it is a model folder, else its model.pt."""
     p = Path(checkpoint)
-    for cand in (p, p / MODEL_FILE, p / "final" / MODEL_FILE):
-        if cand.is_file():
-            return cand
+    if p.is_file():
+        return p
+    for folder in (p, p / "final"):
+        if is_model_folder(folder):
+            return folder / WEIGHTS_FILE
+        if (folder / MODEL_FILE).is_file():
+            return folder / MODEL_FILE
+    what = "is not a weaktok model folder" if p.is_dir() else "does not exist"
     raise ModelFileError(
-        f"no trained weights at {p}: expected a model.pt file or a run folder holding "
-        f"final/model.pt (train one with `weaktok train --config demo --out {p}`)"
+        f"no trained weights at {p} ({what}): expected a model folder (`weaktok export RUN --out DIR`), a run "
+        f"folder holding final/, or a model.pt file (train one with `weaktok train --config demo --out {p}`)"
     )
 
 
@@ -88,7 +97,10 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
     """The model and its front end on ``device`` (``resolve_device``: default cuda when available, else cpu)."""
     device = resolve_device(device)
     path = model_path(checkpoint)
-    state, raw = read_model_file(path, device)
+    if path.suffix == ".safetensors":
+        state, raw = read_weights(path.parent, device)
+    else:
+        state, raw = read_model_file(path, device)
     if raw is None:
         raise ModelFileError(f"{path}: a bare state dict, without the config a model file carries")
     try:

@@ -1,6 +1,7 @@
 """The run's deliverable: ``final/model.pt`` (the format: ``weaktok/model/weights.py``), the fp32 master weights
-(consolidated, not ZeRO partitions) and the config, loadable with ``torch.load(weights_only=True)`` by generation
-and evaluation."""
+(consolidated, not ZeRO partitions) and the config, loadable with ``torch.load(weights_only=True)``; then final/
+becomes a model folder beside it (``weaktok export``'s format, weaktok/model/artifact.py: model.safetensors,
+config, statistics, model card), which loads without the training shards."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pathlib import Path
 import torch
 
 from weaktok.config import Config
+from weaktok.generate.export import export_model
+from weaktok.generate.guidance import SPECTRUM_FILE
+from weaktok.model.artifact import PRIOR
 from weaktok.model.weights import MODEL_FILE, save_model
 from weaktok.train.checkpoint import complete_tags
 from weaktok.train.distributed import Dist
@@ -59,3 +63,14 @@ def export_weights(engine, cfg: Config, out: Path, dist: Dist) -> Path | None:
     path = save_model(out / "final" / MODEL_FILE, state, cfg)
     log.info(f"exported fp32 master weights to {path}")
     return path
+
+
+def write_model_folder(out: Path, prior: dict | None = None) -> Path:
+    """Rank 0, after ``export_weights``: final/ as a model folder (weaktok/generate/export.py) with the prior
+    training used, if any (``fill: prior``, flow models; also as final/spectrum.pt for older readers). The other
+    statistics are left to ``weaktok export``, which reads the shards: computing them here costs every run."""
+    final, stats = out / "final", {}
+    if prior is not None:
+        stats[PRIOR] = {k: v.cpu() for k, v in prior.items()}
+        torch.save(stats[PRIOR], final / SPECTRUM_FILE)
+    return export_model(final / MODEL_FILE, final, in_place=True, stats=stats)

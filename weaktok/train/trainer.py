@@ -20,7 +20,6 @@ import torch
 
 from weaktok.config import Config, save_config
 from weaktok.data.loader import train_loader
-from weaktok.generate.guidance import SPECTRUM_FILE
 from weaktok.model.flow import clean_estimate, flow_batch
 from weaktok.model.unet import count_params
 from weaktok.train.build import (
@@ -382,12 +381,8 @@ class Trainer:
         """final/model.pt (export.export_weights), with ``fill: prior`` final/spectrum.pt, and final/ as a model
         folder (export.write_model_folder); the weights' path on rank 0."""
         path = export_weights(self.engine, self.cfg, self.out, self.dist)
-        # generation reuses the prior statistics (generate.cached_spectrum)
-        if self.prior is not None and self.dist.is_main:
-            spectrum = {k: v.cpu() for k, v in self.prior.items()}
-            torch.save(spectrum, self.out / "final" / SPECTRUM_FILE)
-        if path is not None:  # rank 0: final/ becomes a model folder too (`weaktok export`'s format)
-            write_model_folder(self.out)
+        if path is not None:  # rank 0
+            write_model_folder(self.out, self.prior)
         return path
 
 

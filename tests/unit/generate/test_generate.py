@@ -190,7 +190,7 @@ def test_guidance_fits_timbral_and_structural_to_real_audio_only_in_the_hole(tra
     g = make_guidance(loaded, shards, 2.0, steps=40)
     assert isinstance(g, Guidance) and make_guidance(loaded, shards, 2.0, steps=0) is None
     assert (
-        model_run / "final" / "surrogate_2s.pt"
+        model_run / "final" / "surrogate_2s.safetensors"
     ).is_file()  # the target is cached beside the weights
     frames = loaded.front.num_frames(2 * 22050)
     y, _ = unconditional(
