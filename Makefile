@@ -14,7 +14,7 @@ setup: $(STAMP) apt
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'  # every optional group the tests use (pyproject.toml)
 	@touch $(STAMP)
 
 # Debian packages: real CC0 audio (sonic-pi-samples), a real Prometheus server for the tests, ninja for

@@ -24,12 +24,16 @@ import logging
 import os
 from pathlib import Path
 
-import ray
-import ray.train
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
-
 from weaktok.config import Config, from_dict, to_dict
+from weaktok.config.errors import missing_extra
+
+try:
+    import ray
+    import ray.train
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+except ImportError as e:
+    raise missing_extra("ray", "Ray Train (ray_jobs/train.py, sweeps)", e) from e
 from weaktok.device import describe_gpus, gpus_setting, resolve_gpus
 from weaktok.launch.objective import sweep_metrics
 from weaktok.launch.storage import checkpoint_config, storage_location

@@ -38,11 +38,15 @@ import threading
 import time
 from pathlib import Path
 
-import ray
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-
 from weaktok.config import Config, load_config, save_config
+from weaktok.config.errors import missing_extra
+
+try:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+except ImportError as e:
+    raise missing_extra("ray", "weaktok sweep (Ray Tune)", e) from e
 from weaktok.device import describe_gpus
 from weaktok.launch.storage import checkpoint_config, join_location, storage_location
 from weaktok.launch.sweep_space import SweepSpec, check_against_config, load_space, trial_resources

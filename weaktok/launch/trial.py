@@ -13,11 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-from ray.train import RunConfig
-from ray.tune.integration.ray_train import TuneReportCallback
-
 from weaktok.config import Config, with_values
+from weaktok.config.errors import missing_extra
+
+try:
+    from ray import tune
+    from ray.train import RunConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+except ImportError as e:
+    raise missing_extra("ray", "a sweep (Ray Tune)", e) from e
 from weaktok.launch.objective import sweep_metrics
 from weaktok.launch.ray_train import torch_trainer, worker_resources
 from weaktok.launch.storage import checkpoint_config

@@ -37,8 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray
-from ray.exceptions import GetTimeoutError
+
+from weaktok.config.errors import missing_extra
+
+try:
+    import ray
+    from ray.exceptions import GetTimeoutError
+except ImportError as e:
+    raise missing_extra("ray", "the exact L-Score pool", e) from e
 
 from weaktok.lscore.worker import (
     ACTOR_GONE,

@@ -10,8 +10,14 @@ import re
 import time
 
 import numpy as np
-import ray
-from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+
+from weaktok.config.errors import missing_extra
+
+try:
+    import ray
+    from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+except ImportError as e:
+    raise missing_extra("ray", "the exact L-Score pool", e) from e
 
 WARMUP_SR = 22050
 # what an actor's death looks like to its caller (system failures; errors raised by a task pass through)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from weaktok.config.errors import missing_extra
 from weaktok.log import ALL_RANKS
 from weaktok.procenv import set_accelerator
 
@@ -57,7 +58,10 @@ def setup_distributed(timeout_s: float | None = None) -> Dist:
     set_accelerator(os.environ, use_cuda)
     os.environ.setdefault("LOCAL_RANK", "0")
     # here, not at the top: DeepSpeed picks its accelerator from DS_ACCELERATOR when imported
-    import deepspeed  # noqa: PLC0415
+    try:
+        import deepspeed  # noqa: PLC0415
+    except ImportError as e:
+        raise missing_extra("train", "training (the DeepSpeed engine)", e) from e
 
     if not use_cuda:
         load_cpu_comm_op()
