@@ -4,12 +4,15 @@ files read back with TensorBoard's own reader, and the console's per-step line i
 the same TensorBoard run: tests/integration/test_resume_config.py (across processes) and
 tests/unit/train/test_tracking.py (purge_step)."""
 
+import json
 import re
+import subprocess
+import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from tests.helpers import REPO, cpu_env, make_tiny_shards, run, venv_bin
+from tests.helpers import REPO, cpu_env, deadline, make_tiny_shards, run, venv_bin
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import load_config
 
@@ -83,3 +86,29 @@ def test_the_run_is_in_tensorboard(tracked):
     )
     lines = [m.groups() for m in STEP_LINE.finditer(log)]
     assert lines == [("1", "2"), ("2", "2")]  # every train.log_every steps, of the run's total
+
+
+def test_the_readme_command_serves_the_run(tracked):
+    """A new user's path: the README's tensorboard command, pointed at this run, serves its curves and clips."""
+    _, out, _ = tracked
+    (logdir,) = re.findall(
+        r"`tensorboard --logdir (runs/demo/\S+)`", (REPO / "README.md").read_text()
+    )
+    logdir = logdir.replace("runs/demo", str(out))
+    cmd = [venv_bin("tensorboard"), "--logdir", logdir, "--port", "0"]
+    tb = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with deadline(60, "tensorboard's start"):
+            url = next(
+                m[0] for line in tb.stdout if (m := re.search(r"http://localhost:\d+/", line))
+            )
+
+        def tags(plugin: str) -> dict:
+            with urllib.request.urlopen(f"{url}data/plugin/{plugin}/tags", timeout=30) as r:
+                return json.load(r)["."]
+
+        assert "train/loss" in tags("scalars") and "val/val_recon" in tags("scalars")
+        assert "audio/seed/0" in tags("audio") and "spectrogram/seed/0" in tags("images")
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
