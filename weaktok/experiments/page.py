@@ -121,18 +121,17 @@ def _summary(t: dict, ev: Path) -> str:
 
 def _plots(page: Page, ev: Path) -> None:
     page.add('<h2 id="plots">Plots</h2>')
-    for name, alt in (
+    plots = [
         (
             "rel_err.png",
             "relative error vs the target with 95 % intervals, model beside the baselines",
         ),
         ("lscore_hist.png", "exact L-Score histograms: data and model, per mode"),
-        ("training_curves.png", "training curves"),
-    ):
-        if (
-            name != "training_curves.png" or (ev / name).is_file()
-        ):  # curves: only with a run's metrics.jsonl
-            page.add(f"<p class=note>{escape(alt)}</p>", page.img(ev / name, alt))
+    ]
+    if (ev / "training_curves.png").is_file():  # evaluate draws it only from a run's metrics.jsonl
+        plots.append(("training_curves.png", "training curves"))
+    for name, alt in plots:
+        page.add(f"<p class=note>{escape(alt)}</p>", page.img(ev / name, alt))
     examples = sorted(ev.glob("examples_*.png"))
     if examples:
         page.add(
@@ -158,7 +157,7 @@ def _listening(page: Page, ev: Path) -> None:
         f"<p class=note>The first clips of each set, exactly the waveforms Table 1 scored ({idx['clip_seconds']:g} s "
         f"at {idx['sample_rate']} Hz; loud Griffin-Lim outputs are scaled down to peak 0.99). Spectrograms: cyan "
         f"lines are the chunk starts the model formed; in seed-based clips the dashed white line at "
-        f"{idx['hole_start_s']:g} s is where the in-painted, scored region begins.</p>"
+        f"{idx['hole_start_s']:.2f} s is where the in-painted, scored region begins.</p>"
     )
     for mode in ("data", "uncond", "seed"):
         groups = [g for g in idx["groups"] if g["mode"] == mode]
@@ -207,15 +206,15 @@ def _generated(page: Page, run: Path) -> None:
     page.add('<h2 id="generated">Generated with <code>weaktok generate</code></h2>')
     for path in found:
         g, folder = json.loads(path.read_text()), path.parent
+        n = len(g["outputs"])
+        hole = (
+            f", in-painting the last {100 * g['mask_fraction']:g} %"
+            if g.get("mask_fraction")
+            else ""
+        )
         page.add(
-            f"<h3>{escape(g['mode'])} ({escape(folder.name)}/)</h3><p class=note>{len(g['outputs'])} outputs of "
-            f"{g['seconds']:g} s from <code>{escape(g['checkpoint'])}</code>, {g['steps']} steps"
-            + (
-                f", in-painting the last {100 * g['mask_fraction']:g} %"
-                if g.get("mask_fraction")
-                else ""
-            )
-            + ".</p>",
+            f"<h3>{escape(g['mode'])} ({escape(folder.name)}/)</h3><p class=note>{n} output{'s' * (n != 1)} "
+            f"of {g['seconds']:g} s from <code>{escape(g['checkpoint'])}</code>, {g['steps']} steps{hole}.</p>",
             '<div class="grid">',
         )
         seeds = g.get("seed_audio") or []
@@ -246,12 +245,18 @@ def write_page(run: str | Path) -> Path:
 def _write(run: Path, ev: Path, t: dict) -> Path:
     page = Page(run)
     page.add(
-        '<nav><a href="#table1">Table 1</a><a href="#baselines">Baselines</a><a href="#distances">Distances</a>'
-        '<a href="#bypass">Bypass</a><a href="#plots">Plots</a><a href="#listen">Listen</a></nav>',
+        '<nav><a href="#table1">Table 1</a><a href="#listen">Listen</a><a href="#plots">Plots</a>'
+        '<a href="#baselines">Baselines</a><a href="#distances">Distances</a><a href="#bypass">Bypass</a></nav>',
         "<h1>weaktok: Table 1 and listening</h1>",
         _summary(t, ev),
         '<h2 id="table1">Table 1: exact L-Score of generated audio vs the training target</h2>',
         T.table1(t),
+    )
+    _listening(page, ev)
+    if ev != run:
+        _generated(page, run)
+    _plots(page, ev)
+    page.add(
         '<h2 id="baselines">Baselines</h2>',
         T.baselines(t),
         '<h2 id="distances">Distances (offline features; reference: held-out real clips)</h2>',
@@ -259,10 +264,6 @@ def _write(run: Path, ev: Path, t: dict) -> Path:
         '<h2 id="bypass">Bypass ablation: is the chunk path load-bearing?</h2>',
         T.bypass(t),
     )
-    _listening(page, ev)
-    if ev != run:
-        _generated(page, run)
-    _plots(page, ev)
     if page.missing:
         page.add(
             f'<p class="missing">Missing files ({len(page.missing)}): '
