@@ -37,14 +37,17 @@ The package, by stage (every name below is importable from ``weaktok.train``):
     state.py        TrainState: the counters checkpoints store and resume restores
     build.py        setup's pieces: check_data, seed_everything, start_exporter, build_front, build_lscore,
                     load_prior, corpus_prior, build_run_model, epoch_size
-    records.py      MetricsLog (metrics.jsonl), LogWindow, train_record, epoch_line
+    records.py      MetricsLog (metrics.jsonl), LogWindow, train_record, step_line + ConsoleLine (the per-step
+                    console line), epoch_line
+    tracking.py     Tracker (a TrainHooks: TensorBoard; W&B and MLflow in tracking_services.py), check_tracking,
+                    start_reporting
     hooks.py        TrainHooks (no-op base for hooks), HookList, call
     prometheus/     MetricsExporter (a TrainHooks): metric definitions, serving, the exporter
     flops.py        StepFlops (MFU: FlopCounterMode's FLOPs per step, the device's peak), model_flops
     distributed.py  Dist, setup_distributed, all_reduce_sum, broadcast_object, gather_objects
     engine.py       use_bf16, check_precision, deepspeed_config, lr_lambda, build_engine
     step.py         corrupt, compute_loss, Losses, PartsWindow, all_finite, model_dtype
-    validation.py   validate
+    validation.py   validate, ValClip (a generated clip for the trackers)
     lscore_glue.py  the Ray L-Score pool during training: start_pool, submit_outputs, poll_pool
     checkpoint.py   save_checkpoint, complete_tags, COMPLETE, errors, config comparison (SHAPE_KEYS, config_changes,
                     load_blockers), rng state
@@ -104,7 +107,14 @@ from weaktok.train.flops import StepFlops, model_flops
 from weaktok.train.hooks import HookList, TrainHooks, call
 from weaktok.train.lscore_glue import poll_pool, start_pool, submit_outputs
 from weaktok.train.prometheus import MetricsExporter, MetricsPortInUse
-from weaktok.train.records import LogWindow, MetricsLog, epoch_line, train_record
+from weaktok.train.records import (
+    ConsoleLine,
+    LogWindow,
+    MetricsLog,
+    epoch_line,
+    step_line,
+    train_record,
+)
 from weaktok.train.resume import (
     Candidate,
     apply_optimizer_settings,
@@ -117,8 +127,9 @@ from weaktok.train.resume import (
 )
 from weaktok.train.state import TrainState
 from weaktok.train.step import Losses, PartsWindow, all_finite, compute_loss, corrupt, model_dtype
+from weaktok.train.tracking import Tracker, check_tracking, start_reporting
 from weaktok.train.trainer import Trainer, train
-from weaktok.train.validation import validate
+from weaktok.train.validation import ValClip, validate
 
 __all__ = [
     "ABSENT",
@@ -130,6 +141,7 @@ __all__ = [
     "Candidate",
     "CheckpointError",
     "ConfigMismatchError",
+    "ConsoleLine",
     "Dist",
     "HookList",
     "LogWindow",
@@ -141,7 +153,9 @@ __all__ = [
     "StepFlops",
     "TrainHooks",
     "TrainState",
+    "Tracker",
     "Trainer",
+    "ValClip",
     "all_finite",
     "all_reduce_sum",
     "apply_optimizer_settings",
@@ -153,6 +167,7 @@ __all__ = [
     "call",
     "check_data",
     "check_precision",
+    "check_tracking",
     "complete_tags",
     "compute_loss",
     "config_changes",
@@ -188,6 +203,8 @@ __all__ = [
     "show_value",
     "start_exporter",
     "start_pool",
+    "start_reporting",
+    "step_line",
     "submit_outputs",
     "train",
     "train_record",
