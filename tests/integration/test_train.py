@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
 from weaktok.procenv import free_port
@@ -45,6 +46,11 @@ def _assert_fp32_master_weights(out: Path) -> dict:
     share = sum(_bf16_exact_share(w) for w in big) / len(big)
     assert share < 0.5, (
         f"{share:.2f} of the exported values are bf16-representable: bf16-rounded, not masters"
+    )
+    # final/ is also a model folder (weaktok/model/artifact.py): its safetensors hold the same fp32 masters
+    folder = load_file(str(out / "final" / "model.safetensors"))
+    assert folder.keys() == weights.keys() and all(
+        torch.equal(folder[k], w) for k, w in weights.items()
     )
     return weights
 

@@ -25,6 +25,7 @@ from weaktok.generate.guidance import cached_spectrum, surrogate_target
 from weaktok.lscore.differentiable import DifferentiableLScore
 from weaktok.model.artifact import (
     PRIOR,
+    ArtifactError,
     check_writable,
     replace_folder,
     surrogate_name,
@@ -80,6 +81,8 @@ def export_model(
     ``stats``: the statistics to write (default: all of them, ``folder_stats``)."""
     check_writable(out)
     loaded = load_model(checkpoint, "cpu")
+    if not in_place and Path(out).resolve() == loaded.path.parent.resolve():
+        raise ArtifactError(f"{out} is the folder being exported: choose another --out")
     stats = folder_stats(loaded, shards) if stats is None else stats
     card = card_for(loaded, shards, table1)
     state = {

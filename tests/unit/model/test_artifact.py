@@ -70,6 +70,11 @@ def test_export_never_overwrites_a_folder_that_is_not_an_export(tiny, tmp_path, 
     assert err.startswith("weaktok export:") and str(mine) in err and "\n" not in err
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
     assert (mine / "thesis.tex").read_text() == "years of work"
+    assert (
+        main(["export", str(run), "--out", str(run / "final")]) == 2
+    )  # onto itself: model.pt stays
+    assert "the folder being exported" in capsys.readouterr().err
+    assert [p.name for p in (run / "final").iterdir()] == ["model.pt"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ArtifactError, match="is a file"):
         check_writable(tmp_path / "file")
