@@ -130,6 +130,7 @@ def test_evaluate_reports_the_flow_bypass_and_the_cut_models_distances(flow_run,
         n_boot=100,
         target_items=8,
         rulers=False,
+        clips=0,  # the listening clips are tested in tests/unit/evaluation/test_evaluate.py
     )
     bp = t["bypass"]
     assert bp["measure"] == "flow_loss" and "velocity" in bp["definition"]

@@ -95,6 +95,7 @@ def ablate(
             max_items=max_items,
             seconds=seconds,
             rulers=False,
+            clips=0,  # no listening clips per variant (weaktok evaluate on a variant's run writes them)
             **extra,
         )
         results[name] = {
