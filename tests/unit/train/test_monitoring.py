@@ -137,6 +137,20 @@ def test_grafana_provisioning_loads_the_dashboard_as_documented():
     assert all(t["datasource"]["uid"] == f"${{{ds_vars[0]['name']}}}" for t in targets)
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+    titles = " ".join(p["title"] for p in dash["panels"]).lower()
+    for want in (
+        "loss",
+        "curriculum",
+        "throughput",
+        "boundary",
+        "chunk length",
+        "l-score vs target",
+        "data wait",
+        "pool queue",
+        "mfu",
+        "gpu memory",
+    ):
+        assert want in titles, want
 
     prov = GRAFANA / "provisioning"
     ds = yaml.safe_load((prov / "datasources" / "prometheus.yaml").read_text())
