@@ -1,8 +1,9 @@
 """Generation from a trained model (docs/generative-model.md).
 
     sampler.py    the two modes (unconditional, seed-based) for in-painting and flow models
-    guidance.py   optional L-Score guidance; statistics cached beside model.pt
+    guidance.py   optional L-Score guidance; the statistics beside the weights (read, or computed and cached)
     run.py        ``weaktok generate``: WAV + PNG with chunk boundaries, generate.json
+    export.py     ``weaktok export``: a run as a model folder (weaktok/model/artifact.py) that loads alone
 
 The names below are the package's API; ``weaktok.model.weights`` loads a trained model.
 """

@@ -15,7 +15,8 @@ target) and a checkpoint.
 
 Outputs in ``--out``: config.yaml (resolved), metrics.jsonl (one JSON object per logged step / validation),
 checkpoints/<tag>/ (DeepSpeed, with client state, and the config.yaml it was written under; a tag counts only once
-it holds COMPLETE), final/model.pt (consolidated fp32 weights + config, for generation and evaluation).
+it holds COMPLETE), final/model.pt (consolidated fp32 weights + config) and, beside it, final/ as a model folder
+(model.safetensors, config, the prior it trained with, a model card: weaktok/model/artifact.py).
 
 Faults (tests/integration/test_faults_train.py): a failed checkpoint write (full disk) raises CheckpointError
 naming the folder, the previous checkpoint untouched; ``resume: auto`` skips folders without COMPLETE and falls back
@@ -52,7 +53,7 @@ The package, by stage (every name below is importable from ``weaktok.train``):
     checkpoint.py   save_checkpoint, complete_tags, COMPLETE, errors, config comparison (SHAPE_KEYS, config_changes,
                     load_blockers), rng state
     resume.py       resume_plan, load_resume (fall-back past damaged checkpoints), train.init_from
-    export.py       master_weights, export_weights (final/model.pt)
+    export.py       master_weights, export_weights (final/model.pt), write_model_folder (final/)
     cli.py          parse_args, main (``python -m weaktok.train``; __main__.py runs it)
 """
 
