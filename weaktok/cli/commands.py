@@ -158,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         out = export(args.run, args.out, shards=args.shards, table1=args.table1)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, OSError) as e:  # OSError: a file could not be written (disk full)
         print(f"weaktok export: {e}", file=sys.stderr)
         return 2
     print(f"wrote the model folder {out} (load it: WeakTok.from_pretrained({str(out)!r}))")

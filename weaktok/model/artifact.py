@@ -82,7 +82,10 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | Non
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as e:  # its I/O errors are not OSErrors
+            raise OSError(f"{tmp}: {e}") from None
         os.chmod(tmp, 0o644)  # safetensors creates its file private; a model folder is for sharing
 
     _atomic(path, write)
