@@ -37,12 +37,10 @@ __all__ = ["WeakTok", "WeakTokens", "export"]
 class WeakTokens:
     """The weak tokens of one clip: content-driven chunks of the bottleneck, in time order."""
 
-    boundaries: (
-        np.ndarray
-    )  # (C,) float seconds: where each chunk starts (the first at 0), strictly increasing
-    embeddings: (
-        np.ndarray
-    )  # (C, D) float32: each chunk's pooled bottleneck frames (what the Transformer reads)
+    # (C,) float seconds: where each chunk starts (the first at 0), strictly increasing
+    boundaries: np.ndarray
+    # (C, D) float32: each chunk's mean-pooled bottleneck frames (what the Transformer reads)
+    embeddings: np.ndarray
     duration: float  # seconds of the encoded clip
 
     @property
@@ -55,9 +53,8 @@ class WeakTok:
 
     def __init__(self, loaded: Loaded):
         self.loaded = loaded
-        self.prior = cached_spectrum(
-            loaded
-        )  # (F,) stats: read from the folder (or computed, older runs)
+        # the prior statistics: read from the model folder (an older run: computed from its shards once)
+        self.prior = cached_spectrum(loaded)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None) -> WeakTok:

@@ -136,9 +136,8 @@ def test_the_api_gives_what_weaktok_generate_writes(exported, tmp_path):
     from weaktok.generate import generate
 
     _, out, model = exported
-    tok = WeakTok.from_pretrained(
-        out, device="cpu"
-    )  # the run folder: training's final/ is a model folder
+    # the run folder: training's final/ is a model folder
+    tok = WeakTok.from_pretrained(out, device="cpu")
     assert tok.loaded.path == out / "final" / "model.safetensors"
     audio = WeakTok.from_pretrained(model, device="cpu").generate(n=2, seconds=1.0, seed=3, steps=2)
     generate(model, tmp_path, n=2, seconds=1.0, seed=3, steps=2, device="cpu")

@@ -79,9 +79,8 @@ def test_an_export_is_replaced_whole_and_a_failed_one_leaves_it(tmp_path, loop):
     first, _ = folder(tmp_path, loop, "inpaint", seed=0)
     _, second = folder(tmp_path, loop, "inpaint", seed=1)
     cfg = load_config("tiny")
-    (first / "surrogate_9s.safetensors").write_bytes(
-        b"stale"
-    )  # a file the new export does not have
+    # a file the new export does not have
+    (first / "surrogate_9s.safetensors").write_bytes(b"stale")
 
     def broken(tmp):
         write_folder(tmp, second, cfg, {}, "")

@@ -70,8 +70,8 @@ def data_section(cfg: Config, manifest: dict | None) -> list[str]:
 def config_section(cfg: Config) -> list[str]:
     m, a = cfg.model, cfg.audio
     return [
-        f"- model: `objective: {m.objective}`, dim {m.dim}, channels {list(m.channels)}, {m.n_layers} "
-        f"Transformer layers ({m.positions} positions), chunking `{m.chunking.kind}` "
+        f"- model: `objective: {m.objective}`, dim {m.dim}, channels {list(m.channels)}, Transformer "
+        f"layers {m.n_layers} ({m.positions} positions), chunking `{m.chunking.kind}` "
         f"(target ratio {m.chunking.target_ratio}, select {m.chunking.select})",
         f"- audio: {a.sample_rate} Hz, n_fft {a.n_fft}, hop {a.hop_length}, clips of {a.clip_seconds} s",
         f"- training: {cfg.train.epochs} epochs, lr {cfg.train.lr}, precision "
@@ -102,6 +102,20 @@ def table1_section(table: dict | None, source: Path | None) -> list[str]:
     return lines
 
 
+USE = """```python
+from weaktok import WeakTok
+
+tok = WeakTok.from_pretrained(".")  # this folder
+audio = tok.generate(n=2)  # (2, samples) float32 at tok.sample_rate
+```
+
+The API: docs/api.md of the weaktok repository. This folder is all it needs."""
+
+LIMITS = f"""A research model for studying weak (content-driven) tokenization of irregular music, not a product.
+The models this repository has trained are measured far from real audio (Table 1 above when the run was
+evaluated; the repository's {RESULTS_DOC}), and none is evaluated on music outside its training data."""
+
+
 def model_card(
     cfg: Config,
     manifest: dict | None,
@@ -111,45 +125,17 @@ def model_card(
 ) -> str:
     """The README.md of a model folder; ``source``: the run it was exported from."""
     made = (
-        f"Exported from `{source}` by weaktok {__version__} on {date.today().isoformat()}."
-        if source
-        else ""
+        f" Exported from `{source}` by weaktok {__version__} on {date.today()}." if source else ""
     )
-    sections = [
-        [
-            f"# weaktok model: {cfg.name}",
-            "",
-            "A dynamically chunked U-Net over log spectrograms (weak tokenization of audio). "
-            + made,
-        ],
-        [
-            "## Use",
-            "",
-            "```python",
-            "from weaktok import WeakTok",
-            "",
-            'tok = WeakTok.from_pretrained(".")',
-            "",
-            "audio = tok.generate(n=2)  # (2, samples) float32",
-            "```",
-            "",
-            "The API: docs/api.md of the weaktok repository. This folder is all it needs.",
-        ],
-        ["## Data", "", *data_section(cfg, manifest)],
-        ["## Config", "", *config_section(cfg)],
-        ["## Table 1", "", *table1_section(table, table_source)],
-        [
-            "## License",
-            "",
-            f"Code: {CODE_LICENSE} (the weaktok repository's LICENSE). Weights: trained on the "
-            "data above; its license travels with them.",
-        ],
-        [
-            "## Intended use and limitations",
-            "",
-            "A research model for studying weak (content-driven) tokenization of irregular music. It is small and "
-            "briefly trained; its outputs are measured far from real audio (Table 1 above and the repository's "
-            f"{RESULTS_DOC}). Not for production audio, and not evaluated on music outside its training data.",
-        ],
-    ]
-    return "\n\n".join("\n".join(s) for s in sections) + "\n"
+    sections = {
+        f"# weaktok model: {cfg.name}": "A dynamically chunked U-Net over log spectrograms (weak "
+        "tokenization of audio)." + made,
+        "## Use": USE,
+        "## Data": "\n".join(data_section(cfg, manifest)),
+        "## Config": "\n".join(config_section(cfg)),
+        "## Table 1": "\n".join(table1_section(table, table_source)),
+        "## License": f"Code: {CODE_LICENSE} (the weaktok repository's LICENSE). The weights are trained on "
+        "the data above; its license travels with them.",
+        "## Intended use and limitations": LIMITS,
+    }
+    return "\n\n".join(f"{head}\n\n{body}" for head, body in sections.items()) + "\n"

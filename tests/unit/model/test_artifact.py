@@ -70,9 +70,8 @@ def test_export_never_overwrites_a_folder_that_is_not_an_export(tiny, tmp_path, 
     assert err.startswith("weaktok export:") and str(mine) in err and "\n" not in err
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
     assert (mine / "thesis.tex").read_text() == "years of work"
-    assert (
-        main(["export", str(run), "--out", str(run / "final")]) == 2
-    )  # onto itself: model.pt stays
+    # onto itself: model.pt stays
+    assert main(["export", str(run), "--out", str(run / "final")]) == 2
     assert "the folder being exported" in capsys.readouterr().err
     assert [p.name for p in (run / "final").iterdir()] == ["model.pt"]
     (tmp_path / "file").write_text("x")
@@ -91,8 +90,7 @@ def test_an_old_run_without_its_shards_says_how_to_export(tiny, tmp_path, capsys
         ModelFileError, match=r"no prior\.safetensors .*weaktok export RUN --out DIR"
     ):
         WeakTok.from_pretrained(run, device="cpu")
-    assert (
-        main(["export", str(run), "--out", str(tmp_path / "out")]) == 2
-    )  # its shards are gone too
+    # its shards are gone too
+    assert main(["export", str(run), "--out", str(tmp_path / "out")]) == 2
     assert "weaktok export RUN --out DIR" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
