@@ -5,7 +5,7 @@ Mel log-power spectral flux (librosa ``onset_strength``: 80 dB floor, lag, mean 
 per-clip [0, 1] normalisation (librosa ``normalize=True``) -> soft peaks
 ``sigmoid((o - movavg - delta) / tau_peak) * sigmoid((o - max of previous frames) / tau_max)`` with librosa's
 windows given in seconds -> soft "wait" (a peak suppresses the next frames) -> RMS gates (clip: peak RMS below
--60 dBFS, as the exact term; frame: 40 dB below the loudest frame, against the spurious peaks of quiet tails). A
+-60 dBFS, as the exact term; optionally a frame gate, ``frame_gate_db``, off by default as librosa has none). A
 finer STFT is first average-pooled in time to ~the exact hop (512).
 
 * ``soft_onset_density``: sum of soft peaks / duration (onsets per second).

@@ -68,7 +68,9 @@ def test_soft_density_on_click_trains(rate):
     ]:
         L = differentiable_lscore(power, SR, n_fft, hop)[0]
         assert abs(L[1].item() - truth) < 0.5
-        assert L[2].item() < 0.02
+        # exact irregularity of these trains is ~0.011 s; with no frame gate (as librosa) the quiet gaps of the
+        # 2/s train add ~0.01 s of soft IOI spread
+        assert L[2].item() < 0.03
 
 
 def test_soft_ioi_std_tracks_jitter():
