@@ -1,4 +1,4 @@
-"""Experiment tracking end to end (docs/tracking.md): a real tiny training run (``weaktok train``, one process,
+"""Experiment tracking end to end (docs/tracking.md): the session's tiny flow run (``weaktok train``, one process,
 DeepSpeed on CPU, the Ray pool scoring validation's generations) with tracking as shipped (TensorBoard on), its event
 files read back with TensorBoard's own reader, and the console's per-step line in its log. A resumed run continuing
 the same TensorBoard run: tests/integration/test_resume_config.py (across processes) and
@@ -12,36 +12,15 @@ import urllib.request
 import pytest
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from tests.helpers import REPO, cpu_env, deadline, make_tiny_shards, run, venv_bin
+from tests.helpers import REPO, deadline, read_metrics, venv_bin
 from weaktok.audio import SpecFrontEnd
 from weaktok.config import load_config
 
 pytestmark = pytest.mark.slow  # the Ray pool (validation's exact L-Scores)
 
-FAST = [
-    "lscore.pool_every=0",
-    "lscore.pool_actors=1",
-    "data.num_workers=1",
-    "metrics.enabled=false",
-    "data.samples_per_epoch=8",  # 2 steps per epoch
-    "train.log_every=1",
-]
 STEP_LINE = re.compile(
     r"\[weaktok\] step (\d+)/(\d+) epoch \d+: loss [\d.]+, [\d.]+ samples/s, .* ETA \d+:\d\d:\d\d"
 )
-
-
-def train(out, shards, *extra):
-    cmd = [
-        venv_bin("weaktok"),
-        "train",
-        "--config",
-        "tiny",
-        "--out",
-        str(out),
-        f"data.shards={shards}",
-    ]
-    return run([*cmd, *FAST, *extra], env=cpu_env(), cwd=REPO, timeout=300).stdout
 
 
 def events(out) -> ea.EventAccumulator:
@@ -52,12 +31,9 @@ def events(out) -> ea.EventAccumulator:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    shards = make_tiny_shards(
-        tmp_path_factory.mktemp("track_shards"), n_train=8, n_val=4, seconds=2.0
-    )
-    out = tmp_path_factory.mktemp("tracked") / "run"
-    log = train(out, shards, "train.epochs=1", "lscore.val_items=2")
+def tracked(flow_run):
+    """The session's tiny flow run (tests/integration/conftest.py): tracking as shipped, the pool on."""
+    shards, out, log = flow_run
     return shards, out, log
 
 
@@ -67,8 +43,12 @@ def test_the_run_is_in_tensorboard(tracked):
         f"tensorboard --logdir {out / 'tensorboard'}" in log
     )  # what docs/tracking.md tells a user to run
     acc = events(out)
-    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
-    assert [e.step for e in acc.Scalars("val/val_recon")] == [2]
+    records = read_metrics(out)  # TensorBoard mirrors metrics.jsonl, step for step
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    val_steps = [r["step"] for r in records if r["kind"] == "val"]
+    assert len(train_steps) >= 2 and len(val_steps) == 2
+    assert [e.step for e in acc.Scalars("train/loss")] == train_steps
+    assert [e.step for e in acc.Scalars("val/val_recon")] == val_steps
     assert "val/val_gen_std_dist_total" in acc.Tags()["scalars"]  # the pool scored the generations
     cfg = load_config("tiny")
     frames = SpecFrontEnd.for_config(cfg).num_frames(
@@ -76,16 +56,21 @@ def test_the_run_is_in_tensorboard(tracked):
     )
     for mode in ("uncond", "seed"):
         for i in (0, 1):  # tracking.audio_clips = 2 per mode
-            (audio,) = acc.Audio(f"audio/{mode}/{i}")
-            assert audio.step == 2 and audio.sample_rate == cfg.audio.sample_rate
+            audios = acc.Audio(f"audio/{mode}/{i}")  # one per validation
+            assert [a.step for a in audios] == val_steps
+            audio = audios[-1]
+            assert audio.sample_rate == cfg.audio.sample_rate
             assert audio.length_frames == (frames - 1) * cfg.audio.hop_length
-            (image,) = acc.Images(f"spectrogram/{mode}/{i}")
-            assert image.step == 2 and image.width > image.height
+            images = acc.Images(f"spectrogram/{mode}/{i}")
+            assert [m.step for m in images] == val_steps and images[-1].width > images[-1].height
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(
         acc.PluginTagToContent("hparams")
     )
     lines = [m.groups() for m in STEP_LINE.finditer(log)]
-    assert lines == [("1", "2"), ("2", "2")]  # every train.log_every steps, of the run's total
+    total = str(val_steps[-1])
+    assert lines == [
+        (str(s), total) for s in train_steps
+    ]  # every train.log_every steps, of the run's total
 
 
 def test_the_readme_command_serves_the_run(tracked):
