@@ -149,3 +149,18 @@ def test_overrides_and_values_on_a_resolved_config():
         with_values(base, {"model.chunking.tua": 1.0})
     with pytest.raises(ConfigError, match="'model.chunking.tau': must be > 0"):
         with_values(base, {"model.chunking.tau": 0.0})
+
+
+def test_relative_paths_become_absolute_for_workers_that_run_elsewhere(tmp_path, monkeypatch):
+    """Tune runs each trial in its own folder: the driver hands it absolute paths (with_absolute_paths)."""
+    from weaktok.config import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds.json").write_text("{}")
+    cfg = load_config("tiny", ["data.shards=shards/x", "train.deepspeed_config=ds.json"])
+    out = with_absolute_paths(cfg)
+    assert out.data.shards == str(tmp_path / "shards" / "x")
+    assert out.train.deepspeed_config == str(tmp_path / "ds.json")
+    assert out.train.resume == "auto" and out.train.init_from is None  # not paths: unchanged
+    same = load_config("tiny", [f"data.shards={tmp_path}"])
+    assert with_absolute_paths(same, base="/elsewhere") == same

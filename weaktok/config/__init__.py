@@ -28,6 +28,7 @@ from weaktok.config.load import (
     shipped_configs,
     to_dict,
     validate,
+    with_absolute_paths,
     with_overrides,
     with_values,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "shipped_configs",
     "to_dict",
     "validate",
+    "with_absolute_paths",
     "with_overrides",
     "with_values",
 ]

@@ -56,6 +56,25 @@ def with_values(cfg: Config, values: Mapping[str, Any]) -> Config:
     return _applied(to_dict(cfg), values.items())
 
 
+# Config keys naming local files or folders. A launcher whose workers run elsewhere (Ray Tune chdirs each trial
+# into its own folder; Ray Train workers may run on other nodes) makes them absolute before handing the config on.
+PATH_KEYS = ("data.shards", "train.init_from", "train.deepspeed_config")
+
+
+def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """``cfg`` with each relative path of ``PATH_KEYS`` (and ``train.resume`` when it is a path) made absolute
+    against ``base`` (default: the current directory). Absolute paths and unset keys stay as they are."""
+    raw, base = to_dict(cfg), Path(base or Path.cwd())
+    keys = PATH_KEYS + (() if cfg.train.resume in ("auto", "never") else ("train.resume",))
+    pairs = []
+    for key in keys:
+        section, name = key.split(".")
+        value = raw[section][name]
+        if value and not Path(value).is_absolute():
+            pairs.append((key, str((base / value).resolve())))
+    return _applied(raw, pairs)
+
+
 def _applied(raw: dict, pairs: Iterable[tuple[str, Any]]) -> Config:
     """``raw`` with each (dotted key, value) set in order, as a validated Config."""
     for key, value in pairs:

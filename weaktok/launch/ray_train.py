@@ -24,7 +24,7 @@ import logging
 import os
 from pathlib import Path
 
-from weaktok.config import Config, from_dict, to_dict
+from weaktok.config import Config, from_dict, to_dict, with_absolute_paths
 from weaktok.config.errors import missing_extra
 
 try:
@@ -165,6 +165,7 @@ def run_ray_train(
         int(use_gpu) if use_gpu is not None else gpus_per_worker, "gpus_per_worker", whole=True
     )
     out_path = Path(out).resolve()
+    cfg = with_absolute_paths(cfg)  # workers need not share the driver's working directory
     connect_ray(address)
     cluster = ray.cluster_resources()
     w = worker_resources(cpus_per_worker, resolve_gpus(setting, cluster))

@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from weaktok.config import Config, load_config, save_config
+from weaktok.config import Config, load_config, save_config, with_absolute_paths
 from weaktok.config.errors import missing_extra
 
 try:
@@ -140,7 +140,9 @@ def run_sweep(
     ``out``. The summary files are written to ``out`` (local) either way."""
     overrides = list(overrides or [])
     spec = load_space(space_path, num_samples)
-    base = load_config(config, overrides)  # resolved once: every trial starts from this
+    # resolved once: every trial starts from this; relative paths made absolute here, since Tune runs each
+    # trial in its own folder
+    base = with_absolute_paths(load_config(config, overrides))
     check_against_config(base, spec)  # fail fast, before Ray starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
