@@ -29,20 +29,16 @@ got = {}
 
 import torch
 import weaktok.api  # the Python API
-from weaktok.audio import SpecFrontEnd
 from weaktok.cli import main
 from weaktok.config import load_config
 from weaktok.config.errors import MissingExtra
-from weaktok.model.unet import build_model
-from weaktok.model.weights import save_model
 from weaktok.procenv import single_process_env
 from weaktok.train import Dist, setup_distributed, start_pool
 
 got["config"] = main(["config", "tiny"])
 cfg = load_config("tiny")
-model = build_model(cfg.model, SpecFrontEnd.for_config(cfg).n_freqs)
-save_model(f"{out}/model.pt", model.state_dict(), cfg)
-got["generate"] = main(["generate", "--checkpoint", f"{out}/model.pt", "--unconditional", "--n", "1",
+# the session's trained tiny model (tests/unit/generate/test_generate.py), whose final/ holds its prior
+got["generate"] = main(["generate", "--checkpoint", sys.argv[2], "--unconditional", "--n", "1",
                         "--seconds", "0.5", "--steps", "1", "--out", f"{out}/gen"])
 got["loaded"] = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
 
@@ -64,9 +60,14 @@ print("RESULT " + json.dumps(got))
 """
 
 
-def test_core_paths_run_without_ray_and_deepspeed(tmp_path):
+def test_core_paths_run_without_ray_and_deepspeed(tmp_path, tmp_path_factory):
+    from tests.unit.generate.test_generate import tiny_model
+
+    _, trained = tiny_model(
+        tmp_path_factory
+    )  # a real run, not the shards of a checkout (a clean clone has none)
     r = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        [sys.executable, "-c", SCRIPT, str(tmp_path), str(trained)],
         env=cpu_env(),
         cwd=REPO,
         capture_output=True,
