@@ -130,6 +130,12 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def train_cmd(out, shards, *overrides: str, config: str = "tiny") -> list[str]:
+    """``weaktok train --config CONFIG --out OUT data.shards=SHARDS [overrides]``: one training process."""
+    cmd = [venv_bin("weaktok"), "train", "--config", config, "--out", str(out)]
+    return [*cmd, f"data.shards={shards}", *overrides]
+
+
 def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if r.returncode != 0:

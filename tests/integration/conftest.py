@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import REPO, cpu_env, run, venv_bin
+from tests.helpers import REPO, cpu_env, run, train_cmd, venv_bin
 
 
 @pytest.fixture(scope="session")
@@ -41,14 +41,9 @@ def flow_run(tmp_path_factory):
     shards, _ = tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("flow") / "run"
     r = run(
-        [
-            venv_bin("weaktok"),
-            "train",
-            "--config",
-            "tiny",
-            "--out",
-            str(out),
-            f"data.shards={shards}",
+        train_cmd(
+            out,
+            shards,
             "train.epochs=2",
             "curriculum.warmup_epochs=0.5",  # the loop moves only while w_L > 0: both validations
             "curriculum.anneal_epochs=1",
@@ -57,7 +52,7 @@ def flow_run(tmp_path_factory):
             "lscore.feedback=0.5",
             "data.num_workers=1",
             *FLOW,
-        ],
+        ),
         env=cpu_env(),
         cwd=REPO,
         timeout=400,

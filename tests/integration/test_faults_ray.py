@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
+from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, train_cmd, venv_bin
 from weaktok.procenv import free_port
 
 
@@ -45,14 +45,9 @@ def test_lscore_actors_killed_repeatedly_during_training(shards, tmp_path):
     up warm): training must neither hang nor crash, and must say the exact scores are missing."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            venv_bin("weaktok"),
-            "train",
-            "--config",
-            "tiny",
-            "--out",
-            str(out),
-            f"data.shards={shards}",
+        train_cmd(
+            out,
+            shards,
             "train.epochs=2",
             "data.samples_per_epoch=16",
             "lscore.pool_every=1",
@@ -61,7 +56,7 @@ def test_lscore_actors_killed_repeatedly_during_training(shards, tmp_path):
             "lscore.pool_actors=1",
             "data.num_workers=0",
             "metrics.enabled=false",
-        ],
+        ),
         cwd=REPO,
         env=cpu_env(RAY_ADDRESS=""),
         stdout=subprocess.PIPE,

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
+from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, train_cmd, venv_bin
 from weaktok.procenv import free_port
 
 FAST = ["lscore.pool_every=0", "lscore.val_items=0", "data.num_workers=1", "metrics.enabled=false"]
@@ -42,17 +42,7 @@ def _complete(run_dir: Path) -> list[int]:
 
 
 def _train_cmd(out: Path, shards: Path, *extra: str) -> list[str]:
-    return [
-        venv_bin("weaktok"),
-        "train",
-        "--config",
-        "tiny",
-        "--out",
-        str(out),
-        f"data.shards={shards}",
-        *FAST,
-        *extra,
-    ]
+    return train_cmd(out, shards, *FAST, *extra)
 
 
 def _rank_processes(launcher: psutil.Process) -> dict[int, psutil.Process]:

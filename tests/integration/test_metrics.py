@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, venv_bin
+from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, train_cmd
 from weaktok.config import ConfigError, load_config
 from weaktok.procenv import free_port
 from weaktok.train.prometheus import URL_FILE, MetricsExporter, MetricsPortInUse
@@ -373,20 +373,15 @@ def shards(tmp_path_factory):
 
 
 def _train_cmd(out: Path, shards: Path, *extra: str) -> list[str]:
-    return [
-        venv_bin("weaktok"),
-        "train",
-        "--config",
-        "tiny",
-        "--out",
-        str(out),
-        f"data.shards={shards}",
+    return train_cmd(
+        out,
+        shards,
         "train.epochs=3",
         "lscore.pool_every=0",
         "lscore.val_items=0",
         "data.num_workers=1",
         *extra,
-    ]
+    )
 
 
 @pytest.mark.slow

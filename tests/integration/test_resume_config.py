@@ -23,7 +23,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
+from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, train_cmd
 from weaktok.config import Config, ConfigError, load_config, to_dict
 from weaktok.train import SHAPE_KEYS, config_changes, load_blockers, unreadable_files
 
@@ -55,17 +55,7 @@ def first_run(shards, tmp_path_factory):
 
 
 def _cmd(out: Path, shards: Path, *extra: str) -> list[str]:
-    return [
-        venv_bin("weaktok"),
-        "train",
-        "--config",
-        "tiny",
-        "--out",
-        str(out),
-        f"data.shards={shards}",
-        *FAST,
-        *extra,
-    ]
+    return train_cmd(out, shards, *FAST, *extra)
 
 
 def _train(out: Path, shards: Path, *extra: str) -> subprocess.CompletedProcess:

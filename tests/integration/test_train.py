@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, venv_bin
+from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, train_cmd, venv_bin
 from weaktok.procenv import free_port
 from weaktok.train.hooks import TrainHooks
 
@@ -128,20 +128,15 @@ def test_two_simulated_nodes_form_one_job(shards, tmp_path):
 
 def test_kill9_mid_epoch_then_resume_auto(shards, tmp_path):
     out = tmp_path / "run"
-    args = [
-        venv_bin("weaktok"),
-        "train",
-        "--config",
-        "tiny",
-        "--out",
-        str(out),
-        f"data.shards={shards}",
+    args = train_cmd(
+        out,
+        shards,
         "train.epochs=3",
         "train.checkpoint_every=3",
         "train.keep_checkpoints=5",
         "data.samples_per_epoch=48",
         *FAST,
-    ]
+    )
     proc = subprocess.Popen(
         args,
         cwd=REPO,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO, cpu_env, run, venv_bin
+from tests.helpers import REPO, cpu_env, run, train_cmd, venv_bin
 from weaktok.audio import load_audio
 from weaktok.data.loader import eval_loader
 
@@ -39,21 +39,16 @@ def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
         build_corpus(base / "corpus", n=40, seed=0, progress=False)
         build_shards(base / "corpus", shards, min_shards=2, pool=SerialPool(), progress=False)
         run(
-            [
-                venv_bin("weaktok"),
-                "train",
-                "--config",
-                "tiny",
-                "--out",
-                str(out),
-                f"data.shards={shards}",
+            train_cmd(
+                out,
+                shards,
                 "train.epochs=3",
                 "curriculum.warmup_epochs=1",
                 "curriculum.anneal_epochs=1",
                 "train.corruption.fill=prior",
                 "train.corruption.mask_max_fraction=1.0",
                 *FAST,
-            ],
+            ),
             env=cpu_env(),
             cwd=REPO,
             timeout=300,
