@@ -79,7 +79,7 @@ def test_the_readme_command_serves_the_run(tracked):
     (logdir,) = re.findall(
         r"`tensorboard --logdir (runs/demo/\S+)`", (REPO / "README.md").read_text()
     )
-    logdir = logdir.replace("runs/demo", str(out))
+    logdir = logdir.replace("runs/demo/train", str(out))  # make demo's run folder
     cmd = [venv_bin("tensorboard"), "--logdir", logdir, "--port", "0"]
     tb = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
