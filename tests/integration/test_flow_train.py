@@ -97,6 +97,14 @@ def test_evaluate_reports_the_flow_bypass_and_the_cut_models_distances(flow_run,
     assert 0 < t["chunks"]["generation_boundary_rate"] <= 1
     for m in ("uncond", "seed"):
         assert np.isfinite(t["frechet"][m]["model_cut"]["mean"])
+    # the loss's surrogate on the model's own outputs (emitted spectrogram vs the exact score of its Griffin-Lim
+    # wave): timbral is the exact formula on the model's STFT, so its offset is the vocoder's and the STFT
+    # geometry's (-10 % / -4 % when written); the rhythm and structure terms' offsets on a model this small are
+    # large and noisy (3 outputs) and are reported, not bounded (docs/results.md)
+    for m in ("uncond", "seed"):
+        model = t["surrogate_bias"][m]["model"]
+        assert -0.25 <= model["bias"][0] <= 0.25, (m, model["bias"])
+        assert all(b is None or np.isfinite(b) for b in model["bias"])
     md = (tmp_path / "eval" / "table1.md").read_text()
     assert "flow loss (velocity MSE)" in md and "chunk path cut" in md
     assert json.loads((tmp_path / "eval" / "table1.json").read_text())["generation"]["flow"] is True

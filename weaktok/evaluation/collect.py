@@ -28,18 +28,33 @@ from weaktok.model.unet import chunk_path_cut
 
 
 class Collector:
-    """Per-set, per-mode rows of exact L-Scores and features, appended batch by batch."""
+    """Per-set, per-mode rows of exact L-Scores and features, appended batch by batch; with a surrogate, also the
+    differentiable L-Score of the same spectrograms (``what="surrogate"``: the surrogate's bias on these sets)."""
 
     def __init__(self):
         self.lscore: dict[tuple[str, str], list] = {}
         self.feat: dict[tuple[str, str], list] = {}
+        self.surrogate: dict[tuple[str, str], list] = {}
 
     def add(self, name: str, mode: str, L: np.ndarray, F: np.ndarray) -> None:
         self.lscore.setdefault((name, mode), []).extend(L)
         self.feat.setdefault((name, mode), []).extend(F)
 
+    def add_surrogate(self, name: str, mode: str, S: np.ndarray) -> None:
+        self.surrogate.setdefault((name, mode), []).extend(S)
+
     def get(self, name: str, mode: str, what: str = "lscore") -> np.ndarray:
-        return np.asarray((self.lscore if what == "lscore" else self.feat)[(name, mode)])
+        rows = {"lscore": self.lscore, "feat": self.feat, "surrogate": self.surrogate}[what]
+        return np.asarray(rows[(name, mode)])
+
+
+def surrogate_rows(surrogate, front, spec: torch.Tensor, mode: str, regions: Regions) -> np.ndarray:
+    """(B, F, T) log-magnitude spectrograms -> (B, 4) differentiable L-Scores of the mode's scored region, computed
+    as training's loss computes them (``surrogate(front.power(spec))``, weaktok/train/step.py): on the spectrogram
+    the model emits, not on its Griffin-Lim re-analysis, so set against the exact scores of the waveform it is the
+    bias the L-Score loss works with."""
+    region = spec if mode == "uncond" else spec[..., regions.hole_frame :]
+    return surrogate(front.power(region.float())).cpu().numpy()
 
 
 def copy_seed(spec: torch.Tensor, hole_frame: int) -> torch.Tensor:
@@ -116,10 +131,12 @@ def evaluation_pass(
     guidance: G.Guidance | None,
     keep: int = 3,
     clips: ClipKeeper | None = None,
+    surrogate=None,
 ) -> dict:
     """One pass over the evaluation split: real data on every item; baselines, model outputs (per model) and the
     bypass ablation on the first ``n_gen``. Returns a Collector plus the ablation's L1 rows and examples;
-    ``clips`` keeps the first clips of every set for listening (weaktok/evaluation/clips.py)."""
+    ``clips`` keeps the first clips of every set for listening (weaktok/evaluation/clips.py); ``surrogate`` (a
+    DifferentiableLScore) also scores every set's spectrograms with the loss's surrogate."""
     front, dev, sr = models[0].front, models[0].device, regions.sr
     hole = torch.zeros(regions.frames, dtype=torch.bool, device=dev)
     hole[regions.hole_frame :] = True
@@ -145,12 +162,15 @@ def evaluation_pass(
             break
         audio = batch["audio"][:take]  # (B, n) CPU
         waves = audio.numpy()
+        spec_all = front(audio.to(dev))  # (B, F, T)
         for m in MODES:  # the data floor: every item
             cropped = regions.crop(m, waves)
             col.add("data", m, score(cropped), clip_features(cropped, sr))
+            if surrogate is not None:
+                col.add_surrogate("data", m, surrogate_rows(surrogate, front, spec_all, m, regions))
         g = min(take, n_gen - seen)  # items of this batch that also carry outputs
         if g > 0:
-            spec = front(audio[:g].to(dev))  # (g, F, T)
+            spec = spec_all[:g]  # (g, F, T)
             gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
             mean = stats["mean"][
                 None, :, None
@@ -224,6 +244,8 @@ def evaluation_pass(
                 j = at[id(v)]
                 cropped = regions.crop(m, wav[j * g : (j + 1) * g])
                 col.add(name, m, score(cropped), clip_features(cropped, sr))
+                if surrogate is not None:
+                    col.add_surrogate(name, m, surrogate_rows(surrogate, front, v, m, regions))
             if clips is not None:
                 keys = batch["keys"][:g]
                 clips.add("data", "data", waves[:g], spec, keys, outs[("data", "data")])

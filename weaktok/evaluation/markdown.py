@@ -25,7 +25,7 @@ def _cell(s: dict, j: int) -> str:
 
 def table1_markdown(t: dict) -> str:
     """table1.md: the main table, the baselines, the distributions, the bypass ablation and the rulers."""
-    s = _main_table(t) + _baselines(t) + _distributions(t) + bypass_markdown(t)
+    s = _main_table(t) + _baselines(t) + _distributions(t) + _surrogate(t) + bypass_markdown(t)
     if t.get("rulers"):
         s += "\n## What the rulers read (exact L-Score on reference signals)\n\n" + ruler_markdown(
             t["rulers"]
@@ -188,3 +188,38 @@ def _distributions(t: dict) -> str:
             + "\n"
         )
     return s
+
+
+def _surrogate(t: dict) -> str:
+    """The L-Score loss's surrogate against the exact scores of the same clips, per set and mode."""
+    if "surrogate_bias" not in t:
+        return ""
+    names = t["names"]
+    rows = []
+    for m in MODES:
+        sb = t["surrogate_bias"][m]
+        for name, r in sb.items():
+            if name == "model":
+                per = r["per_seed"]
+                rho = [
+                    None
+                    if any(p["spearman"][j] is None for p in per)
+                    else sum(p["spearman"][j] for p in per) / len(per)
+                    for j in range(len(names))
+                ]
+                r = {"bias": r["bias"], "spearman": rho}
+                name = "model" + (f" (mean of {len(per)} seeds)" if len(per) > 1 else "")
+            cells = [
+                f"{pct(b)} / {'—' if c is None else f'{c:.2f}'}"
+                for b, c in zip(r["bias"], r["spearman"])
+            ]
+            rows.append([m, name, *cells])
+    return (
+        "## The L-Score loss's surrogate on these clips\n\n"
+        "Each cell: bias = mean(surrogate) / mean(exact) − 1, then Spearman's ρ, over the scored clips. The "
+        "surrogate reads the spectrogram as training's loss does (for outputs: the one the model emits, before "
+        "Griffin-Lim); the exact score reads the waveform. On the model's outputs the bias is the offset the "
+        "L-Score loss works with (docs/generative-model.md, the closed loop).\n\n"
+        + md_table(["mode", "set", *names], rows)
+        + "\n"
+    )

@@ -43,6 +43,7 @@ from weaktok.evaluation.rulers import ruler_check
 from weaktok.evaluation.scoring import Scorer, make_regions
 from weaktok.evaluation.table import GOAL, build_table
 from weaktok.generate.sampler import MODES
+from weaktok.lscore.differentiable import DifferentiableLScore
 from weaktok.plots import (
     plot_lscore_hist,
     plot_spectrogram_rows,
@@ -139,6 +140,7 @@ def evaluate(
             seed,
             guidance,
             clips=keep,
+            surrogate=DifferentiableLScore(sr, cfg.audio.n_fft, cfg.audio.hop_length).to(device),
         )
         ruler_rows = None
         if rulers:

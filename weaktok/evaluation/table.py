@@ -12,6 +12,9 @@ intervals, aggregated over training seeds, the distribution metrics, the bypass 
   like-for-like comparison.
 * **Uncertainty.** Percentile bootstrap over items (``weaktok.evaluation.stats``) for every mean and relative
   error. Several checkpoints: mean ± sd across training seeds and a stratified, pooled interval.
+* **Surrogate bias** (``surrogate_bias``): the L-Score loss's differentiable surrogate on each set's spectrograms
+  against the exact scores of the same clips, as mean(surrogate) / mean(exact) - 1 and Spearman's rho per term. On
+  the model's own outputs this is the offset the loss works with (the closed loop's job, docs/generative-model.md).
 * **Distributions** (``weaktok.evaluation.features``): Fréchet distance and KID to held-out real clips (the
   evaluation items not used for outputs), a real-vs-generated classifier's accuracy (0.5 = indistinguishable),
   and memorisation (generated clips' nearest training clip vs held-out real clips' nearest training clip).
@@ -20,6 +23,7 @@ intervals, aggregated over training seeds, the distribution metrics, the bypass 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats as sps
 
 from weaktok import generate as G
 from weaktok.evaluation import features as FT
@@ -180,11 +184,49 @@ def build_table(
         m: [(hi - lo) / 2 for lo, hi in t["baselines"]["data"][m]["rel_err_ci95"]] for m in MODES
     }
     _distributions(t, p, ref, n_models, seed)
+    if col.surrogate:
+        t["surrogate_bias"] = surrogate_bias(col, n_models)
     flow_models = G.is_flow(models[0].model)
     t["bypass"] = bypass_table(p["l1"], n_models, flow_models, n_boot, seed)
     t["chunks"] = chunks_table(p["l1"], n_models, models[0].cfg.model.chunking)
     t.update(args)
     return t
+
+
+def _bias(exact: np.ndarray, surr: np.ndarray) -> dict:
+    """(n, 4) exact and surrogate scores of the same clips -> per term bias = mean(surrogate) / mean(exact) - 1
+    (None where the exact mean is 0) and Spearman's rho (None where either side is constant)."""
+    e, s = exact.mean(0), surr.mean(0)
+    bias = [float(b / a - 1) if abs(a) > 1e-12 else None for a, b in zip(e, s)]
+    rho = []
+    for j in range(exact.shape[1]):
+        ok = len(exact) > 2 and np.ptp(exact[:, j]) > 0 and np.ptp(surr[:, j]) > 0
+        rho.append(float(sps.spearmanr(exact[:, j], surr[:, j])[0]) if ok else None)
+    return {"bias": bias, "spearman": rho, "exact_mean": e.tolist(), "surrogate_mean": s.tolist()}
+
+
+def surrogate_bias(col: Collector, n_models: int) -> dict:
+    """t["surrogate_bias"][mode]: the surrogate's bias on the data, on every baseline and on the model's outputs
+    (per training seed, then the mean and sd of the bias over seeds)."""
+    out = {}
+    for m in MODES:
+        row = {
+            b: _bias(col.get(b, m), col.get(b, m, "surrogate"))
+            for b in BASELINES
+            if (b, m) in col.surrogate
+        }
+        per_seed = [
+            _bias(col.get(f"model{i}", m), col.get(f"model{i}", m, "surrogate"))
+            for i in range(n_models)
+        ]
+        bias = np.array([[np.nan if b is None else b for b in r["bias"]] for r in per_seed])
+        row["model"] = {
+            "per_seed": per_seed,
+            "bias": np.nanmean(bias, 0).tolist(),
+            "bias_sd": np.nanstd(bias, 0, ddof=1).tolist() if n_models > 1 else None,
+        }
+        out[m] = row
+    return out
 
 
 def _distributions(t: dict, p: dict, ref: dict, n_models: int, seed: int) -> None:

@@ -110,6 +110,33 @@ def test_seed_rows_score_only_the_inpainted_region(evaluated):
     assert not np.allclose(whole, hole)
 
 
+def test_surrogate_bias_reads_the_losss_surrogate_on_each_sets_region(evaluated):
+    """surrogate_bias: the data rows recomputed here (the surrogate on the front end's spectrogram of each item's
+    scored region, as training's loss reads it), every baseline and the model per seed, with bias and rho."""
+    from weaktok.data.loader import eval_loader
+    from weaktok.generate import load_model
+    from weaktok.lscore.differentiable import DifferentiableLScore
+
+    t, out, shards, run = evaluated
+    sb = t["surrogate_bias"]
+    front = load_model(run, "cpu").front  # tiny: n_fft 512, hop 128
+    surrogate = DifferentiableLScore(22050, front.n_fft, front.hop_length)
+    audio = torch.cat([b["audio"] for b in eval_loader(str(shards), "test", 8, SECONDS)])
+    spec = front(audio)
+    hole = t["scored_region"]["seed"]["start_sample"] // front.hop_length
+    for m, region in (("uncond", spec), ("seed", spec[..., hole:])):
+        want = surrogate(front.power(region)).mean(0).numpy()
+        assert np.allclose(sb[m]["data"]["surrogate_mean"], want, rtol=1e-4), m
+        r = sb[m]["data"]
+        e, s = np.array(r["exact_mean"]), np.array(r["surrogate_mean"])
+        assert np.allclose(r["bias"], s / e - 1)
+        assert {"data", "data_vocoder", "prior_noise"} <= set(sb[m]), m
+        assert len(sb[m]["model"]["per_seed"]) == 2 and len(sb[m]["model"]["bias"]) == 4
+        assert all(-1 <= c <= 1 for c in sb[m]["model"]["per_seed"][0]["spearman"] if c is not None)
+    assert "copy_seed" in sb["seed"] and "copy_seed" not in sb["uncond"]
+    assert "## The L-Score loss's surrogate on these clips" in (out / "table1.md").read_text()
+
+
 def test_copy_seed_tiles_the_known_part_into_the_hole():
     from weaktok.evaluation.collect import copy_seed
 
