@@ -189,6 +189,14 @@ def pct(x: float | None) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{100 * x:+.1f} %"
 
 
+def chunks_target(c: dict) -> str:
+    """The rate a chunks record aims at, in words: 'stride 2' for a fixed grid, 'target 1/3, threshold' else."""
+    if c["kind"] == "fixed":
+        stride = c.get("fixed_stride")
+        return "a fixed grid" + (f" of stride {stride}" if stride else "")
+    return f"target 1/{c['target_ratio']:g}, {c.get('select') or 'threshold'}"
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     fmt = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

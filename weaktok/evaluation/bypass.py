@@ -19,7 +19,7 @@ from weaktok import generate as G
 from weaktok.evaluation.stats import summarize
 from weaktok.generate.sampler import MODES
 from weaktok.model import flow
-from weaktok.plots import md_table, pct
+from weaktok.plots import chunks_target, md_table, pct
 
 
 def bypass_losses(model, spec, hole, stats, mask_fraction, steps, noise_seed: int) -> dict:
@@ -109,12 +109,17 @@ def chunks_table(l1: dict, n_models: int, chunking) -> dict:
     def pooled(key: str) -> float:
         return float(np.mean(sum((l1[f"{i}:{key}"] for i in range(n_models)), [])))
 
+    fixed = chunking.kind == "fixed"
     return {
         "boundary_rate": pooled("boundary_rate"),
         "chunks_per_s": pooled("chunks_per_s"),
         "generation_boundary_rate": pooled("gen_boundary_rate"),
-        "target_ratio": chunking.target_ratio,
         "kind": chunking.kind,
+        # what the rate aims at: a fixed grid's stride, or dynamic chunking's target ratio N (the ratio loss's aim
+        # with select: threshold, the exact count with select: topk)
+        "target_ratio": None if fixed else chunking.target_ratio,
+        "fixed_stride": chunking.fixed_stride if fixed else None,
+        "select": None if fixed else chunking.select,
     }
 
 
@@ -156,6 +161,6 @@ def bypass_markdown(t: dict) -> str:
     c = t["chunks"]
     return s + (
         f"Chunks ({c['kind']}, eval-mode boundaries): boundary rate {c['boundary_rate']:.3f} per bottleneck frame "
-        f"on real clips (target 1/{c['target_ratio']:g}), {c['chunks_per_s']:.2f} chunks/s; "
+        f"on real clips ({chunks_target(c)}), {c['chunks_per_s']:.2f} chunks/s; "
         f"{c['generation_boundary_rate']:.3f} while generating (flow: mean over the ODE's model calls).\n"
     )

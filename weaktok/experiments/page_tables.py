@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from html import escape
 
-from weaktok.plots import pct
+from weaktok.plots import chunks_target, pct
 
 MODES = ("uncond", "seed")
 
@@ -181,6 +181,6 @@ def bypass(t: dict) -> str:
         _table(head, rows)
         + f"<p class=note>{escape(bp['definition'])}.</p>"
         + f"<p class=note>Chunks ({escape(str(c['kind']))}): boundary rate {c['boundary_rate']:.3f} per bottleneck "
-        f"frame on real clips (target 1/{c['target_ratio']:g}), {c['chunks_per_s']:.2f} chunks/s; "
+        f"frame on real clips ({escape(chunks_target(c))}), {c['chunks_per_s']:.2f} chunks/s; "
         f"{c['generation_boundary_rate']:.3f} while generating.</p>"
     )

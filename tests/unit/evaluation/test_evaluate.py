@@ -79,6 +79,9 @@ def test_table1_json_has_every_field_with_intervals(evaluated):
     for w in ("recon", "inpaint"):
         assert t["bypass"][w]["intact"] > 0 and t["bypass"][w]["cut"] > 0
     assert t["bypass"]["mean_spectrum"]["inpaint_l1"] > 0
+    c = t["chunks"]  # the tiny model chunks dynamically: a target ratio, no grid stride
+    assert c["kind"] == "dynamic" and c["select"] == "threshold" and c["fixed_stride"] is None
+    assert "target 1/3, threshold" in (out / "table1.md").read_text()
     p = t["paper"]
     assert p["target"] == [0.4, 0.8, 0.6, 0.5] and p["uncond"] == [0.409, 2.962, 0.739, 0.496]
     assert p["seed"] == [0.502, 6.667, 0.067, 0.571] and "predefined" in p["note"]
