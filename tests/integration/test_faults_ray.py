@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,19 +23,13 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, read_metrics, run, train_cmd, venv_bin
+from tests.ray_head import RayHead, descendants
 from weaktok.procenv import free_port
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return make_tiny_shards(tmp_path_factory.mktemp("ray_fault_shards"), n_train=16, n_val=4)
-
-
-def _descendants(root: psutil.Process) -> list[psutil.Process]:
-    try:
-        return root.children(recursive=True)
-    except psutil.Error:
-        return []
 
 
 @pytest.mark.slow
@@ -79,7 +72,7 @@ def test_lscore_actors_killed_repeatedly_during_training(shards, tmp_path):
         while (
             proc.poll() is None and time.time() < deadline
         ):  # only this run's actors: descendants of its Ray
-            for p in _descendants(root):
+            for p in descendants(root):
                 try:
                     if "LScoreWorker" in " ".join(p.cmdline()) and p.pid not in kills:
                         p.send_signal(signal.SIGKILL)
@@ -110,60 +103,6 @@ def test_lscore_actors_killed_repeatedly_during_training(shards, tmp_path):
 # The Ray head dies mid-sweep
 
 
-class Head:
-    """A `ray start --head` cluster of this test alone: its own temp dir and port, so no other cluster on the
-    machine is touched (`ray stop` would stop every Ray on the machine)."""
-
-    def __init__(self, port: int, env: dict):
-        self.port, self.env = port, env
-        self.tmp = tempfile.mkdtemp(
-            prefix="rh", dir="/tmp"
-        )  # AF_UNIX socket paths must stay under 107 bytes
-
-    def start(self) -> None:
-        run(
-            [
-                venv_bin("ray"),
-                "start",
-                "--head",
-                "--node-ip-address=127.0.0.1",
-                f"--port={self.port}",
-                "--num-cpus=2",
-                "--include-dashboard=false",
-                f"--temp-dir={self.tmp}",
-            ],
-            env=self.env,
-            timeout=180,
-        )
-
-    def processes(self) -> list[psutil.Process]:
-        """The cluster's daemons (their command lines name its temp dir or port) and everything under them."""
-        roots = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if (
-                self.tmp in cmd
-                or (f"--gcs_server_port={self.port}" in cmd)
-                or (f"gcs-address=127.0.0.1:{self.port}" in cmd)
-            ):
-                roots.append(p)
-        found = {p.pid: p for p in roots}
-        for p in roots:
-            found.update({c.pid: c for c in _descendants(p)})
-        return list(found.values())
-
-    def kill(self) -> int:
-        """SIGKILL every process of this cluster (what `ray stop --force` does to all of them)."""
-        procs = self.processes()
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=30)
-        return len(procs)
-
-
 def _space(path: Path) -> Path:
     path.write_text(
         yaml.safe_dump(
@@ -190,7 +129,7 @@ def test_ray_head_dies_mid_sweep_then_resume_completes(shards, tmp_path):
         RAY_ADDRESS=f"127.0.0.1:{port}",
         RAY_AUTH_MODE="token",
     )  # token auth on, as ray_jobs/submit.sh sets it for its clients
-    head = Head(port, env)
+    head = RayHead(port, env)
     out = tmp_path / "sweep"
     args = [
         venv_bin("weaktok"),

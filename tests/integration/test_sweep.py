@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, cpu_env, make_tiny_shards, run, venv_bin
+from tests.ray_head import RayHead, kill_tree
 from weaktok.config import ConfigError, load_config, to_dict
 from weaktok.launch.sweep_space import check_against_config, load_space
 from weaktok.procenv import free_port
@@ -229,11 +229,7 @@ def test_killed_sweep_resumes_and_completes(shards, tmp_path):
     while time.time() < deadline and not done():
         assert proc.poll() is None
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    subprocess.run(
-        ["pkill", "-9", "-f", "raylet|gcs_server|ray::"], check=False
-    )  # a cluster orphaned by the kill
+    kill_tree(proc)  # the driver and the local cluster it started: no other Ray on the machine
     assert not (out / "results.csv").exists()
     run(args + ["--resume"], env=cpu_env(), cwd=REPO, timeout=600)
     df = pd.read_csv(out / "results.csv")
@@ -243,33 +239,14 @@ def test_killed_sweep_resumes_and_completes(shards, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_as_ray_job_on_a_local_head(shards, tmp_path):
-    import tempfile
-
     port, dash = free_port(), free_port()
-    ray_tmp = tempfile.mkdtemp(
-        prefix="rt", dir="/tmp"
-    )  # AF_UNIX socket paths must stay under 107 bytes
     env = cpu_env(
         PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         RAY_ADDRESS=f"http://127.0.0.1:{dash}",
     )
     ray = venv_bin("ray")
-    run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--temp-dir={ray_tmp}",
-        ],
-        env=env,
-        timeout=120,
-    )
+    head = RayHead(port, env, dashboard_port=dash)  # this test's cluster alone (tests/ray_head.py)
+    head.start()
     try:
         assert (Path.home() / ".ray" / "auth_token").is_file(), "token auth stays on"
         r = run(
@@ -310,7 +287,7 @@ def test_sweep_as_ray_job_on_a_local_head(shards, tmp_path):
         assert "best config" in logs
         assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["trials"] == 1
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.kill()
         import shutil
 
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(head.tmp, ignore_errors=True)
