@@ -43,9 +43,8 @@ def kill_tree(proc: subprocess.Popen) -> int:
         root = psutil.Process(proc.pid)
     except psutil.Error:
         return 0
-    n = _sigkill(
-        [root, *descendants(root)]
-    )  # snapshot first: once the driver dies, orphans lose their parent
+    # snapshot the tree first: once the driver dies, its orphans lose their parent
+    n = _sigkill([root, *descendants(root)])
     proc.wait()
     return n
 

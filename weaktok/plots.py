@@ -190,7 +190,7 @@ def pct(x: float | None) -> str:
 
 
 def chunks_target(c: dict) -> str:
-    """The rate a chunks record aims at, in words: 'stride 2' for a fixed grid, 'target 1/3, threshold' else."""
+    """The rate a chunks record aims at, in words: 'a fixed grid of stride 2', or 'target 1/3, threshold'."""
     if c["kind"] == "fixed":
         stride = c.get("fixed_stride")
         return "a fixed grid" + (f" of stride {stride}" if stride else "")

@@ -28,8 +28,8 @@ from weaktok.model.unet import chunk_path_cut
 
 
 class Collector:
-    """Per-set, per-mode rows of exact L-Scores and features, appended batch by batch; with a surrogate, also the
-    differentiable L-Score of the same spectrograms (``what="surrogate"``: the surrogate's bias on these sets)."""
+    """Per-set, per-mode rows of exact L-Scores and features, appended batch by batch, and the differentiable
+    L-Score of the same spectrograms (``what="surrogate"``: the surrogate's bias on these sets)."""
 
     def __init__(self):
         self.lscore: dict[tuple[str, str], list] = {}
@@ -129,14 +129,15 @@ def evaluation_pass(
     score: Scorer,
     seed: int,
     guidance: G.Guidance | None,
+    surrogate,
     keep: int = 3,
     clips: ClipKeeper | None = None,
-    surrogate=None,
 ) -> dict:
     """One pass over the evaluation split: real data on every item; baselines, model outputs (per model) and the
     bypass ablation on the first ``n_gen``. Returns a Collector plus the ablation's L1 rows and examples;
-    ``clips`` keeps the first clips of every set for listening (weaktok/evaluation/clips.py); ``surrogate`` (a
-    DifferentiableLScore) also scores every set's spectrograms with the loss's surrogate."""
+    ``surrogate`` (the loss's DifferentiableLScore) scores the spectrograms of the data, the baselines and the
+    model outputs beside the exact scores; ``clips`` keeps the first clips of every set for listening
+    (weaktok/evaluation/clips.py)."""
     front, dev, sr = models[0].front, models[0].device, regions.sr
     hole = torch.zeros(regions.frames, dtype=torch.bool, device=dev)
     hole[regions.hole_frame :] = True
@@ -166,8 +167,7 @@ def evaluation_pass(
         for m in MODES:  # the data floor: every item
             cropped = regions.crop(m, waves)
             col.add("data", m, score(cropped), clip_features(cropped, sr))
-            if surrogate is not None:
-                col.add_surrogate("data", m, surrogate_rows(surrogate, front, spec_all, m, regions))
+            col.add_surrogate("data", m, surrogate_rows(surrogate, front, spec_all, m, regions))
         g = min(take, n_gen - seen)  # items of this batch that also carry outputs
         if g > 0:
             spec = spec_all[:g]  # (g, F, T)
@@ -244,7 +244,9 @@ def evaluation_pass(
                 j = at[id(v)]
                 cropped = regions.crop(m, wav[j * g : (j + 1) * g])
                 col.add(name, m, score(cropped), clip_features(cropped, sr))
-                if surrogate is not None:
+                if not name.endswith(
+                    ("_cut", "_guided")
+                ):  # surrogate_bias reports data, baselines, model
                     col.add_surrogate(name, m, surrogate_rows(surrogate, front, v, m, regions))
             if clips is not None:
                 keys = batch["keys"][:g]

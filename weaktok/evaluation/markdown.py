@@ -192,23 +192,12 @@ def _distributions(t: dict) -> str:
 
 def _surrogate(t: dict) -> str:
     """The L-Score loss's surrogate against the exact scores of the same clips, per set and mode."""
-    if "surrogate_bias" not in t:
-        return ""
-    names = t["names"]
+    names, n_seeds = t["names"], len(t["seeds"])
     rows = []
     for m in MODES:
-        sb = t["surrogate_bias"][m]
-        for name, r in sb.items():
-            if name == "model":
-                per = r["per_seed"]
-                rho = [
-                    None
-                    if any(p["spearman"][j] is None for p in per)
-                    else sum(p["spearman"][j] for p in per) / len(per)
-                    for j in range(len(names))
-                ]
-                r = {"bias": r["bias"], "spearman": rho}
-                name = "model" + (f" (mean of {len(per)} seeds)" if len(per) > 1 else "")
+        for name, r in t["surrogate_bias"][m].items():
+            if name == "model" and n_seeds > 1:
+                name = f"model (mean of {n_seeds} seeds)"
             cells = [
                 f"{pct(b)} / {'—' if c is None else f'{c:.2f}'}"
                 for b, c in zip(r["bias"], r["spearman"])

@@ -184,8 +184,7 @@ def build_table(
         m: [(hi - lo) / 2 for lo, hi in t["baselines"]["data"][m]["rel_err_ci95"]] for m in MODES
     }
     _distributions(t, p, ref, n_models, seed)
-    if col.surrogate:
-        t["surrogate_bias"] = surrogate_bias(col, n_models)
+    t["surrogate_bias"] = surrogate_bias(col, n_models)
     flow_models = G.is_flow(models[0].model)
     t["bypass"] = bypass_table(p["l1"], n_models, flow_models, n_boot, seed)
     t["chunks"] = chunks_table(p["l1"], n_models, models[0].cfg.model.chunking)
@@ -207,7 +206,7 @@ def _bias(exact: np.ndarray, surr: np.ndarray) -> dict:
 
 def surrogate_bias(col: Collector, n_models: int) -> dict:
     """t["surrogate_bias"][mode]: the surrogate's bias on the data, on every baseline and on the model's outputs
-    (per training seed, then the mean and sd of the bias over seeds)."""
+    (per training seed, then the mean and sd of the bias and the mean rho over seeds)."""
     out = {}
     for m in MODES:
         row = {
@@ -220,10 +219,12 @@ def surrogate_bias(col: Collector, n_models: int) -> dict:
             for i in range(n_models)
         ]
         bias = np.array([[np.nan if b is None else b for b in r["bias"]] for r in per_seed])
+        rho = [[r["spearman"][j] for r in per_seed] for j in range(bias.shape[1])]
         row["model"] = {
             "per_seed": per_seed,
             "bias": np.nanmean(bias, 0).tolist(),
             "bias_sd": np.nanstd(bias, 0, ddof=1).tolist() if n_models > 1 else None,
+            "spearman": [None if None in r else float(np.mean(r)) for r in rho],
         }
         out[m] = row
     return out
